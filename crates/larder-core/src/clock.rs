@@ -1,0 +1,165 @@
+//! Time, injectable.
+//!
+//! Every Larder component reads time through a [`Clock`], never through
+//! `Instant::now()` directly (a `clippy.toml` rule enforces it), so tests can
+//! drive expiry, freshness and lock validity with a [`MockClock`] and never sleep.
+//!
+//! A clock has two faces:
+//! - [`Clock::now`]: monotonic time, for deadlines and in-process TTLs;
+//! - [`Clock::unix_millis`]: wall-clock milliseconds since the Unix epoch, for
+//!   the timestamps stored in envelopes, which other processes read.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A source of time. Implementations must be cheap to call from hot paths.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// Monotonic now.
+    fn now(&self) -> Instant;
+    /// Wall-clock milliseconds since the Unix epoch.
+    fn unix_millis(&self) -> u64;
+}
+
+/// A shared, dynamically dispatched clock, as components store it.
+pub type SharedClock = Arc<dyn Clock>;
+
+/// The operating system's clocks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl SystemClock {
+    /// The system clock as a [`SharedClock`].
+    pub fn shared() -> SharedClock {
+        Arc::new(SystemClock)
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // the one place allowed to read the OS clocks
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn unix_millis(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that only moves when told to. Clones share the same time.
+///
+/// ```
+/// use larder_core::{Clock, MockClock};
+/// use std::time::Duration;
+///
+/// let clock = MockClock::new();
+/// let t0 = clock.now();
+/// let wall0 = clock.unix_millis();
+/// clock.advance(Duration::from_secs(5));
+/// assert_eq!(clock.now() - t0, Duration::from_secs(5));
+/// assert_eq!(clock.unix_millis() - wall0, 5_000);
+/// ```
+#[derive(Clone)]
+pub struct MockClock {
+    inner: Arc<MockInner>,
+}
+
+struct MockInner {
+    origin: Instant,
+    origin_unix_ms: u64,
+    elapsed_nanos: AtomicU64,
+}
+
+impl MockClock {
+    /// The wall-clock time a new mock clock starts at: 2023-11-14T22:13:20Z.
+    pub const DEFAULT_UNIX_MS: u64 = 1_700_000_000_000;
+
+    /// A mock clock at [`Self::DEFAULT_UNIX_MS`].
+    pub fn new() -> Self {
+        Self::at_unix_millis(Self::DEFAULT_UNIX_MS)
+    }
+
+    /// A mock clock whose wall clock starts at `unix_ms`.
+    #[allow(clippy::disallowed_methods)] // an origin only; the mock never reads it again
+    pub fn at_unix_millis(unix_ms: u64) -> Self {
+        MockClock {
+            inner: Arc::new(MockInner {
+                origin: Instant::now(),
+                origin_unix_ms: unix_ms,
+                elapsed_nanos: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Moves both faces of the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.elapsed_nanos.fetch_add(nanos, Ordering::SeqCst);
+    }
+
+    /// How far the clock has been advanced since it was made.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.inner.elapsed_nanos.load(Ordering::SeqCst))
+    }
+
+    /// This clock as a [`SharedClock`] (sharing the same time).
+    pub fn shared(&self) -> SharedClock {
+        Arc::new(self.clone())
+    }
+}
+
+impl Default for MockClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MockClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockClock")
+            .field("elapsed", &self.elapsed())
+            .field("unix_millis", &self.unix_millis())
+            .finish()
+    }
+}
+
+impl Clock for MockClock {
+    fn now(&self) -> Instant {
+        self.inner.origin + self.elapsed()
+    }
+
+    fn unix_millis(&self) -> u64 {
+        let ms = u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.inner.origin_unix_ms.saturating_add(ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mock_clock_clones_share_time() {
+        let a = MockClock::at_unix_millis(1_000);
+        let b = a.clone();
+        let shared = a.shared();
+        let start = shared.now();
+        b.advance(Duration::from_millis(1_500));
+        assert_eq!(a.unix_millis(), 2_500);
+        assert_eq!(shared.now() - start, Duration::from_millis(1_500));
+    }
+
+    #[test]
+    fn system_clock_is_monotonic_and_recent() {
+        let c = SystemClock;
+        let a = c.now();
+        let b = c.now();
+        assert!(b >= a);
+        // After 2020-09-13 (1.6e12 ms): a sanity check on units, not on speed.
+        assert!(c.unix_millis() > 1_600_000_000_000);
+    }
+}

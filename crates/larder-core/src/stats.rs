@@ -1,0 +1,363 @@
+//! Statistics: cheap recorders for hot paths and plain snapshot types.
+//!
+//! Recorders ([`Counter`], [`LatencyHistogram`]) are lock-free and striped so
+//! that many threads counting hits do not fight over one cache line.
+//! Snapshots ([`CacheStats`], [`StoreStats`], [`LatencySnapshot`]) are plain
+//! values: subtract two to get the figures of an interval.
+
+use std::cell::Cell;
+use std::ops::Sub;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+const STRIPES: usize = 16;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+/// A monotonically increasing counter, striped across cache lines.
+/// `add` is one relaxed atomic add on a stripe chosen per thread.
+pub struct Counter {
+    stripes: [Padded; STRIPES],
+}
+
+fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|i| {
+        let mut v = i.get();
+        if v == usize::MAX {
+            v = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            i.set(v);
+        }
+        v
+    })
+}
+
+impl Counter {
+    /// A counter at zero.
+    pub fn new() -> Self {
+        Counter {
+            stripes: Default::default(),
+        }
+    }
+
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.stripes[stripe_index()]
+            .0
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds one.
+    #[inline]
+    pub fn incr(&self) {
+        self.add(1);
+    }
+
+    /// The current total (a sum of relaxed loads: exact once writers are quiet).
+    pub fn get(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .fold(0u64, u64::wrapping_add)
+    }
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Counter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Counter").field(&self.get()).finish()
+    }
+}
+
+/// Number of buckets of a latency histogram: bucket `i` holds durations of
+/// `[2^(i-1), 2^i)` nanoseconds (bucket 0 holds zero).
+pub const LATENCY_BUCKETS: usize = 64;
+
+/// A lock-free log2 histogram of durations.
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+    max_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// An empty histogram.
+    pub fn new() -> Self {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+            max_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one duration.
+    pub fn record(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = (u64::BITS - nanos.leading_zeros()) as usize;
+        self.buckets[bucket.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.max_nanos.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// A copy of the current figures.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            count: self.count.load(Ordering::Relaxed),
+            sum_nanos: self.sum_nanos.load(Ordering::Relaxed),
+            max_nanos: self.max_nanos.load(Ordering::Relaxed),
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for LatencyHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.snapshot().fmt(f)
+    }
+}
+
+/// The figures of a [`LatencyHistogram`] at one moment.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencySnapshot {
+    /// How many durations were recorded.
+    pub count: u64,
+    /// Their sum, in nanoseconds.
+    pub sum_nanos: u64,
+    /// The largest, in nanoseconds (not reduced by subtraction).
+    pub max_nanos: u64,
+    /// Counts per log2 bucket (see [`LATENCY_BUCKETS`]).
+    pub buckets: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for LatencySnapshot {
+    fn default() -> Self {
+        LatencySnapshot {
+            count: 0,
+            sum_nanos: 0,
+            max_nanos: 0,
+            buckets: [0; LATENCY_BUCKETS],
+        }
+    }
+}
+
+impl LatencySnapshot {
+    /// The mean duration, zero when empty.
+    pub fn mean(&self) -> Duration {
+        self.sum_nanos
+            .checked_div(self.count)
+            .map_or(Duration::ZERO, Duration::from_nanos)
+    }
+
+    /// An upper bound of the `q` quantile (`0.0..=1.0`): the top of the
+    /// bucket holding it, so at most twice the true value. Zero when empty.
+    pub fn quantile(&self, q: f64) -> Duration {
+        if self.count == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                let top = if i == 0 { 0 } else { (1u128 << i) - 1 };
+                return Duration::from_nanos(u64::try_from(top).unwrap_or(u64::MAX));
+            }
+        }
+        Duration::from_nanos(self.max_nanos)
+    }
+}
+
+impl Sub for LatencySnapshot {
+    type Output = LatencySnapshot;
+
+    fn sub(self, earlier: LatencySnapshot) -> LatencySnapshot {
+        LatencySnapshot {
+            count: self.count.saturating_sub(earlier.count),
+            sum_nanos: self.sum_nanos.saturating_sub(earlier.sum_nanos),
+            max_nanos: self.max_nanos,
+            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(earlier.buckets[i])),
+        }
+    }
+}
+
+/// Figures of a cache (an L1, or the facade across levels).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups that found a live value.
+    pub hits: u64,
+    /// Lookups that found nothing (or only an expired value).
+    pub misses: u64,
+    /// Values inserted (new keys and replacements).
+    pub inserts: u64,
+    /// Entries evicted to stay within capacity.
+    pub evicted_size: u64,
+    /// Entries removed because they expired.
+    pub expired: u64,
+    /// Entries whose value was replaced by an insert.
+    pub replaced: u64,
+    /// Entries removed explicitly (remove, invalidate, clear).
+    pub removed: u64,
+    /// Inserts refused by the admission policy.
+    pub admission_rejected: u64,
+    /// Values found corrupt and treated as misses.
+    pub corrupt: u64,
+    /// Loads from the source of truth that succeeded.
+    pub loads_ok: u64,
+    /// Loads from the source of truth that failed.
+    pub loads_failed: u64,
+    /// Total time spent in successful and failed loads, in nanoseconds.
+    pub load_nanos: u64,
+}
+
+impl CacheStats {
+    /// Hits plus misses.
+    pub fn requests(&self) -> u64 {
+        self.hits + self.misses
+    }
+
+    /// `hits / requests`, or 1.0 when there were no requests.
+    pub fn hit_ratio(&self) -> f64 {
+        match self.requests() {
+            0 => 1.0,
+            r => self.hits as f64 / r as f64,
+        }
+    }
+}
+
+impl Sub for CacheStats {
+    type Output = CacheStats;
+
+    fn sub(self, e: CacheStats) -> CacheStats {
+        CacheStats {
+            hits: self.hits.saturating_sub(e.hits),
+            misses: self.misses.saturating_sub(e.misses),
+            inserts: self.inserts.saturating_sub(e.inserts),
+            evicted_size: self.evicted_size.saturating_sub(e.evicted_size),
+            expired: self.expired.saturating_sub(e.expired),
+            replaced: self.replaced.saturating_sub(e.replaced),
+            removed: self.removed.saturating_sub(e.removed),
+            admission_rejected: self.admission_rejected.saturating_sub(e.admission_rejected),
+            corrupt: self.corrupt.saturating_sub(e.corrupt),
+            loads_ok: self.loads_ok.saturating_sub(e.loads_ok),
+            loads_failed: self.loads_failed.saturating_sub(e.loads_failed),
+            load_nanos: self.load_nanos.saturating_sub(e.load_nanos),
+        }
+    }
+}
+
+/// Figures of one kind of command sent to a store (for example `GET`).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommandStats {
+    /// Calls made (attempts, retries included).
+    pub calls: u64,
+    /// Calls that failed, timeouts included.
+    pub errors: u64,
+    /// Calls that timed out.
+    pub timeouts: u64,
+    /// Latency of all calls.
+    pub latency: LatencySnapshot,
+}
+
+/// Figures of a store (an L2), per command name.
+#[non_exhaustive]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Per-command figures, sorted by command name.
+    pub commands: Vec<(&'static str, CommandStats)>,
+    /// Calls refused by an open circuit breaker.
+    pub breaker_rejections: u64,
+    /// Values read that were not valid envelopes.
+    pub corrupt: u64,
+}
+
+impl StoreStats {
+    /// The figures of one command, if it was used.
+    pub fn command(&self, name: &str) -> Option<&CommandStats> {
+        self.commands
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_sums_across_threads() {
+        let c = Counter::new();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        c.incr();
+                    }
+                });
+            }
+        });
+        assert_eq!(c.get(), 40_000);
+    }
+
+    #[test]
+    fn histogram_quantiles_are_upper_bounds() {
+        let h = LatencyHistogram::new();
+        for us in 1..=100u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 100);
+        assert_eq!(s.max_nanos, 100_000);
+        assert_eq!(s.mean(), Duration::from_nanos(50_500));
+        let p50 = s.quantile(0.5);
+        assert!(
+            p50 >= Duration::from_micros(50) && p50 < Duration::from_micros(100),
+            "{p50:?}"
+        );
+        let p100 = s.quantile(1.0);
+        assert!(p100 >= Duration::from_micros(100) && p100 < Duration::from_micros(200));
+        assert_eq!((s - s).count, 0);
+        assert_eq!(LatencySnapshot::default().quantile(0.99), Duration::ZERO);
+    }
+
+    #[test]
+    fn cache_stats_ratio_and_delta() {
+        let a = CacheStats {
+            hits: 3,
+            misses: 1,
+            ..CacheStats::default()
+        };
+        assert_eq!(a.hit_ratio(), 0.75);
+        let b = CacheStats {
+            hits: 10,
+            misses: 2,
+            ..CacheStats::default()
+        };
+        let d = b - a;
+        assert_eq!((d.hits, d.misses), (7, 1));
+        assert_eq!(CacheStats::default().hit_ratio(), 1.0);
+    }
+}

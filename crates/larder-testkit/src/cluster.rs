@@ -1,0 +1,146 @@
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::server::RedisServer;
+
+/// Number of hash slots in a Redis Cluster.
+pub const CLUSTER_SLOTS: u16 = 16_384;
+
+const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A Redis Cluster of real `redis-server` masters (no replicas) on loopback,
+/// with all 16384 slots assigned and `cluster_state:ok` on every node before
+/// [`RedisCluster::start`] returns.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` nodes (at least 1; 3 is the usual), splits the slots
+    /// evenly in ranges, joins them and waits until every node reports the
+    /// cluster healthy.
+    pub fn start(masters: usize) -> Result<Self> {
+        if masters == 0 {
+            return Err(Error::new("a cluster needs at least one master"));
+        }
+        let nodes = (0..masters)
+            .map(|_| RedisServer::builder().cluster_enabled().start())
+            .collect::<Result<Vec<_>>>()?;
+        let cluster = RedisCluster { nodes };
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let (first, last) = slot_range(i, masters);
+            let mut con = node.client().get_connection()?;
+            redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(first)
+                .arg(last)
+                .exec(&mut con)?;
+        }
+        let seed = cluster.nodes[0].port();
+        for node in &cluster.nodes[1..] {
+            let mut con = node.client().get_connection()?;
+            redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(seed)
+                .exec(&mut con)?;
+        }
+        cluster.wait_healthy()?;
+        Ok(cluster)
+    }
+
+    /// Polls every node until it reports `cluster_state:ok`, knows every other
+    /// node and sees all slots assigned (bounded by a 30 s deadline).
+    #[allow(clippy::disallowed_methods)] // a deadline for external processes, not cache time
+    pub fn wait_healthy(&self) -> Result<()> {
+        let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+        let want_nodes = format!("cluster_known_nodes:{}", self.nodes.len());
+        loop {
+            let mut healthy = true;
+            let mut last_info = String::new();
+            for node in &self.nodes {
+                let info: String = node
+                    .client()
+                    .get_connection()
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c))
+                    .unwrap_or_default();
+                let ok = info.contains("cluster_state:ok")
+                    && info.contains(&want_nodes)
+                    && info.contains("cluster_slots_assigned:16384");
+                if !ok {
+                    healthy = false;
+                    last_info = info;
+                    break;
+                }
+            }
+            if healthy {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::with_log(
+                    format!(
+                        "cluster not healthy after {CLUSTER_READY_TIMEOUT:?}; last CLUSTER INFO:\n{last_info}"
+                    ),
+                    self.nodes[0].log(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The nodes, in start order; node `i` owns [`RedisCluster::slots_of`]`(i)`.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// One node, mutably (to kill, pause or restart it).
+    pub fn node_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
+
+    /// `redis://127.0.0.1:port/` of every node, the seed list for a cluster client.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The inclusive slot range node `i` was given at start.
+    pub fn slots_of(&self, i: usize) -> (u16, u16) {
+        slot_range(i, self.nodes.len())
+    }
+
+    /// The index of the node that owns `slot`.
+    pub fn owner_of_slot(&self, slot: u16) -> usize {
+        (0..self.nodes.len())
+            .find(|&i| {
+                let (a, b) = self.slots_of(i);
+                (a..=b).contains(&slot)
+            })
+            .unwrap_or(self.nodes.len() - 1)
+    }
+}
+
+fn slot_range(i: usize, n: usize) -> (u16, u16) {
+    let slots = usize::from(CLUSTER_SLOTS);
+    let first = i * slots / n;
+    let last = (i + 1) * slots / n - 1;
+    (first as u16, last as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_ranges_cover_everything_once() {
+        for n in 1..=7 {
+            let mut next = 0u32;
+            for i in 0..n {
+                let (a, b) = slot_range(i, n);
+                assert_eq!(u32::from(a), next);
+                next = u32::from(b) + 1;
+            }
+            assert_eq!(next, 16_384);
+        }
+    }
+}

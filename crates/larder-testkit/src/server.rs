@@ -1,0 +1,376 @@
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// Environment variable naming the `redis-server` binary to use.
+pub const REDIS_SERVER_ENV: &str = "LARDER_REDIS_SERVER";
+
+/// How long a server may take to answer its first PING.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How many ports to try when one turns out to be taken.
+const PORT_ATTEMPTS: usize = 8;
+/// How many log lines an error carries.
+const LOG_TAIL_LINES: usize = 40;
+
+/// Finds `redis-server`: `$LARDER_REDIS_SERVER`, then `PATH`, then the usual
+/// install locations.
+pub fn find_redis_server() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(REDIS_SERVER_ENV) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::new(format!(
+                "{REDIS_SERVER_ENV}={} is not a file",
+                p.display()
+            )))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/local/bin", "/usr/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("redis-server"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::new(
+                "redis-server not found on PATH: `cargo xtask test` installs it \
+                 (or run `apt-get install redis-server`, `brew install redis`, \
+                 or set LARDER_REDIS_SERVER)",
+            )
+        })
+}
+
+/// A port that is free now on 127.0.0.1 and whose cluster bus port
+/// (`port + 10000`) is free too.
+fn free_port() -> Result<u16> {
+    for _ in 0..64 {
+        let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
+        if port > 55_000 {
+            continue;
+        }
+        if TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(Error::new("no free loopback port pair found"))
+}
+
+/// An ACL user to create at start-up.
+#[derive(Debug, Clone)]
+struct AclUser {
+    name: String,
+    password: String,
+    rules: String,
+}
+
+/// Settings of a server to start. Made by [`RedisServer::builder`].
+#[must_use]
+#[derive(Debug, Clone, Default)]
+pub struct ServerBuilder {
+    requirepass: Option<String>,
+    users: Vec<AclUser>,
+    cluster: bool,
+    args: Vec<String>,
+}
+
+impl ServerBuilder {
+    /// Sets the default user's password (`requirepass`).
+    pub fn requirepass(mut self, password: &str) -> Self {
+        self.requirepass = Some(password.to_owned());
+        self
+    }
+
+    /// Adds an ACL user with full access (`on >password ~* &* +@all`).
+    pub fn acl_user(self, name: &str, password: &str) -> Self {
+        self.acl_user_with_rules(name, password, "~* &* +@all")
+    }
+
+    /// Adds an ACL user with the given rules (for example `~cache:* +get +set`).
+    pub fn acl_user_with_rules(mut self, name: &str, password: &str, rules: &str) -> Self {
+        self.users.push(AclUser {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            rules: rules.to_owned(),
+        });
+        self
+    }
+
+    /// Starts the server in cluster mode (used by [`crate::RedisCluster`]).
+    pub fn cluster_enabled(mut self) -> Self {
+        self.cluster = true;
+        self
+    }
+
+    /// Adds raw `redis-server` arguments (for example `["--maxmemory", "1mb"]`).
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// Starts the server on a free loopback port and waits until it answers.
+    pub fn start(self) -> Result<RedisServer> {
+        let mut server = RedisServer {
+            binary: find_redis_server()?,
+            dir: tempfile::Builder::new().prefix("larder-redis-").tempdir()?,
+            port: free_port()?,
+            settings: self,
+            child: None,
+        };
+        let mut attempt = 1;
+        loop {
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                // Another process took the port between our probe and the bind.
+                Err(e)
+                    if attempt < PORT_ATTEMPTS
+                        && e.log()
+                            .is_some_and(|l| l.contains("Address already in use")) =>
+                {
+                    attempt += 1;
+                    server.port = free_port()?;
+                    let _ = std::fs::remove_file(server.log_path());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A real `redis-server` process on a loopback port, with its own temporary
+/// directory, no persistence (`--save "" --appendonly no`), killed by pid
+/// when dropped. When dropped during a panic it prints the tail of its log,
+/// so a failing test shows what the server said.
+#[derive(Debug)]
+pub struct RedisServer {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    settings: ServerBuilder,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a standalone server with default settings.
+    pub fn start() -> Result<RedisServer> {
+        Self::builder().start()
+    }
+
+    /// Settings for a server to start.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--daemonize", "no"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .args(["--enable-debug-command", "local"]);
+        if let Some(pw) = &self.settings.requirepass {
+            cmd.args(["--requirepass", pw]);
+        }
+        for u in &self.settings.users {
+            // One argv word per ACL token: redis-server rejects a quoted rule list.
+            cmd.args(["--user", &u.name, "on", &format!(">{}", u.password)])
+                .args(u.rules.split_whitespace());
+        }
+        if self.settings.cluster {
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ]);
+        }
+        cmd.args(&self.settings.args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::new(format!("could not run {}: {e}", self.binary.display())))?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    #[allow(clippy::disallowed_methods)] // a deadline for an external process, not cache time
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                return Err(Error::with_log(
+                    format!(
+                        "redis-server on port {} exited at start-up ({status})",
+                        self.port
+                    ),
+                    self.log_tail(),
+                ));
+            }
+            if ping(self.addr()).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.stop_process();
+                return Err(Error::with_log(
+                    format!(
+                        "redis-server on port {} did not answer within {START_TIMEOUT:?}",
+                        self.port
+                    ),
+                    self.log_tail(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// `redis://127.0.0.1:port/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// `redis://user:password@127.0.0.1:port/`.
+    pub fn url_with_auth(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}/", self.port)
+    }
+
+    /// A `redis` client for this server (no credentials).
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("a valid loopback URL")
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is alive (paused counts as alive).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The server's temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The whole logfile.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    fn signal(&self, sig: libc::c_int) -> Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| Error::new("the server is not running"))?;
+        let pid = libc::pid_t::try_from(pid).map_err(|_| Error::new("pid out of range"))?;
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        if unsafe { libc::kill(pid, sig) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().into())
+        }
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Thaws a paused process (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn stop_process(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the process (SIGKILL) and reaps it. Its data is gone (no persistence).
+    pub fn kill(&mut self) {
+        self.stop_process();
+    }
+
+    /// Starts the process again on the same port with the same settings and
+    /// directory (a cluster node keeps its `nodes.conf`, so it rejoins).
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop_process();
+        self.spawn()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            #[allow(clippy::print_stderr)] // the harness's failure report
+            {
+                eprintln!(
+                    "--- redis-server on port {} (log tail) ---\n{}",
+                    self.port,
+                    self.log_tail()
+                );
+            }
+        }
+        self.stop_process();
+    }
+}
+
+/// Sends `PING` over a raw connection; any reply but `-LOADING` means the
+/// server is serving (an auth error still proves it is up).
+fn ping(addr: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    s.write_all(b"*1\r\n$4\r\nPING\r\n")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    if line.is_empty() || line.starts_with("-LOADING") {
+        Err(std::io::Error::other(format!("not ready: {line:?}")))
+    } else {
+        Ok(())
+    }
+}
+
+/// Starts `n` independent standalone servers (for Redlock and sharding).
+pub fn start_masters(n: usize) -> Result<Vec<RedisServer>> {
+    (0..n).map(|_| RedisServer::start()).collect()
+}

@@ -1,0 +1,485 @@
+//! `cargo xtask bench`: run the benches, then write the report.
+//!
+//! Each bench writes a manifest (`target/larder-bench/raw/*.tsv`, see
+//! `larder_benches::manifest`) naming what it measured and the peer to
+//! compare with; criterion writes the times. This joins the two into
+//! `report.md` and `report.json`, copies the Markdown to
+//! `docs/benchmarks.md`, and refreshes tables between
+//! `<!-- bench:GROUP -->` and `<!-- /bench:GROUP -->` in other `docs/` files.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::util;
+
+#[derive(Debug, Clone)]
+struct Figure {
+    group: String,
+    id: String,
+    value: f64,
+    unit: String,
+    higher_is_better: bool,
+    note: String,
+}
+
+#[derive(Debug, Clone)]
+struct Comparison {
+    group: String,
+    subject: String,
+    peer: String,
+    ratio: f64,
+    higher_is_better: bool,
+}
+
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    if let Some(bad) = args.iter().find(|a| *a != "--quick") {
+        return Err(format!("bench: unknown argument {bad:?}"));
+    }
+    let root = util::project_root();
+    let out = root.join("target/larder-bench");
+    let _ = std::fs::remove_dir_all(out.join("raw"));
+    std::fs::create_dir_all(out.join("raw")).map_err(|e| e.to_string())?;
+    #[allow(clippy::disallowed_methods)] // report metadata, not cache time
+    let started = SystemTime::now();
+
+    let mut cmd = util::cargo();
+    cmd.args(["bench", "--package", "larder-benches", "--benches", "--"])
+        .env("LARDER_BENCH_OUT", &out);
+    if quick {
+        cmd.args([
+            "--warm-up-time",
+            "0.5",
+            "--measurement-time",
+            "1.5",
+            "--sample-size",
+            "10",
+        ]);
+    }
+    util::run(cmd)?;
+
+    let times = read_criterion(&root.join("target/criterion"), started);
+    let (figures, comparisons) = read_manifests(&out.join("raw"), &times)?;
+    let command = if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let meta = Meta::collect(&root, command, started);
+    let md = markdown(&meta, &figures, &comparisons);
+    std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("report.json"), json(&meta, &figures, &comparisons))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(root.join("docs/benchmarks.md"), &md).map_err(|e| e.to_string())?;
+    refresh_doc_tables(&root.join("docs"), &meta, &figures, &comparisons)?;
+    println!(
+        "xtask bench: {} figures, {} comparisons -> {} and docs/benchmarks.md",
+        figures.len(),
+        comparisons.len(),
+        out.join("report.md").display()
+    );
+    Ok(())
+}
+
+/// Mean nanoseconds per iteration of every criterion benchmark written since `since`.
+fn read_criterion(dir: &Path, since: SystemTime) -> BTreeMap<String, f64> {
+    let mut found = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if p.file_name().is_none_or(|n| n != "benchmark.json")
+                || p.parent()
+                    .and_then(Path::file_name)
+                    .is_none_or(|n| n != "new")
+            {
+                continue;
+            }
+            let fresh = p
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since);
+            if !fresh {
+                continue;
+            }
+            let (Ok(bench), Ok(est)) = (
+                std::fs::read_to_string(&p),
+                std::fs::read_to_string(p.with_file_name("estimates.json")),
+            ) else {
+                continue;
+            };
+            if let (Some(id), Some(mean)) = (json_string(&bench, "full_id"), mean_estimate(&est)) {
+                found.insert(id, mean);
+            }
+        }
+    }
+    found
+}
+
+fn json_string(text: &str, field: &str) -> Option<String> {
+    let start = text.find(&format!("\"{field}\":\""))? + field.len() + 4;
+    let mut out = String::new();
+    let mut chars = text[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => out.push(chars.next()?),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+fn mean_estimate(text: &str) -> Option<f64> {
+    let mean = &text[text.find("\"mean\"")?..];
+    let at = mean.find("\"point_estimate\":")? + "\"point_estimate\":".len();
+    let num: String = mean[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        .collect();
+    num.parse().ok()
+}
+
+fn read_manifests(
+    raw: &Path,
+    times: &BTreeMap<String, f64>,
+) -> Result<(Vec<Figure>, Vec<Comparison>), String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(raw)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tsv"))
+        .collect();
+    files.sort();
+    let mut figures: Vec<Figure> = Vec::new();
+    let mut compares = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| e.to_string())?;
+        for line in text.lines() {
+            let cols: Vec<&str> = line.split('\t').collect();
+            match cols.as_slice() {
+                ["time", group, id, ops] => {
+                    let ops: f64 = ops.parse().map_err(|_| format!("bad ops in {line:?}"))?;
+                    let Some(ns) = times.get(&format!("{group}/{id}")) else {
+                        eprintln!("xtask bench: no criterion result for {group}/{id}");
+                        continue;
+                    };
+                    figures.push(Figure {
+                        group: group.to_string(),
+                        id: id.to_string(),
+                        value: ops * 1e9 / ns,
+                        unit: "ops/s".into(),
+                        higher_is_better: true,
+                        note: format!("{:.1} ns/op", ns / ops),
+                    });
+                }
+                ["value", group, id, v, unit, better] => figures.push(Figure {
+                    group: group.to_string(),
+                    id: id.to_string(),
+                    value: v.parse().map_err(|_| format!("bad value in {line:?}"))?,
+                    unit: unit.to_string(),
+                    higher_is_better: *better == "higher",
+                    note: String::new(),
+                }),
+                ["compare", group, subject, peer] => {
+                    compares.push((group.to_string(), subject.to_string(), peer.to_string()))
+                }
+                _ => return Err(format!("bad manifest line in {}: {line:?}", f.display())),
+            }
+        }
+    }
+    let find = |g: &str, id: &str| figures.iter().find(|f| f.group == g && f.id == id);
+    let comparisons = compares
+        .into_iter()
+        .filter_map(|(group, subject, peer)| {
+            let (s, p) = (find(&group, &subject)?, find(&group, &peer)?);
+            Some(Comparison {
+                ratio: s.value / p.value,
+                higher_is_better: s.higher_is_better,
+                group,
+                subject,
+                peer,
+            })
+        })
+        .collect();
+    Ok((figures, comparisons))
+}
+
+struct Meta {
+    command: String,
+    revision: String,
+    date: String,
+    host: String,
+    cpu: String,
+    cores: usize,
+    rustc: String,
+}
+
+impl Meta {
+    fn collect(root: &Path, command: &str, started: SystemTime) -> Meta {
+        let git = |args: &[&str]| {
+            let mut c = std::process::Command::new("git");
+            c.current_dir(root).args(args);
+            util::output(c)
+        };
+        let mut revision =
+            git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+        if git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty()) {
+            revision.push_str(" (with uncommitted changes)");
+        }
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let mut rustc = std::process::Command::new("rustc");
+        rustc.arg("--version");
+        Meta {
+            command: command.into(),
+            revision,
+            date: utc_date(started),
+            host: std::fs::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".into()),
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            rustc: util::output(rustc).unwrap_or_else(|| "unknown".into()),
+        }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM UTC` without a date crate (Howard Hinnant's civil_from_days).
+fn utc_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
+}
+
+fn fmt_value(v: f64, unit: &str) -> String {
+    if unit == "ops/s" {
+        if v >= 1e6 {
+            format!("{:.2} M", v / 1e6)
+        } else if v >= 1e3 {
+            format!("{:.1} k", v / 1e3)
+        } else {
+            format!("{v:.1}")
+        }
+    } else if v.fract() == 0.0 || v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn group_table(group: &str, figures: &[Figure], comparisons: &[Comparison]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| {group} | figure | unit | note |\n|---|--:|---|---|");
+    for f in figures.iter().filter(|f| f.group == group) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            f.id,
+            fmt_value(f.value, &f.unit),
+            f.unit,
+            f.note
+        );
+    }
+    let cs: Vec<&Comparison> = comparisons.iter().filter(|c| c.group == group).collect();
+    if !cs.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n| subject | peer | subject / peer | better |\n|---|---|--:|---|"
+        );
+        for c in cs {
+            let better = if c.higher_is_better {
+                "higher"
+            } else {
+                "lower"
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2}x | {better} |",
+                c.subject, c.peer, c.ratio
+            );
+        }
+    }
+    s
+}
+
+fn groups(figures: &[Figure]) -> Vec<String> {
+    let mut gs: Vec<String> = Vec::new();
+    for f in figures {
+        if !gs.contains(&f.group) {
+            gs.push(f.group.clone());
+        }
+    }
+    gs
+}
+
+fn header(meta: &Meta) -> String {
+    format!(
+        "- command: `{}`\n- revision: {}\n- date: {}\n- host: {} ({}, {} cores)\n- toolchain: {}\n",
+        meta.command, meta.revision, meta.date, meta.host, meta.cpu, meta.cores, meta.rustc
+    )
+}
+
+fn markdown(meta: &Meta, figures: &[Figure], comparisons: &[Comparison]) -> String {
+    let mut s = String::from(
+        "# Larder benchmark report\n\nGenerated by `cargo xtask bench`; do not edit by hand. \
+         Every ratio compares two figures measured in the same run on the same machine. \
+         Throughput is operations per second (criterion's mean time per iteration); \
+         `subject / peer` above 1 means Larder's figure is larger.\n\n",
+    );
+    s.push_str(&header(meta));
+    for g in groups(figures) {
+        let _ = write!(s, "\n## {g}\n\n{}", group_table(&g, figures, comparisons));
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn json(meta: &Meta, figures: &[Figure], comparisons: &[Comparison]) -> String {
+    let mut s = format!(
+        "{{\n  \"command\": \"{}\",\n  \"revision\": \"{}\",\n  \"date\": \"{}\",\n  \"host\": \"{}\",\n  \"cpu\": \"{}\",\n  \"cores\": {},\n  \"toolchain\": \"{}\",\n  \"figures\": [\n",
+        esc(&meta.command),
+        esc(&meta.revision),
+        esc(&meta.date),
+        esc(&meta.host),
+        esc(&meta.cpu),
+        meta.cores,
+        esc(&meta.rustc)
+    );
+    let fs: Vec<String> = figures
+        .iter()
+        .map(|f| {
+            format!(
+                "    {{\"group\": \"{}\", \"id\": \"{}\", \"value\": {}, \"unit\": \"{}\", \"better\": \"{}\"}}",
+                esc(&f.group), esc(&f.id), f.value, esc(&f.unit), if f.higher_is_better { "higher" } else { "lower" }
+            )
+        })
+        .collect();
+    s.push_str(&fs.join(",\n"));
+    s.push_str("\n  ],\n  \"comparisons\": [\n");
+    let cs: Vec<String> = comparisons
+        .iter()
+        .map(|c| {
+            format!(
+                "    {{\"group\": \"{}\", \"subject\": \"{}\", \"peer\": \"{}\", \"ratio\": {}, \"better\": \"{}\"}}",
+                esc(&c.group), esc(&c.subject), esc(&c.peer), c.ratio, if c.higher_is_better { "higher" } else { "lower" }
+            )
+        })
+        .collect();
+    s.push_str(&cs.join(",\n"));
+    s.push_str("\n  ]\n}\n");
+    s
+}
+
+/// Replaces the text between `<!-- bench:G -->` and `<!-- /bench:G -->` in
+/// `docs/*.md` (other than the report itself) with group G's fresh table.
+fn refresh_doc_tables(
+    docs: &Path,
+    meta: &Meta,
+    figures: &[Figure],
+    comparisons: &[Comparison],
+) -> Result<(), String> {
+    let Ok(entries) = std::fs::read_dir(docs) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "md")
+            || p.file_name().is_some_and(|n| n == "benchmarks.md")
+        {
+            continue;
+        }
+        let Ok(mut text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        let mut changed = false;
+        for g in groups(figures) {
+            let (open, close) = (
+                format!("<!-- bench:{g} -->"),
+                format!("<!-- /bench:{g} -->"),
+            );
+            let (Some(a), Some(b)) = (text.find(&open), text.find(&close)) else {
+                continue;
+            };
+            if b < a {
+                continue;
+            }
+            let body = format!(
+                "{open}\n_Measured by `{}` at {} on {} ({} cores)._\n\n{}{close}",
+                meta.command,
+                meta.revision,
+                meta.cpu,
+                meta.cores,
+                group_table(&g, figures, comparisons)
+            );
+            text.replace_range(a..b + close.len(), &body);
+            changed = true;
+        }
+        if changed {
+            std::fs::write(&p, text).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_criterion_json() {
+        let bench = r#"{"group_id":"codec/encode","function_id":"postcard","full_id":"codec/encode/postcard","directory_name":"x"}"#;
+        assert_eq!(
+            json_string(bench, "full_id").as_deref(),
+            Some("codec/encode/postcard")
+        );
+        let est = r#"{"mean":{"confidence_interval":{"confidence_level":0.95,"lower_bound":1.0,"upper_bound":3.0},"point_estimate":2.5e3,"standard_error":0.1},"median":{"point_estimate":9.0}}"#;
+        assert_eq!(mean_estimate(est), Some(2500.0));
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(utc_date(UNIX_EPOCH), "1970-01-01 00:00 UTC");
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_745_400);
+        assert_eq!(utc_date(t), "2026-11-27 02:10 UTC");
+    }
+}

@@ -1,0 +1,81 @@
+//! Larder's project commands, run as `cargo xtask <command>`.
+//!
+//! - `test`: installs `redis-server` if it is missing (and it can), then runs
+//!   the whole workspace test suite (all features, doc tests included) and
+//!   prints one closing summary line.
+//! - `bench [--quick]`: runs the criterion benches, then writes
+//!   `target/larder-bench/report.md` and `report.json` and copies the report
+//!   to `docs/benchmarks.md`.
+//! - `fuzz [--seconds N] [--target NAME]`: builds the libFuzzer targets in
+//!   `fuzz/` on the stable toolchain and runs one for a bounded time.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool
+
+mod bench;
+mod fuzz;
+mod invariants;
+mod redis;
+mod util;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test [-- <cargo test args>]   install redis-server if needed, run every test
+  bench [--quick]               run benchmarks, write target/larder-bench/report.{md,json}
+                                and docs/benchmarks.md
+  fuzz [--seconds N] [--target NAME]
+                                fuzz a target in fuzz/ (default envelope_decode, 60 s)
+  invariants                    check the crate dependency invariants";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => redis::ensure_redis_server().and_then(|bin| test(&bin, &args[1..])),
+        Some("bench") => bench::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
+        Some("invariants") => {
+            invariants::check_all().map(|n| println!("invariants: {n} passed, 0 failed"))
+        }
+        Some("help" | "--help" | "-h") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo xtask test`: the whole suite, with a closing summary line.
+fn test(redis_server: &std::path::Path, extra: &[String]) -> Result<(), String> {
+    let extra: Vec<&str> = match extra.first().map(String::as_str) {
+        Some("--") => extra[1..].iter().map(String::as_str).collect(),
+        _ => extra.iter().map(String::as_str).collect(),
+    };
+    let mut cmd = util::cargo();
+    cmd.args(["test", "--workspace", "--all-features", "--no-fail-fast"])
+        .arg("--")
+        .args(&extra)
+        .env("LARDER_REDIS_SERVER", redis_server);
+    let (status, lines) = util::run_tee_stdout(cmd)?;
+    let totals = util::TestTotals::from_lines(&lines);
+    println!(
+        "\nxtask test: {} suites, {} ignored, {} filtered out",
+        totals.suites, totals.ignored, totals.filtered
+    );
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    if !status.success() || totals.failed > 0 {
+        return Err(format!("cargo test failed ({status})"));
+    }
+    if totals.passed == 0 {
+        return Err("no test ran".into());
+    }
+    Ok(())
+}
