@@ -64,6 +64,18 @@ fn test(redis_server: &std::path::Path, extra: &[String]) -> Result<(), String> 
         .arg("--")
         .args(&extra)
         .env("LARDER_REDIS_SERVER", redis_server);
+    let oracles = util::project_root().join("../shared/oracles");
+    if oracles.join("ketama_oracle.csv").is_file() && oracles.join("keyslot_oracle.csv").is_file() {
+        println!(
+            "xtask test: oracle tests check the full files in {}",
+            oracles.display()
+        );
+    } else {
+        println!(
+            "xtask test: NOTE: {} not found: oracle tests check only the samples embedded in the repository",
+            oracles.display()
+        );
+    }
     let (status, lines) = util::run_tee_stdout(cmd)?;
     let totals = util::TestTotals::from_lines(&lines);
     println!(
