@@ -1,4 +1,22 @@
 #![doc = include_str!("../README.md")]
 
+mod batch;
+mod breaker;
+mod config;
+mod error;
+mod node;
+mod scripts;
+mod stats;
+mod store;
+pub mod structures;
+
 /// The `redis` client this crate is built against.
 pub use redis;
+
+pub use breaker::{BreakerConfig, BreakerState};
+pub use config::{RedisConfig, RedisConfigBuilder, RetryPolicy, Topology, redact};
+pub use store::RedisStore;
+pub use structures::{
+    Delivery, Feed, HashObject, Leaderboard, Ranked, RateDecision, RateLimit, RateLimiter,
+    WorkQueue,
+};

@@ -1,0 +1,74 @@
+//! Automatic batching: concurrent single-key `get`s become one `MGET`.
+//!
+//! One background task owns the queue. It takes everything waiting (up to
+//! `max_batch` keys), sends one `MGET`, hands each caller its answer, and
+//! repeats: a batch is sent as soon as the previous one has returned ("flush
+//! when the connection is free"), so a lone caller pays no added latency and
+//! many concurrent callers share round trips. The task stops when the last
+//! clone of the store is dropped; callers whose batch was in flight then get
+//! an `ErrorKind::Closed` error, never a hang.
+
+use std::sync::Arc;
+
+use larder_core::{Error, ErrorKind, Result};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::node::Node;
+use crate::stats::Cmd;
+
+type Reply = oneshot::Sender<Result<Option<Vec<u8>>>>;
+
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    tx: mpsc::Sender<(String, Reply)>,
+}
+
+impl Batcher {
+    pub(crate) fn spawn(node: Arc<Node>, max_batch: usize) -> Batcher {
+        let (tx, mut rx) = mpsc::channel::<(String, Reply)>(max_batch.saturating_mul(16).max(64));
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(max_batch);
+            while rx.recv_many(&mut batch, max_batch).await > 0 {
+                let (keys, replies): (Vec<String>, Vec<Reply>) = batch.drain(..).unzip();
+                let answer = node
+                    .run(Cmd::MGet, true, "batched MGET", |mut c| {
+                        let keys = &keys;
+                        async move {
+                            redis::cmd("MGET")
+                                .arg(keys)
+                                .query_async::<Vec<Option<Vec<u8>>>>(&mut c)
+                                .await
+                        }
+                    })
+                    .await;
+                match answer {
+                    Ok(values) => {
+                        for (reply, v) in replies.into_iter().zip(values) {
+                            let _ = reply.send(Ok(v));
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Batcher { tx }
+    }
+
+    pub(crate) async fn get(&self, key: String) -> Result<Option<Vec<u8>>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((key, reply))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Closed, "the batching task has stopped"))?;
+        answer.await.map_err(|_| {
+            Error::new(
+                ErrorKind::Closed,
+                "the batching task stopped before answering",
+            )
+        })?
+    }
+}

@@ -1,0 +1,227 @@
+//! A circuit breaker per node: a dead Redis costs a fast error, not a
+//! timeout per call, and is tried again by itself.
+//!
+//! - **Closed**: calls go through; `failure_threshold` consecutive node
+//!   failures (timeouts, connection errors) open it.
+//! - **Open**: calls fail at once with [`ErrorKind::CircuitOpen`] for
+//!   `open_for`.
+//! - **Half-open**: after `open_for`, one probe call goes through (others
+//!   still fail fast); its success closes the breaker, its failure opens it
+//!   for another `open_for`.
+//!
+//! Server error replies (wrong type, script errors) do not count: they prove
+//! the node is alive. Time comes from the core `Clock`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use larder_core::{Error, ErrorKind, Result, SharedClock};
+use std::sync::Mutex as StdMutex;
+
+/// Breaker thresholds.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive node failures that open the breaker (default 5).
+    pub failure_threshold: u32,
+    /// How long it stays open before a probe (default 1 s).
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(1),
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// Thresholds: open after `failure_threshold` consecutive failures, probe after `open_for`.
+    pub fn new(failure_threshold: u32, open_for: Duration) -> Self {
+        BreakerConfig {
+            failure_threshold,
+            open_for,
+        }
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.failure_threshold == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "breaker failure_threshold must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The state of a breaker.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail fast.
+    Open,
+    /// One probe is allowed.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: BreakerState,
+    failures: u32,
+    opened_at: Option<Instant>,
+    probe_in_flight: bool,
+}
+
+/// One node's breaker. Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub(crate) struct Breaker {
+    config: BreakerConfig,
+    clock: SharedClock,
+    inner: Arc<StdMutex<Inner>>,
+}
+
+/// Permission to make one call; report its outcome.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    probe: bool,
+}
+
+impl Breaker {
+    pub(crate) fn new(config: BreakerConfig, clock: SharedClock) -> Self {
+        Breaker {
+            config,
+            clock,
+            inner: Arc::new(StdMutex::new(Inner {
+                state: BreakerState::Closed,
+                failures: 0,
+                opened_at: None,
+                probe_in_flight: false,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The state stays consistent under a panic: every update is a plain store.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn state(&self) -> BreakerState {
+        let mut g = self.lock();
+        self.advance(&mut g);
+        g.state
+    }
+
+    fn advance(&self, g: &mut Inner) {
+        if g.state == BreakerState::Open
+            && g.opened_at.is_some_and(|t| {
+                self.clock.now().saturating_duration_since(t) >= self.config.open_for
+            })
+        {
+            g.state = BreakerState::HalfOpen;
+            g.probe_in_flight = false;
+        }
+    }
+
+    /// A permit, or a `CircuitOpen` error naming the node.
+    pub(crate) fn allow(&self, node: &str) -> Result<Permit> {
+        let mut g = self.lock();
+        self.advance(&mut g);
+        match g.state {
+            BreakerState::Closed => Ok(Permit { probe: false }),
+            BreakerState::HalfOpen if !g.probe_in_flight => {
+                g.probe_in_flight = true;
+                Ok(Permit { probe: true })
+            }
+            _ => Err(Error::new(
+                ErrorKind::CircuitOpen,
+                format!("{node}: circuit open after repeated failures"),
+            )),
+        }
+    }
+
+    /// Records the outcome of a permitted call. `failed` is true only for
+    /// node failures (timeouts, connection errors).
+    pub(crate) fn record(&self, permit: Permit, failed: bool) {
+        let mut g = self.lock();
+        if permit.probe {
+            g.probe_in_flight = false;
+        }
+        if failed {
+            g.failures = g.failures.saturating_add(1);
+            if permit.probe
+                || g.state == BreakerState::HalfOpen
+                || g.failures >= self.config.failure_threshold
+            {
+                g.state = BreakerState::Open;
+                g.opened_at = Some(self.clock.now());
+            }
+        } else {
+            g.failures = 0;
+            if g.state != BreakerState::Open || permit.probe {
+                g.state = BreakerState::Closed;
+                g.opened_at = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use larder_core::MockClock;
+
+    fn fail(b: &Breaker) {
+        let p = b.allow("n").unwrap();
+        b.record(p, true);
+    }
+
+    #[test]
+    fn opens_after_threshold_and_probes_after_cooldown() {
+        let clock = MockClock::new();
+        let b = Breaker::new(
+            BreakerConfig::new(3, Duration::from_secs(2)),
+            clock.shared(),
+        );
+        fail(&b);
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Open);
+        let e = b.allow("n").unwrap_err();
+        assert!(e.is_circuit_open());
+
+        clock.advance(Duration::from_millis(1_999));
+        assert!(b.allow("n").is_err());
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let probe = b.allow("n").unwrap();
+        assert!(b.allow("n").is_err(), "only one probe at a time");
+        b.record(probe, true);
+        assert_eq!(b.state(), BreakerState::Open, "a failed probe re-opens");
+
+        clock.advance(Duration::from_secs(2));
+        let probe = b.allow("n").unwrap();
+        b.record(probe, false);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.allow("n").is_ok());
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let clock = MockClock::new();
+        let b = Breaker::new(
+            BreakerConfig::new(2, Duration::from_secs(1)),
+            clock.shared(),
+        );
+        fail(&b);
+        let p = b.allow("n").unwrap();
+        b.record(p, false);
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+}

@@ -1,0 +1,55 @@
+//! The Lua scripts of the store, loaded once per process and run by
+//! EVALSHA with a transparent NOSCRIPT fallback (`redis::Script`).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// `KEYS[1]` data key; `ARGV[1]` new envelope; `ARGV[2]` PX.
+/// Writes unless the current value is an envelope with a version >= the new
+/// one (versions are big-endian bytes 33..40, so string order is number order).
+/// Foreign or short bytes are overwritten. Returns 1 if written.
+pub(crate) static SET_IF_NEWER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur and string.len(cur) >= 40 and string.byte(cur, 1) == 76 and string.byte(cur, 2) == 1 then
+  if string.sub(cur, 33, 40) >= string.sub(ARGV[1], 33, 40) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+",
+    )
+});
+
+/// `KEYS[1]`; `ARGV[1]` value; `ARGV[2]` PX. Returns `{1, value}` if it set
+/// the key, `{0, current}` if the key already held a value.
+pub(crate) static GET_OR_SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  return {0, cur}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, ARGV[1]}
+",
+    )
+});
+
+/// `KEYS[1]`; `ARGV[1]` increment; `ARGV[2]` PX. INCRBY, and set the expiry
+/// when the key is new or has none, in one step (the tutorial's INCR then
+/// EXPIRE left immortal counters when the client died between the two).
+pub(crate) static INCR_WITH_EXPIRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return n
+",
+    )
+});

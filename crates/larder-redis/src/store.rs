@@ -1,0 +1,614 @@
+//! [`RedisStore`]: the `larder_core::Store` on Redis.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use larder_core::envelope::{self, EnvelopeMeta, HEADER_LEN, MAGIC};
+use larder_core::{
+    Codec, Error, ErrorKind, KeySpace, Result, SharedClock, Store, StoreEntry, StoreStats,
+    SystemClock,
+};
+use larder_ring::{HashRing, hash_tag};
+use serde::de::DeserializeOwned;
+
+use crate::batch::Batcher;
+use crate::breaker::BreakerState;
+use crate::config::{RedisConfig, Topology};
+use crate::node::{Conn, Node};
+use crate::scripts;
+use crate::stats::{Cmd, Stats};
+
+/// Larder's L2 on Redis: standalone, Cluster, or sharded over standalone
+/// servers, behind one type. Cheap to clone (shared).
+///
+/// Every command has a deadline, goes through its node's circuit breaker,
+/// and (for idempotent commands) is retried with backoff after a timeout or
+/// connection error. Keys are user keys; the store writes them as
+/// `{namespace}:{{key}}`.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<RedisConfig>,
+    clock: SharedClock,
+    backend: Backend,
+    batcher: Option<Batcher>,
+}
+
+enum Backend {
+    Single(Arc<Node>),
+    Sharded(RwLock<Arc<Shards>>),
+}
+
+pub(crate) struct Shards {
+    ring: HashRing,
+    nodes: Vec<Arc<Node>>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("topology", self.inner.config.topology())
+            .field("namespace", &self.inner.config.keyspace().namespace())
+            .finish()
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> Result<u64> {
+    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "a TTL must be at least 1 ms",
+        ));
+    }
+    Ok(ms)
+}
+
+impl RedisStore {
+    /// Builds a store from `config`, with the system clock. Connections are
+    /// made lazily: a Redis that is down now is an error on the first
+    /// command, not here, and the store recovers by itself when it returns.
+    /// Needs a Tokio runtime (auto-batching spawns a task).
+    pub fn new(config: RedisConfig) -> Result<Self> {
+        Self::with_clock(config, SystemClock::shared())
+    }
+
+    /// As [`RedisStore::new`], with the clock the breakers and stats use.
+    pub fn with_clock(config: RedisConfig, clock: SharedClock) -> Result<Self> {
+        let config = Arc::new(config);
+        let backend = match config.topology() {
+            Topology::Standalone(url) => Backend::Single(Arc::new(Node::standalone(
+                url,
+                Arc::clone(&config),
+                Arc::clone(&clock),
+            )?)),
+            Topology::Cluster(urls) => Backend::Single(Arc::new(Node::cluster(
+                urls,
+                Arc::clone(&config),
+                Arc::clone(&clock),
+            )?)),
+            Topology::Sharded(urls) => {
+                let nodes = urls
+                    .iter()
+                    .map(|u| {
+                        Node::standalone(u, Arc::clone(&config), Arc::clone(&clock)).map(Arc::new)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Backend::Sharded(RwLock::new(Arc::new(Shards::new(nodes)?)))
+            }
+        };
+        let batcher = match (&backend, config.auto_batch) {
+            (Backend::Single(node), Some(max)) => Some(Batcher::spawn(Arc::clone(node), max)),
+            _ => None,
+        };
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                config,
+                clock,
+                backend,
+                batcher,
+            }),
+        })
+    }
+
+    /// A standalone store from a URL with default settings.
+    pub fn from_url(url: &str) -> Result<Self> {
+        Self::new(RedisConfig::from_url(url)?)
+    }
+
+    /// The key space (namespace) of this store.
+    pub fn keyspace(&self) -> &KeySpace {
+        self.inner.config.keyspace()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn config_response_timeout(&self) -> Duration {
+        self.inner.config.response_timeout
+    }
+
+    pub(crate) fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    /// The node that owns a Redis key (by its hash tag, like Cluster).
+    pub(crate) fn node_for(&self, redis_key: &str) -> Result<Arc<Node>> {
+        match &self.inner.backend {
+            Backend::Single(n) => Ok(Arc::clone(n)),
+            Backend::Sharded(s) => self.shards(s).route(redis_key),
+        }
+    }
+
+    fn shards(&self, s: &RwLock<Arc<Shards>>) -> Arc<Shards> {
+        Arc::clone(&s.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Runs a command on the node owning `redis_key` (for the helpers).
+    pub(crate) async fn run_on<T, F, Fut>(
+        &self,
+        redis_key: &str,
+        cmd: Cmd,
+        idempotent: bool,
+        what: &'static str,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        self.node_for(redis_key)?
+            .run(cmd, idempotent, what, f)
+            .await
+    }
+
+    fn data_key(&self, key: &str) -> Result<String> {
+        self.keyspace().data_key(key)
+    }
+
+    /// Figures per command, breaker rejections and corrupt values seen
+    /// (summed over the nodes of a sharded store).
+    pub fn stats(&self) -> StoreStats {
+        match &self.inner.backend {
+            Backend::Single(n) => n.stats.snapshot(),
+            Backend::Sharded(s) => {
+                let mut total = StoreStats::default();
+                for n in &self.shards(s).nodes {
+                    Stats::merge(&mut total, n.stats.snapshot());
+                }
+                total
+            }
+        }
+    }
+
+    /// Each node's name (password redacted) and breaker state.
+    pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
+        let nodes = match &self.inner.backend {
+            Backend::Single(n) => vec![Arc::clone(n)],
+            Backend::Sharded(s) => self.shards(s).nodes.clone(),
+        };
+        nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.breaker_state()))
+            .collect()
+    }
+
+    /// Sends `PING` to every node; the first error, if any.
+    pub async fn ping(&self) -> Result<()> {
+        let nodes = match &self.inner.backend {
+            Backend::Single(n) => vec![Arc::clone(n)],
+            Backend::Sharded(s) => self.shards(s).nodes.clone(),
+        };
+        for n in nodes {
+            n.run(Cmd::Other, true, "PING", |mut c| async move {
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Reads and decodes an envelope written with `codec`: `Ok(None)` for a
+    /// missing key, `(meta, None)` for a negative entry. Bytes that are not a
+    /// valid envelope of this codec are counted in [`StoreStats::corrupt`]
+    /// and returned as an [`ErrorKind::Corrupt`] error, which callers treat
+    /// as a miss.
+    pub async fn get_decoded<C: Codec, T: DeserializeOwned>(
+        &self,
+        codec: &C,
+        key: &str,
+    ) -> Result<Option<(EnvelopeMeta, Option<T>)>> {
+        let Some(bytes) = self.get(key).await? else {
+            return Ok(None);
+        };
+        match envelope::decode_value::<C, T>(codec, &bytes) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                if let Ok(k) = self.data_key(key) {
+                    self.count_corrupt(&k);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a value under `redis_key` that did not decode.
+    pub(crate) fn count_corrupt(&self, redis_key: &str) {
+        if let Ok(node) = self.node_for(redis_key) {
+            node.stats.corrupt.incr();
+        }
+    }
+
+    /// The remaining time to live of a key; `None` if it is missing or has no expiry.
+    pub async fn ttl(&self, key: &str) -> Result<Option<Duration>> {
+        let k = self.data_key(key)?;
+        let ms: i64 = self
+            .run_on(&k, Cmd::Other, true, "PTTL", |mut c| {
+                let k = k.clone();
+                async move { redis::cmd("PTTL").arg(k).query_async(&mut c).await }
+            })
+            .await?;
+        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+    }
+
+    /// Atomically returns the value under `key`, or sets it to `value` for
+    /// `ttl` if there was none: `(true, value)` if this call set it. One
+    /// round trip (the tutorial's GET then SET raced).
+    pub async fn get_or_set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(bool, Vec<u8>)> {
+        let k = self.data_key(key)?;
+        let ms = ttl_ms(ttl)?;
+        let (set, v): (i64, Vec<u8>) = self
+            .run_on(&k, Cmd::Script, true, "get-or-set script", |mut c| {
+                let mut inv = scripts::GET_OR_SET.key(&k);
+                inv.arg(value).arg(ms);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok((set == 1, v))
+    }
+
+    /// Atomically adds `by` to the integer under `key`, giving it `ttl` if it
+    /// had no expiry (a new counter): the tutorial's INCR then EXPIRE in one step.
+    /// Not retried (not idempotent).
+    pub async fn incr_with_expiry(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
+        let k = self.data_key(key)?;
+        let ms = ttl_ms(ttl)?;
+        self.run_on(
+            &k,
+            Cmd::Script,
+            false,
+            "incr-with-expiry script",
+            |mut c| {
+                let mut inv = scripts::INCR_WITH_EXPIRY.key(&k);
+                inv.arg(by).arg(ms);
+                async move { inv.invoke_async(&mut c).await }
+            },
+        )
+        .await
+    }
+
+    /// Adds a standalone node to a sharded store; only keys that the new
+    /// node now owns move. Errors for other topologies.
+    pub fn add_shard(&self, url: &str) -> Result<()> {
+        let Backend::Sharded(lock) = &self.inner.backend else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "add_shard needs a sharded store",
+            ));
+        };
+        let node = Arc::new(Node::standalone(
+            url,
+            Arc::clone(&self.inner.config),
+            Arc::clone(&self.inner.clock),
+        )?);
+        let mut g = lock.write().unwrap_or_else(|p| p.into_inner());
+        let mut nodes = g.nodes.clone();
+        if nodes.iter().any(|n| n.name == node.name) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{} is already a shard", node.name),
+            ));
+        }
+        nodes.push(node);
+        *g = Arc::new(Shards::new(nodes)?);
+        Ok(())
+    }
+
+    /// Removes a node from a sharded store; only its keys move.
+    pub fn remove_shard(&self, url: &str) -> Result<()> {
+        let Backend::Sharded(lock) = &self.inner.backend else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "remove_shard needs a sharded store",
+            ));
+        };
+        let name = crate::config::redact(url);
+        let mut g = lock.write().unwrap_or_else(|p| p.into_inner());
+        let nodes: Vec<Arc<Node>> = g.nodes.iter().filter(|n| n.name != name).cloned().collect();
+        if nodes.len() == g.nodes.len() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{name} is not a shard"),
+            ));
+        }
+        *g = Arc::new(Shards::new(nodes)?);
+        Ok(())
+    }
+
+    /// Which shard (index into the configured list, name) owns `key` now.
+    pub fn shard_of(&self, key: &str) -> Result<(usize, String)> {
+        let k = self.data_key(key)?;
+        match &self.inner.backend {
+            Backend::Single(n) => Ok((0, n.name.clone())),
+            Backend::Sharded(s) => {
+                let shards = self.shards(s);
+                let node = shards.route(&k)?;
+                let i = shards
+                    .nodes
+                    .iter()
+                    .position(|n| Arc::ptr_eq(n, &node))
+                    .unwrap_or(0);
+                Ok((i, node.name.clone()))
+            }
+        }
+    }
+}
+
+impl Shards {
+    fn new(nodes: Vec<Arc<Node>>) -> Result<Shards> {
+        let ring = HashRing::new(nodes.iter().map(|n| (n.name.clone(), 1)))
+            .map_err(|e| Error::new(ErrorKind::InvalidConfig, format!("sharded store: {e}")))?;
+        Ok(Shards { ring, nodes })
+    }
+
+    /// The live node for a key. A node whose breaker is open is ejected from
+    /// the ring (its keys fail over to the next live node, no other key
+    /// moves); once its breaker lets a probe through it is re-admitted, and
+    /// the probe decides (twemproxy's auto_eject_hosts with
+    /// server_failure_limit = the breaker threshold, server_retry_timeout =
+    /// its open time).
+    fn route(&self, redis_key: &str) -> Result<Arc<Node>> {
+        if self.ring.live_nodes() < self.nodes.len() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if !self.ring.is_up(i) && n.breaker_state() != BreakerState::Open {
+                    let _ = self.ring.mark_up(i);
+                }
+            }
+        }
+        let tag = hash_tag(redis_key.as_bytes());
+        loop {
+            let Some(i) = self.ring.index_for(tag) else {
+                return Err(Error::new(ErrorKind::CircuitOpen, "every shard is down"));
+            };
+            if self.nodes[i].breaker_state() == BreakerState::Open {
+                let _ = self.ring.mark_down(i);
+                continue;
+            }
+            return Ok(Arc::clone(&self.nodes[i]));
+        }
+    }
+}
+
+async fn mget(node: &Node, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+    node.run(Cmd::MGet, true, "MGET", |mut c| async move {
+        redis::cmd("MGET").arg(keys).query_async(&mut c).await
+    })
+    .await
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn name(&self) -> &str {
+        match &self.inner.backend {
+            Backend::Single(n) => &n.name,
+            Backend::Sharded(_) => "sharded",
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let k = self.data_key(key)?;
+        if let Some(b) = &self.inner.batcher {
+            return b.get(k).await;
+        }
+        self.run_on(&k, Cmd::Get, true, "GET", |mut c| {
+            let k = &k;
+            async move { redis::cmd("GET").arg(k).query_async(&mut c).await }
+        })
+        .await
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        let k = self.data_key(key)?;
+        let ms = ttl_ms(ttl)?;
+        self.run_on(&k, Cmd::Set, true, "SET", |mut c| {
+            let k = &k;
+            async move {
+                redis::cmd("SET")
+                    .arg(k)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ms)
+                    .exec_async(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let k = self.data_key(key)?;
+        let n: i64 = self
+            .run_on(&k, Cmd::Del, true, "DEL", |mut c| {
+                let k = &k;
+                async move { redis::cmd("DEL").arg(k).query_async(&mut c).await }
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        let k = self.data_key(key)?;
+        let ms = ttl_ms(ttl)?;
+        // Not retried: a retry after a lost reply would report "not set" for our own write.
+        let r: Option<String> = self
+            .run_on(&k, Cmd::Set, false, "SET NX", |mut c| {
+                let k = &k;
+                async move {
+                    redis::cmd("SET")
+                        .arg(k)
+                        .arg(value)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ms)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(r.is_some())
+    }
+
+    async fn set_if_newer(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        let k = self.data_key(key)?;
+        let ms = ttl_ms(ttl)?;
+        if value.len() < HEADER_LEN || value[0] != MAGIC {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "set_if_newer takes envelope bytes (the version is read from the header)",
+            ));
+        }
+        let written: i64 = self
+            .run_on(&k, Cmd::Script, true, "set-if-newer script", |mut c| {
+                let mut inv = scripts::SET_IF_NEWER.key(&k);
+                inv.arg(value).arg(ms);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(written == 1)
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ks = keys
+            .iter()
+            .map(|k| self.data_key(k))
+            .collect::<Result<Vec<_>>>()?;
+        match &self.inner.backend {
+            // On a Cluster the client splits a multi-slot MGET by slot and merges the answers.
+            Backend::Single(node) => mget(node, &ks).await,
+            Backend::Sharded(s) => {
+                let shards = self.shards(s);
+                let mut groups: Vec<(Arc<Node>, Vec<usize>, Vec<String>)> = Vec::new();
+                for (i, k) in ks.into_iter().enumerate() {
+                    let node = shards.route(&k)?;
+                    match groups.iter_mut().find(|(n, _, _)| Arc::ptr_eq(n, &node)) {
+                        Some((_, idx, gk)) => {
+                            idx.push(i);
+                            gk.push(k);
+                        }
+                        None => groups.push((node, vec![i], vec![k])),
+                    }
+                }
+                let answers = join_all(groups.iter().map(|(n, _, gk)| mget(n, gk))).await;
+                let mut out = vec![None; keys.len()];
+                for ((_, idx, _), answer) in groups.iter().zip(answers) {
+                    for (i, v) in idx.iter().zip(answer?) {
+                        out[*i] = v;
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    async fn set_many(&self, entries: &[StoreEntry<'_>]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut items = Vec::with_capacity(entries.len());
+        for e in entries {
+            items.push((self.data_key(e.key)?, e.value, ttl_ms(e.ttl)?));
+        }
+        let mut groups: Vec<(Arc<Node>, Vec<(String, &[u8], u64)>)> = Vec::new();
+        for item in items {
+            let node = self.node_for(&item.0)?;
+            match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &node)) {
+                Some((_, g)) => g.push(item),
+                None => groups.push((node, vec![item])),
+            }
+        }
+        let is_cluster = matches!(self.inner.config.topology(), Topology::Cluster(_));
+        let results = join_all(groups.iter().map(|(node, group)| async move {
+            if is_cluster {
+                // One SET per key, sent concurrently on the multiplexed cluster
+                // connection: a cluster pipeline must not span slots.
+                let sets = group.iter().map(|(k, v, ms)| {
+                    node.run(Cmd::Set, true, "SET", move |mut c| async move {
+                        redis::cmd("SET")
+                            .arg(k)
+                            .arg(*v)
+                            .arg("PX")
+                            .arg(*ms)
+                            .exec_async(&mut c)
+                            .await
+                    })
+                });
+                join_all(sets)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<()>>>()
+                    .map(|_| ())
+            } else {
+                node.run(Cmd::Pipeline, true, "SET pipeline", |mut c| async move {
+                    let mut p = redis::pipe();
+                    for (k, v, ms) in group {
+                        p.cmd("SET").arg(k).arg(*v).arg("PX").arg(*ms).ignore();
+                    }
+                    p.exec_async(&mut c).await
+                })
+                .await
+            }
+        }))
+        .await;
+        results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+    }
+
+    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let ks = keys
+            .iter()
+            .map(|k| self.data_key(k))
+            .collect::<Result<Vec<_>>>()?;
+        let mut groups: Vec<(Arc<Node>, Vec<String>)> = Vec::new();
+        for k in ks {
+            let node = self.node_for(&k)?;
+            match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &node)) {
+                Some((_, g)) => g.push(k),
+                None => groups.push((node, vec![k])),
+            }
+        }
+        let counts = join_all(groups.iter().map(|(node, g)| {
+            node.run(Cmd::Del, true, "DEL", move |mut c| async move {
+                redis::cmd("DEL").arg(g).query_async::<u64>(&mut c).await
+            })
+        }))
+        .await;
+        counts.into_iter().sum()
+    }
+}

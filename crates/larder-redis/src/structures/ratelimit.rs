@@ -1,0 +1,269 @@
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use larder_core::{Error, ErrorKind, Result};
+use redis::Script;
+
+use crate::stats::Cmd;
+use crate::store::RedisStore;
+
+use super::check_part;
+
+/// A limit and the algorithm that enforces it.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    /// At most `limit` per aligned window (`[k * window, (k + 1) * window)`).
+    /// Cheapest; allows up to `2 * limit` across a window boundary.
+    FixedWindow {
+        /// Requests per window.
+        limit: u64,
+        /// Window length (at least 1 ms).
+        window: Duration,
+    },
+    /// At most `limit` in any trailing `window` (a sorted-set log): exact, one
+    /// set entry per allowed request.
+    SlidingWindow {
+        /// Requests per trailing window.
+        limit: u64,
+        /// Window length (at least 1 ms).
+        window: Duration,
+    },
+    /// GCRA token bucket: `rate` per `period` sustained, bursts of up to
+    /// `burst`; O(1) memory (one timestamp per id).
+    TokenBucket {
+        /// Requests per period, sustained.
+        rate: u64,
+        /// The period.
+        period: Duration,
+        /// Bucket size: how many may arrive at once.
+        burst: u64,
+    },
+}
+
+/// The answer of a limiter.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    /// Whether the request may proceed (a denied request consumes nothing).
+    pub allowed: bool,
+    /// How many more requests would be allowed right now.
+    pub remaining: u64,
+    /// When denied: how long until this request would be allowed.
+    pub retry_after: Option<Duration>,
+}
+
+static FIXED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cost = tonumber(ARGV[1])
+local n = redis.call('INCRBY', KEYS[1], cost)
+if n == cost then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[3]) then
+  redis.call('DECRBY', KEYS[1], cost)
+  return {0, n - cost}
+end
+return {1, n}
+",
+    )
+});
+
+static SLIDING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count + cost > limit then
+  local retry = window
+  local idx = count + cost - limit - 1
+  local e = redis.call('ZRANGE', KEYS[1], idx, idx, 'WITHSCORES')
+  if e[2] then retry = tonumber(e[2]) + window - now end
+  return {0, count, retry}
+end
+for i = 1, cost do
+  local s = redis.call('INCR', KEYS[2])
+  redis.call('ZADD', KEYS[1], now, tostring(s))
+end
+redis.call('PEXPIRE', KEYS[1], window)
+redis.call('PEXPIRE', KEYS[2], window)
+return {1, count + cost, 0}
+",
+    )
+});
+
+/// GCRA in microseconds: TAT = theoretical arrival time.
+static GCRA: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = tonumber(ARGV[1])
+local t = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + t * cost
+local allow_at = new_tat - t * burst
+if now < allow_at then
+  local remaining = math.floor((now - (tat - t * burst)) / t)
+  if remaining < 0 then remaining = 0 end
+  return {0, remaining, allow_at - now}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, math.floor((now - allow_at) / t), 0}
+",
+    )
+});
+
+/// A distributed rate limiter: every instance of a service that uses the
+/// same name shares the limit. Time comes from the store's clock (all
+/// instances must keep their clocks in sync, e.g. NTP); each decision is
+/// one atomic script.
+///
+/// ```no_run
+/// # async fn demo(store: larder_redis::RedisStore) -> larder_core::Result<()> {
+/// use larder_redis::{RateLimit, RateLimiter};
+/// use std::time::Duration;
+///
+/// let per_user = RateLimiter::new(&store, "checkout", RateLimit::TokenBucket {
+///     rate: 10, period: Duration::from_secs(1), burst: 20,
+/// })?;
+/// let d = per_user.check("user:42").await?;
+/// if !d.allowed {
+///     println!("slow down, retry in {:?}", d.retry_after);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    store: RedisStore,
+    name: String,
+    limit: RateLimit,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RateLimiter {
+    /// A limiter called `name` (its keys are `{namespace}:{rate:name:id}`).
+    /// Errors: an invalid name, a zero limit, rate, burst or window.
+    pub fn new(store: &RedisStore, name: &str, limit: RateLimit) -> Result<Self> {
+        check_part("limiter name", name)?;
+        let bad = |m: &'static str| Err(Error::new(ErrorKind::InvalidArgument, m));
+        match limit {
+            RateLimit::FixedWindow { limit, window }
+            | RateLimit::SlidingWindow { limit, window } => {
+                if limit == 0 || ms(window) == 0 {
+                    return bad("a window limit needs limit >= 1 and window >= 1 ms");
+                }
+            }
+            RateLimit::TokenBucket {
+                rate,
+                period,
+                burst,
+            } => {
+                if rate == 0 || burst == 0 || period.is_zero() {
+                    return bad("a token bucket needs rate, burst and period above zero");
+                }
+            }
+        }
+        Ok(RateLimiter {
+            store: store.clone(),
+            name: name.to_owned(),
+            limit,
+        })
+    }
+
+    /// Takes one request for `id`.
+    pub async fn check(&self, id: &str) -> Result<RateDecision> {
+        self.check_n(id, 1).await
+    }
+
+    /// Takes `cost` requests for `id` at once (all or nothing).
+    pub async fn check_n(&self, id: &str, cost: u64) -> Result<RateDecision> {
+        check_part("limiter id", id)?;
+        if cost == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "cost must be at least 1",
+            ));
+        }
+        let base = format!("rate:{}:{id}", self.name);
+        let ks = self.store.keyspace();
+        let now_ms = self.store.clock().unix_millis();
+        match self.limit {
+            RateLimit::FixedWindow { limit, window } => {
+                let w = ms(window);
+                let index = now_ms / w;
+                let key = ks.internal_key(&base, &index.to_string())?;
+                let ttl = (index + 1) * w - now_ms;
+                let (ok, count): (i64, u64) = self
+                    .store
+                    .run_on(&key, Cmd::Script, false, "fixed-window limiter", |mut c| {
+                        let mut inv = FIXED.key(&key);
+                        inv.arg(cost).arg(ttl).arg(limit);
+                        async move { inv.invoke_async(&mut c).await }
+                    })
+                    .await?;
+                Ok(RateDecision {
+                    allowed: ok == 1,
+                    remaining: limit.saturating_sub(count),
+                    retry_after: (ok != 1).then(|| Duration::from_millis(ttl)),
+                })
+            }
+            RateLimit::SlidingWindow { limit, window } => {
+                let key = ks.data_key(&base)?;
+                let seq = ks.internal_key(&base, "seq")?;
+                let (ok, count, retry): (i64, u64, u64) = self
+                    .store
+                    .run_on(
+                        &key,
+                        Cmd::Script,
+                        false,
+                        "sliding-window limiter",
+                        |mut c| {
+                            let mut inv = SLIDING.key(&key);
+                            inv.key(&seq)
+                                .arg(now_ms)
+                                .arg(ms(window))
+                                .arg(limit)
+                                .arg(cost);
+                            async move { inv.invoke_async(&mut c).await }
+                        },
+                    )
+                    .await?;
+                Ok(RateDecision {
+                    allowed: ok == 1,
+                    remaining: limit.saturating_sub(count),
+                    retry_after: (ok != 1).then(|| Duration::from_millis(retry)),
+                })
+            }
+            RateLimit::TokenBucket {
+                rate,
+                period,
+                burst,
+            } => {
+                let key = ks.data_key(&base)?;
+                let t_us = (period.as_micros() as f64 / rate as f64).max(1.0);
+                let now_us = now_ms.saturating_mul(1000);
+                let (ok, remaining, retry_us): (i64, u64, u64) = self
+                    .store
+                    .run_on(&key, Cmd::Script, false, "token-bucket limiter", |mut c| {
+                        let mut inv = GCRA.key(&key);
+                        inv.arg(now_us).arg(t_us).arg(burst).arg(cost);
+                        async move { inv.invoke_async(&mut c).await }
+                    })
+                    .await?;
+                Ok(RateDecision {
+                    allowed: ok == 1,
+                    remaining,
+                    retry_after: (ok != 1).then(|| Duration::from_micros(retry_us)),
+                })
+            }
+        }
+    }
+}
