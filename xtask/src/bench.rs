@@ -38,6 +38,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     if let Some(bad) = args.iter().find(|a| *a != "--quick") {
         return Err(format!("bench: unknown argument {bad:?}"));
     }
+    let redis_server = crate::redis::ensure_redis_server()?;
     let root = util::project_root();
     let out = root.join("target/larder-bench");
     let _ = std::fs::remove_dir_all(out.join("raw"));
@@ -47,7 +48,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 
     let mut cmd = util::cargo();
     cmd.args(["bench", "--package", "larder-benches", "--benches", "--"])
-        .env("LARDER_BENCH_OUT", &out);
+        .env("LARDER_BENCH_OUT", &out)
+        .env("LARDER_REDIS_SERVER", &redis_server);
     if quick {
         cmd.args([
             "--warm-up-time",

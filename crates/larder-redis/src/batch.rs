@@ -3,8 +3,9 @@
 //! One background task owns the queue. It takes everything waiting (up to
 //! `max_batch` keys), sends one `MGET`, hands each caller its answer, and
 //! repeats: a batch is sent as soon as the previous one has returned ("flush
-//! when the connection is free"), so a lone caller pays no added latency and
-//! many concurrent callers share round trips. The task stops when the last
+//! when the connection is free"), after one scheduler yield so that callers
+//! being polled at that moment join it. A lone caller pays one yield; many
+//! concurrent callers share round trips. The task stops when the last
 //! clone of the store is dropped; callers whose batch was in flight then get
 //! an `ErrorKind::Closed` error, never a hang.
 
@@ -29,6 +30,17 @@ impl Batcher {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(max_batch);
             while rx.recv_many(&mut batch, max_batch).await > 0 {
+                if batch.len() < max_batch {
+                    // Let callers that are being polled right now enqueue too,
+                    // so a burst goes out as one MGET rather than 1 + the rest.
+                    tokio::task::yield_now().await;
+                    while batch.len() < max_batch {
+                        match rx.try_recv() {
+                            Ok(req) => batch.push(req),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 let (keys, replies): (Vec<String>, Vec<Reply>) = batch.drain(..).unzip();
                 let answer = node
                     .run(Cmd::MGet, true, "batched MGET", |mut c| {

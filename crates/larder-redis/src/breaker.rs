@@ -80,6 +80,7 @@ struct Inner {
 /// One node's breaker. Cheap to clone (shared state).
 #[derive(Debug, Clone)]
 pub(crate) struct Breaker {
+    name: Arc<str>,
     config: BreakerConfig,
     clock: SharedClock,
     inner: Arc<StdMutex<Inner>>,
@@ -92,8 +93,9 @@ pub(crate) struct Permit {
 }
 
 impl Breaker {
-    pub(crate) fn new(config: BreakerConfig, clock: SharedClock) -> Self {
+    pub(crate) fn new(name: &str, config: BreakerConfig, clock: SharedClock) -> Self {
         Breaker {
+            name: Arc::from(name),
             config,
             clock,
             inner: Arc::new(StdMutex::new(Inner {
@@ -127,8 +129,14 @@ impl Breaker {
         }
     }
 
+    /// The node it guards.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A permit, or a `CircuitOpen` error naming the node.
-    pub(crate) fn allow(&self, node: &str) -> Result<Permit> {
+    pub(crate) fn allow(&self) -> Result<Permit> {
+        let node = &self.name;
         let mut g = self.lock();
         self.advance(&mut g);
         match g.state {
@@ -176,7 +184,7 @@ mod tests {
     use larder_core::MockClock;
 
     fn fail(b: &Breaker) {
-        let p = b.allow("n").unwrap();
+        let p = b.allow().unwrap();
         b.record(p, true);
     }
 
@@ -184,6 +192,7 @@ mod tests {
     fn opens_after_threshold_and_probes_after_cooldown() {
         let clock = MockClock::new();
         let b = Breaker::new(
+            "n",
             BreakerConfig::new(3, Duration::from_secs(2)),
             clock.shared(),
         );
@@ -192,34 +201,35 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Closed);
         fail(&b);
         assert_eq!(b.state(), BreakerState::Open);
-        let e = b.allow("n").unwrap_err();
+        let e = b.allow().unwrap_err();
         assert!(e.is_circuit_open());
 
         clock.advance(Duration::from_millis(1_999));
-        assert!(b.allow("n").is_err());
+        assert!(b.allow().is_err());
         clock.advance(Duration::from_millis(1));
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        let probe = b.allow("n").unwrap();
-        assert!(b.allow("n").is_err(), "only one probe at a time");
+        let probe = b.allow().unwrap();
+        assert!(b.allow().is_err(), "only one probe at a time");
         b.record(probe, true);
         assert_eq!(b.state(), BreakerState::Open, "a failed probe re-opens");
 
         clock.advance(Duration::from_secs(2));
-        let probe = b.allow("n").unwrap();
+        let probe = b.allow().unwrap();
         b.record(probe, false);
         assert_eq!(b.state(), BreakerState::Closed);
-        assert!(b.allow("n").is_ok());
+        assert!(b.allow().is_ok());
     }
 
     #[test]
     fn a_success_resets_the_count() {
         let clock = MockClock::new();
         let b = Breaker::new(
+            "n",
             BreakerConfig::new(2, Duration::from_secs(1)),
             clock.shared(),
         );
         fail(&b);
-        let p = b.allow("n").unwrap();
+        let p = b.allow().unwrap();
         b.record(p, false);
         fail(&b);
         assert_eq!(b.state(), BreakerState::Closed);

@@ -90,6 +90,7 @@ pub struct RedisConfig {
     pub(crate) retry: RetryPolicy,
     pub(crate) breaker: BreakerConfig,
     pub(crate) auto_batch: Option<usize>,
+    pub(crate) tls_root_cert: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
@@ -110,6 +111,7 @@ impl RedisConfig {
                 retry: RetryPolicy::default(),
                 breaker: BreakerConfig::default(),
                 auto_batch: None,
+                tls_root_cert: None,
             },
             namespace: None,
         }
@@ -170,6 +172,14 @@ impl RedisConfigBuilder {
     /// Off by default.
     pub fn auto_batch(mut self, max_batch: usize) -> Self {
         self.config.auto_batch = Some(max_batch.max(1));
+        self
+    }
+
+    /// Trusts this CA certificate (PEM) for `rediss://` instead of the
+    /// system's roots (`tls` feature).
+    #[cfg(feature = "tls")]
+    pub fn tls_root_cert(mut self, pem: Vec<u8>) -> Self {
+        self.config.tls_root_cert = Some(pem);
         self
     }
 

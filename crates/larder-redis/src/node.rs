@@ -8,6 +8,9 @@ use larder_core::{Error, ErrorKind, Result, SharedClock};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use std::collections::HashMap;
+use std::sync::{Mutex as StdMutex, RwLock as StdRwLock};
+
 use tokio::sync::OnceCell;
 
 use crate::breaker::{Breaker, BreakerState};
@@ -61,6 +64,72 @@ enum Source {
 struct LazyCluster {
     client: ClusterClient,
     conn: OnceCell<ClusterConnection>,
+    /// (first slot, last slot, master address), from `CLUSTER SLOTS`.
+    slots: StdRwLock<Vec<(u16, u16, String)>>,
+    /// One breaker per master address.
+    breakers: StdMutex<HashMap<String, Breaker>>,
+}
+
+impl LazyCluster {
+    fn owner(&self, slot: u16) -> Option<String> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&slot))
+            .map(|(_, _, addr)| addr.clone())
+    }
+
+    fn breaker(&self, addr: &str, config: &RedisConfig, clock: &SharedClock) -> Breaker {
+        let mut map = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(addr.to_owned())
+            .or_insert_with(|| {
+                Breaker::new(
+                    &format!("cluster master {addr}"),
+                    config.breaker,
+                    Arc::clone(clock),
+                )
+            })
+            .clone()
+    }
+
+    /// Re-reads the slot map through the cluster connection.
+    async fn refresh_slots(&self, conn: &mut ClusterConnection) {
+        let Ok(entries) = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<Vec<Vec<redis::Value>>>(conn)
+            .await
+        else {
+            return;
+        };
+        let mut map = Vec::with_capacity(entries.len());
+        for e in entries {
+            let (Some(a), Some(b), Some(node)) = (e.first(), e.get(1), e.get(2)) else {
+                continue;
+            };
+            let parsed = (
+                redis::from_redis_value_ref::<u16>(a),
+                redis::from_redis_value_ref::<u16>(b),
+                redis::from_redis_value_ref::<(String, u16)>(node).or_else(|_| {
+                    redis::from_redis_value_ref::<Vec<redis::Value>>(node).and_then(|v| {
+                        Ok((
+                            redis::from_redis_value_ref::<String>(
+                                v.first().unwrap_or(&redis::Value::Nil),
+                            )?,
+                            redis::from_redis_value_ref::<u16>(
+                                v.get(1).unwrap_or(&redis::Value::Nil),
+                            )?,
+                        ))
+                    })
+                }),
+            );
+            if let (Ok(a), Ok(b), Ok((ip, port))) = parsed {
+                map.push((a, b, format!("{ip}:{port}")));
+            }
+        }
+        if !map.is_empty() {
+            *self.slots.write().unwrap_or_else(|p| p.into_inner()) = map;
+        }
+    }
 }
 
 /// An endpoint with its breaker. Every command goes through [`Node::run`].
@@ -92,10 +161,12 @@ impl Node {
         config: Arc<RedisConfig>,
         clock: SharedClock,
     ) -> Result<Node> {
-        let client = redis::Client::open(url).map_err(|e| from_redis(e, "invalid Redis URL"))?;
+        let client = open_client(url, &config)?;
         let cm = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
+            // Node::run puts one hard deadline on every attempt; a second
+            // timer per request inside the manager would only cost time.
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_min_delay(std::time::Duration::from_millis(5))
             .set_max_delay(std::time::Duration::from_millis(50));
@@ -105,7 +176,7 @@ impl Node {
             name: redact(url),
             urls: vec![url.to_owned()],
             source: Source::Standalone(manager),
-            breaker: Breaker::new(config.breaker, Arc::clone(&clock)),
+            breaker: Breaker::new(&redact(url), config.breaker, Arc::clone(&clock)),
             config,
             clock,
             stats: Arc::new(Stats::default()),
@@ -124,17 +195,20 @@ impl Node {
             .retries(2)
             .build()
             .map_err(|e| from_redis(e, "invalid Redis Cluster configuration"))?;
+        let name = format!(
+            "cluster[{}]",
+            urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",")
+        );
         Ok(Node {
             urls: urls.to_vec(),
-            name: format!(
-                "cluster[{}]",
-                urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",")
-            ),
+            breaker: Breaker::new(&name, config.breaker, Arc::clone(&clock)),
+            name,
             source: Source::Cluster(Box::new(LazyCluster {
                 client,
                 conn: OnceCell::new(),
+                slots: StdRwLock::new(Vec::new()),
+                breakers: StdMutex::new(HashMap::new()),
             })),
-            breaker: Breaker::new(config.breaker, Arc::clone(&clock)),
             config,
             clock,
             stats: Arc::new(Stats::default()),
@@ -144,11 +218,17 @@ impl Node {
     async fn conn(&self) -> redis::RedisResult<Conn> {
         match &self.source {
             Source::Standalone(m) => Ok(Conn::Standalone(m.clone())),
-            Source::Cluster(lazy) => lazy
-                .conn
-                .get_or_try_init(|| lazy.client.get_async_connection())
-                .await
-                .map(|c| Conn::Cluster(c.clone())),
+            Source::Cluster(lazy) => {
+                let c = lazy
+                    .conn
+                    .get_or_try_init(|| async {
+                        let mut c = lazy.client.get_async_connection().await?;
+                        lazy.refresh_slots(&mut c).await;
+                        Ok::<_, redis::RedisError>(c)
+                    })
+                    .await?;
+                Ok(Conn::Cluster(c.clone()))
+            }
         }
     }
 
@@ -158,6 +238,34 @@ impl Node {
 
     pub(crate) fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
+    }
+
+    /// Every breaker of this node: one, or (Cluster) the cluster-wide one
+    /// for multi-slot commands and one per master.
+    pub(crate) fn breaker_states(&self) -> Vec<(String, BreakerState)> {
+        let mut out = vec![(self.breaker.name().to_owned(), self.breaker.state())];
+        if let Source::Cluster(lazy) = &self.source {
+            let map = lazy.breakers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut masters: Vec<(String, BreakerState)> = map
+                .values()
+                .map(|b| (b.name().to_owned(), b.state()))
+                .collect();
+            masters.sort_by(|a, b| a.0.cmp(&b.0));
+            out.extend(masters);
+        }
+        out
+    }
+
+    /// The breaker guarding a command on `route` (a Redis key): on a Cluster,
+    /// the breaker of the master owning its slot, when known.
+    fn breaker_for(&self, route: Option<&str>) -> Breaker {
+        if let (Source::Cluster(lazy), Some(key)) = (&self.source, route) {
+            let slot = larder_ring::keyslot(key.as_bytes());
+            if let Some(addr) = lazy.owner(slot) {
+                return lazy.breaker(&addr, &self.config, &self.clock);
+            }
+        }
+        self.breaker.clone()
     }
 
     /// Runs one command: breaker check, a per-attempt deadline, stats, and
@@ -173,6 +281,24 @@ impl Node {
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        self.run_routed(None, cmd, idempotent, what, f).await
+    }
+
+    /// [`Node::run`] for a command on one key: on a Cluster it goes through
+    /// the breaker of the master that owns the key.
+    pub(crate) async fn run_routed<T, F, Fut>(
+        &self,
+        route: Option<&str>,
+        cmd: Cmd,
+        idempotent: bool,
+        what: &'static str,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let breaker = self.breaker_for(route);
         let attempts = if idempotent {
             self.config.retry.max_retries + 1
         } else {
@@ -180,7 +306,7 @@ impl Node {
         };
         let mut attempt = 0;
         loop {
-            let permit = match self.breaker.allow(&self.name) {
+            let permit = match breaker.allow() {
                 Ok(p) => p,
                 Err(e) => {
                     self.stats.breaker_rejections.incr();
@@ -210,7 +336,13 @@ impl Node {
                 result.is_err(),
                 result.as_ref().err().is_some_and(Error::is_timeout),
             );
-            self.breaker.record(permit, failed);
+            breaker.record(permit, failed);
+            if failed && let Source::Cluster(lazy) = &self.source {
+                // The topology may have changed: re-read who owns what.
+                if let Ok(Conn::Cluster(mut c)) = self.conn().await {
+                    lazy.refresh_slots(&mut c).await;
+                }
+            }
             match result {
                 Err(e) if failed && attempt + 1 < attempts => {
                     tokio::time::sleep(self.config.retry.backoff(attempt)).await;
@@ -221,4 +353,19 @@ impl Node {
             }
         }
     }
+}
+
+/// A client for `url`, trusting the configured root certificate if any.
+pub(crate) fn open_client(url: &str, config: &RedisConfig) -> Result<redis::Client> {
+    #[cfg(feature = "tls")]
+    if let Some(root) = &config.tls_root_cert {
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root.clone()),
+        };
+        return redis::Client::build_with_tls(url, certs)
+            .map_err(|e| from_redis(e, "invalid Redis TLS configuration"));
+    }
+    let _ = config;
+    redis::Client::open(url).map_err(|e| from_redis(e, "invalid Redis URL"))
 }

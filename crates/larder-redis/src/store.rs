@@ -165,7 +165,7 @@ impl RedisStore {
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         self.node_for(redis_key)?
-            .run(cmd, idempotent, what, f)
+            .run_routed(Some(redis_key), cmd, idempotent, what, f)
             .await
     }
 
@@ -188,16 +188,19 @@ impl RedisStore {
         }
     }
 
-    /// Each node's name (password redacted) and breaker state.
+    /// Each node's name (password redacted) and breaker state. A Cluster
+    /// store lists its cluster-wide breaker (for multi-slot commands) first,
+    /// then one per master it has routed a key to.
     pub fn breaker_states(&self) -> Vec<(String, BreakerState)> {
-        let nodes = match &self.inner.backend {
-            Backend::Single(n) => vec![Arc::clone(n)],
-            Backend::Sharded(s) => self.shards(s).nodes.clone(),
-        };
-        nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.breaker_state()))
-            .collect()
+        match &self.inner.backend {
+            Backend::Single(n) => n.breaker_states(),
+            Backend::Sharded(s) => self
+                .shards(s)
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.breaker_state()))
+                .collect(),
+        }
     }
 
     /// Sends `PING` to every node; the first error, if any.
@@ -557,7 +560,7 @@ impl Store for RedisStore {
                 // One SET per key, sent concurrently on the multiplexed cluster
                 // connection: a cluster pipeline must not span slots.
                 let sets = group.iter().map(|(k, v, ms)| {
-                    node.run(Cmd::Set, true, "SET", move |mut c| async move {
+                    node.run_routed(Some(k), Cmd::Set, true, "SET", move |mut c| async move {
                         redis::cmd("SET")
                             .arg(k)
                             .arg(*v)

@@ -75,6 +75,7 @@ pub struct ServerBuilder {
     requirepass: Option<String>,
     users: Vec<AclUser>,
     cluster: bool,
+    tls: bool,
     args: Vec<String>,
 }
 
@@ -103,6 +104,14 @@ impl ServerBuilder {
     /// Starts the server in cluster mode (used by [`crate::RedisCluster`]).
     pub fn cluster_enabled(mut self) -> Self {
         self.cluster = true;
+        self
+    }
+
+    /// Serves TLS only (`rediss://`), with a certificate for 127.0.0.1 and
+    /// `localhost` signed by a fresh test CA ([`RedisServer::ca_pem`]).
+    /// Clients are not asked for certificates.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -171,9 +180,21 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<()> {
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--daemonize", "no"])
+        if self.settings.tls {
+            let (cert, key, ca) = self.write_certificates()?;
+            cmd.args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.arg("--port").arg(self.port.to_string());
+        }
+        cmd.args(["--bind", "127.0.0.1", "--daemonize", "no"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -196,6 +217,10 @@ impl RedisServer {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "5000",
+                // Live masters keep serving their slots while another is down,
+                // as a cache cluster should be configured.
+                "--cluster-require-full-coverage",
+                "no",
             ]);
         }
         cmd.args(&self.settings.args);
@@ -225,7 +250,13 @@ impl RedisServer {
                     self.log_tail(),
                 ));
             }
-            if ping(self.addr()).is_ok() {
+            let ready = if self.settings.tls {
+                // A TLS port that accepts means the server finished starting.
+                TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok()
+            } else {
+                ping(self.addr()).is_ok()
+            };
+            if ready {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -255,6 +286,50 @@ impl RedisServer {
     /// `redis://127.0.0.1:port/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// `rediss://127.0.0.1:port/` (for a [`ServerBuilder::tls`] server).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.port)
+    }
+
+    /// The PEM of the test CA that signed a TLS server's certificate.
+    pub fn ca_pem(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.path().join("ca.pem")).ok()
+    }
+
+    /// Writes (once) a CA and a server certificate signed by it; their paths.
+    fn write_certificates(&self) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        let dir = self.dir.path();
+        let (cert, key, ca) = (
+            dir.join("server.pem"),
+            dir.join("server.key"),
+            dir.join("ca.pem"),
+        );
+        if cert.exists() {
+            return Ok((cert, key, ca));
+        }
+        let tls_err =
+            |e: rcgen::Error| Error::new(format!("could not make a test certificate: {e}"));
+        let ca_key = rcgen::KeyPair::generate().map_err(tls_err)?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "larder-testkit CA");
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = rcgen::KeyPair::generate().map_err(tls_err)?;
+        let server_params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .map_err(tls_err)?;
+        let server_cert = server_params
+            .signed_by(&server_key, &issuer)
+            .map_err(tls_err)?;
+        std::fs::write(&ca, ca_cert.pem())?;
+        std::fs::write(&cert, server_cert.pem())?;
+        std::fs::write(&key, server_key.serialize_pem())?;
+        Ok((cert, key, ca))
     }
 
     /// `redis://user:password@127.0.0.1:port/`.

@@ -239,7 +239,8 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
         let node = self.store.node_for(&self.ready)?;
         let mut slot = self.blocking.lock().await;
         if slot.is_none() {
-            *slot = Some(dedicated(&node.urls, node.is_cluster(), wait).await?);
+            *slot =
+                Some(dedicated(&node.urls, node.is_cluster(), wait, self.store.config()).await?);
         }
         let Some(conn) = slot.as_mut() else {
             return Err(Error::new(ErrorKind::Connection, "no dedicated connection"));
@@ -355,7 +356,12 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
 
 /// A connection of its own for blocking commands, with no response timeout
 /// shorter than the block.
-async fn dedicated(urls: &[String], cluster: bool, wait: Duration) -> Result<Conn> {
+async fn dedicated(
+    urls: &[String],
+    cluster: bool,
+    wait: Duration,
+    config: &crate::RedisConfig,
+) -> Result<Conn> {
     if cluster {
         let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
             .response_timeout(wait + Duration::from_secs(5))
@@ -367,7 +373,7 @@ async fn dedicated(urls: &[String], cluster: bool, wait: Duration) -> Result<Con
             .map_err(|e| from_redis(e, "connect"))?;
         Ok(Conn::Cluster(c))
     } else {
-        let client = redis::Client::open(urls[0].as_str()).map_err(|e| from_redis(e, "client"))?;
+        let client = crate::node::open_client(&urls[0], config)?;
         let cfg = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
         let m = redis::aio::ConnectionManager::new_with_config(client, cfg)
             .await

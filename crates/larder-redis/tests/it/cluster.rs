@@ -64,3 +64,77 @@ async fn every_operation_on_a_three_master_cluster() {
     assert!(s.set_if_absent("lease", b"x", T).await.unwrap());
     assert_eq!(s.incr_with_expiry("n", 2, T).await.unwrap(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_trips_only_its_own_breaker() {
+    use larder_core::MockClock;
+    use larder_redis::{BreakerConfig, BreakerState};
+
+    let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3).unwrap())
+        .await
+        .unwrap();
+    let clock = MockClock::new();
+    let cfg = quick_config(Topology::Cluster(cluster.urls()))
+        .response_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500))
+        .breaker(BreakerConfig::new(2, Duration::from_secs(10)))
+        .build()
+        .unwrap();
+    let s = RedisStore::with_clock(cfg, clock.shared()).unwrap();
+    // One key per master, by slot.
+    let mut per_master: Vec<Option<String>> = vec![None; 3];
+    for i in 0.. {
+        let k = format!("key:{i}");
+        let slot = larder_ring::keyslot(format!("larder:{{{k}}}").as_bytes());
+        let owner = cluster.owner_of_slot(slot);
+        if per_master[owner].is_none() {
+            per_master[owner] = Some(k);
+        }
+        if per_master.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let keys: Vec<String> = per_master.into_iter().map(Option::unwrap).collect();
+    for k in &keys {
+        s.set(k, b"v", T).await.unwrap();
+    }
+
+    cluster.node_mut(1).kill();
+    for _ in 0..2 {
+        assert!(s.get(&keys[1]).await.unwrap_err().is_backend_unavailable());
+    }
+    let e = s.get(&keys[1]).await.unwrap_err();
+    assert!(e.is_circuit_open(), "{e}");
+    // The other masters are unaffected: their keys are served, their breakers closed.
+    for k in [&keys[0], &keys[2]] {
+        assert_eq!(s.get(k).await.unwrap().as_deref(), Some(&b"v"[..]), "{k}");
+    }
+    let states = s.breaker_states();
+    let open: Vec<&String> = states
+        .iter()
+        .filter(|(_, st)| *st == BreakerState::Open)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(open.len(), 1, "{states:?}");
+    assert!(
+        open[0].contains(&cluster.nodes()[1].port().to_string()),
+        "{states:?}"
+    );
+
+    // Back: after the open period the probe succeeds and the breaker closes.
+    cluster.node_mut(1).restart().unwrap();
+    let mut back = false;
+    for _ in 0..30 {
+        clock.advance(Duration::from_secs(10));
+        if s.set(&keys[1], b"again", T).await.is_ok() {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "master 1 never came back: {:?}", s.breaker_states());
+    assert!(
+        s.breaker_states()
+            .iter()
+            .all(|(_, st)| *st == BreakerState::Closed)
+    );
+}

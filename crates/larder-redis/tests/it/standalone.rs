@@ -283,3 +283,31 @@ async fn namespaces_are_separate() {
         Some(&b"from a"[..])
     );
 }
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_with_a_generated_certificate() {
+    let server = RedisServer::builder().tls().start().unwrap();
+    let cfg = quick_config(Topology::Standalone(server.tls_url()))
+        .tls_root_cert(server.ca_pem().unwrap())
+        .build()
+        .unwrap();
+    let s = RedisStore::new(cfg).unwrap();
+    s.set("secret", b"over tls", T).await.unwrap();
+    assert_eq!(
+        s.get("secret").await.unwrap().as_deref(),
+        Some(&b"over tls"[..])
+    );
+
+    // Without the CA the certificate is refused; plain text to a TLS port fails too.
+    let untrusted = store(&server.tls_url());
+    assert!(
+        untrusted
+            .get("secret")
+            .await
+            .unwrap_err()
+            .is_backend_unavailable()
+    );
+    let plain = store(&server.url());
+    assert!(plain.get("secret").await.is_err());
+}
