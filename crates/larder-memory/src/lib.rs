@@ -1,1 +1,11 @@
 #![doc = include_str!("../README.md")]
+
+mod cache;
+mod flight;
+mod list;
+mod policy;
+mod shard;
+mod wheel;
+
+pub use cache::{Builder, Expiry, MemoryCache, PolicyInfo, RemovalCause};
+pub use policy::PolicyKind;

@@ -1,0 +1,647 @@
+//! [`MemoryCache`], its builder, and the types it hands out.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use larder_core::{CacheStats, Error, ErrorKind, Result, SharedClock, SystemClock};
+use parking_lot::Mutex;
+
+use crate::flight::Flights;
+use crate::policy::{self, PolicyKind};
+use crate::shard::{OnHit, Removed, Shard};
+
+/// Why an entry left the cache (given to the eviction listener).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RemovalCause {
+    /// Its time to live or time to idle passed.
+    Expired,
+    /// The policy chose it to stay within capacity (or it was heavier than
+    /// the whole cache and was never stored).
+    Evicted,
+    /// An insert replaced its value (the listener gets the old value).
+    Replaced,
+    /// `remove` or `clear`.
+    Removed,
+}
+
+/// Per-entry expiry, like moka's `Expiry`: each method returns how long the
+/// entry may live from `now`, or `None` for no limit from this hook. The
+/// cache-wide time to live and time to idle still apply; the earliest wins.
+pub trait Expiry<K, V>: Send + Sync + 'static {
+    /// For a new entry.
+    fn expire_after_create(&self, key: &K, value: &V, now: Instant) -> Option<Duration>;
+
+    /// When a value is replaced; `current` is what was left. Default: a fresh
+    /// [`Expiry::expire_after_create`].
+    fn expire_after_update(
+        &self,
+        key: &K,
+        value: &V,
+        now: Instant,
+        current: Option<Duration>,
+    ) -> Option<Duration> {
+        let _ = current;
+        self.expire_after_create(key, value, now)
+    }
+
+    /// On a read; `current` is what is left. Default: unchanged.
+    fn expire_after_read(
+        &self,
+        key: &K,
+        value: &V,
+        now: Instant,
+        current: Option<Duration>,
+    ) -> Option<Duration> {
+        let _ = (key, value, now);
+        current
+    }
+}
+
+type Weigher<K, V> = dyn Fn(&K, &V) -> u32 + Send + Sync;
+type Listener<K, V> = dyn Fn(K, V, RemovalCause) + Send + Sync;
+
+/// The settings a cache was built with ([`MemoryCache::policy`]).
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyInfo {
+    /// The eviction policy.
+    pub kind: PolicyKind,
+    /// Capacity: entries, or total weight with a weigher.
+    pub capacity: u64,
+    /// Whether capacity counts weight (a weigher is set).
+    pub weighted: bool,
+    /// Cache-wide time to live.
+    pub time_to_live: Option<Duration>,
+    /// Cache-wide time to idle.
+    pub time_to_idle: Option<Duration>,
+    /// Number of shards (each holds its share of the capacity).
+    pub shards: usize,
+    /// W-TinyLFU only: the current window capacity summed over shards
+    /// (it adapts by hill climbing).
+    pub window_capacity: Option<u64>,
+}
+
+/// A value alone on its cache lines (no false sharing between shards).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+type ShardCell<K, V> = Padded<Mutex<Shard<K, V>>>;
+
+pub(crate) struct Inner<K, V, S> {
+    shards: Box<[ShardCell<K, V>]>,
+    shard_bits: u32,
+    hasher: S,
+    clock: SharedClock,
+    origin: Instant,
+    ttl: Option<Duration>,
+    tti: Option<Duration>,
+    expiry: Option<Box<dyn Expiry<K, V>>>,
+    /// Set once any entry can expire: until then reads skip the clock.
+    timed: AtomicBool,
+    weigher: Option<Box<Weigher<K, V>>>,
+    listener: Option<Box<Listener<K, V>>>,
+    kind: PolicyKind,
+    capacity: u64,
+    pub(crate) flights: Flights<K, V>,
+}
+
+/// A concurrent, strictly bounded in-process cache. Cheap to clone (shared).
+///
+/// ```
+/// use larder_memory::MemoryCache;
+///
+/// let cache: MemoryCache<u64, String> = MemoryCache::builder(10_000).build();
+/// cache.insert(1, "one".to_string());
+/// assert_eq!(cache.get(&1).as_deref(), Some("one"));
+/// assert_eq!(cache.entry_count(), 1);
+/// ```
+pub struct MemoryCache<K, V, S = hashbrown::DefaultHashBuilder> {
+    pub(crate) inner: Arc<Inner<K, V, S>>,
+}
+
+impl<K, V, S> Clone for MemoryCache<K, V, S> {
+    fn clone(&self) -> Self {
+        MemoryCache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, V, S> fmt::Debug for MemoryCache<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryCache")
+            .field("policy", &self.inner.kind)
+            .field("capacity", &self.inner.capacity)
+            .field("shards", &self.inner.shards.len())
+            .finish()
+    }
+}
+
+/// Builder of a [`MemoryCache`]: `MemoryCache::builder(capacity)`.
+#[must_use]
+pub struct Builder<K, V> {
+    capacity: u64,
+    kind: PolicyKind,
+    ttl: Option<Duration>,
+    tti: Option<Duration>,
+    expiry: Option<Box<dyn Expiry<K, V>>>,
+    weigher: Option<Box<Weigher<K, V>>>,
+    listener: Option<Box<Listener<K, V>>>,
+    clock: Option<SharedClock>,
+    shards: Option<usize>,
+}
+
+impl<K, V> fmt::Debug for Builder<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("capacity", &self.capacity)
+            .field("policy", &self.kind)
+            .finish()
+    }
+}
+
+impl<K, V> MemoryCache<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A builder for a cache of `capacity` entries (or total weight, with
+    /// [`Builder::weigher`]).
+    pub fn builder(capacity: u64) -> Builder<K, V> {
+        Builder {
+            capacity,
+            kind: PolicyKind::default(),
+            ttl: None,
+            tti: None,
+            expiry: None,
+            weigher: None,
+            listener: None,
+            clock: None,
+            shards: None,
+        }
+    }
+
+    /// A cache of `capacity` entries with the default policy.
+    pub fn new(capacity: u64) -> Self {
+        Self::builder(capacity).build()
+    }
+}
+
+impl<K, V> Builder<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// The eviction policy (default [`PolicyKind::TinyLfu`]).
+    pub fn policy(mut self, kind: PolicyKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Every entry expires this long after it was inserted or replaced.
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Every entry expires this long after it was last read or written.
+    pub fn time_to_idle(mut self, tti: Duration) -> Self {
+        self.tti = Some(tti);
+        self
+    }
+
+    /// A per-entry expiry hook.
+    pub fn expiry(mut self, expiry: impl Expiry<K, V>) -> Self {
+        self.expiry = Some(Box::new(expiry));
+        self
+    }
+
+    /// Capacity counts `weigher(key, value)` per entry instead of 1.
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Box::new(weigher));
+        self
+    }
+
+    /// Called for every entry that leaves the cache, with the cause, after
+    /// the cache's internal locks are released (it may use the cache).
+    pub fn eviction_listener(
+        mut self,
+        listener: impl Fn(K, V, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
+        self.listener = Some(Box::new(listener));
+        self
+    }
+
+    /// The clock (default: the system clock). Tests use `MockClock`.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Number of shards, rounded up to a power of two and capped so each
+    /// holds at least one unit of capacity. The default grows with cores and
+    /// capacity; 1 gives exact global policy order (the simulator uses it).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// Builds the cache. A zero capacity makes a cache that stores nothing.
+    pub fn build(self) -> MemoryCache<K, V> {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let auto = (cores * 4)
+            .next_power_of_two()
+            .min(((self.capacity / 256).max(1) as usize).next_power_of_two());
+        let wanted = self.shards.unwrap_or(auto).max(1).next_power_of_two();
+        let mut n = wanted.min((self.capacity.max(1) as usize).next_power_of_two());
+        while n > 1 && (n as u64) > self.capacity {
+            n /= 2;
+        }
+        let clock = self.clock.unwrap_or_else(SystemClock::shared);
+        let origin = clock.now();
+        let shards: Vec<_> = (0..n as u64)
+            .map(|i| {
+                let cap = self.capacity / n as u64 + u64::from(i < self.capacity % n as u64);
+                let policy = policy::make(self.kind, cap, cap);
+                Padded(Mutex::new(Shard::new(policy, cap, 0)))
+            })
+            .collect();
+        let timed = self.ttl.is_some() || self.tti.is_some() || self.expiry.is_some();
+        MemoryCache {
+            inner: Arc::new(Inner {
+                shards: shards.into_boxed_slice(),
+                shard_bits: n.trailing_zeros(),
+                hasher: hashbrown::DefaultHashBuilder::default(),
+                clock,
+                origin,
+                ttl: self.ttl,
+                tti: self.tti,
+                expiry: self.expiry,
+                timed: AtomicBool::new(timed),
+                weigher: self.weigher,
+                listener: self.listener,
+                kind: self.kind,
+                capacity: self.capacity,
+                flights: Flights::new(n),
+            }),
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl<K, V, S> MemoryCache<K, V, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    #[inline]
+    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.inner.hasher.hash_one(key)
+    }
+
+    #[inline]
+    pub(crate) fn shard_index(&self, hash: u64) -> usize {
+        if self.inner.shard_bits == 0 {
+            0
+        } else {
+            (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.inner.shard_bits)) as usize
+        }
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &Mutex<Shard<K, V>> {
+        &self.inner.shards[self.shard_index(hash)].0
+    }
+
+    /// Nanoseconds since the cache was built; 0 when nothing can expire
+    /// (reads then never touch the clock).
+    #[inline]
+    fn now(&self) -> u64 {
+        if self.inner.timed.load(Ordering::Relaxed) {
+            nanos(
+                self.inner
+                    .clock
+                    .now()
+                    .saturating_duration_since(self.inner.origin),
+            )
+        } else {
+            0
+        }
+    }
+
+    fn deadline(&self, now: u64, after: Option<Duration>) -> u64 {
+        after.map_or(u64::MAX, |d| now.saturating_add(nanos(d)).max(now + 1))
+    }
+
+    fn instant(&self, now: u64) -> Instant {
+        self.inner.origin + Duration::from_nanos(now)
+    }
+
+    /// For a new or replaced value: the hard deadline (the earliest of the
+    /// time to live, an explicit TTL and the hook) and the effective one
+    /// (also bounded by the time to idle).
+    fn write_deadline(
+        &self,
+        key: &K,
+        value: &V,
+        now: u64,
+        explicit: Option<Duration>,
+        replacing: bool,
+    ) -> (u64, u64) {
+        let mut after: Option<Duration> = explicit;
+        let mut min = |d: Option<Duration>| {
+            if let Some(d) = d {
+                after = Some(after.map_or(d, |a| a.min(d)));
+            }
+        };
+        min(self.inner.ttl);
+        if let Some(e) = &self.inner.expiry {
+            let at = self.instant(now);
+            min(if replacing {
+                e.expire_after_update(key, value, at, None)
+            } else {
+                e.expire_after_create(key, value, at)
+            });
+        }
+        let hard = self.deadline(now, after);
+        let idle = self.deadline(now, self.inner.tti);
+        (hard, hard.min(idle))
+    }
+
+    fn notify(&self, removed: Removed<K, V>) {
+        if let Some(l) = &self.inner.listener {
+            for (k, v, cause) in removed {
+                l(k, v, cause);
+            }
+        }
+    }
+
+    /// The value for `key`, if present and not expired. A hit updates the
+    /// policy (recency, frequency) and, with time to idle, the expiry.
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let now = self.now();
+        let mut removed = Vec::new();
+        let value = {
+            let mut shard = self.shard(hash).lock();
+            shard.get(hash, key, now, |k, v| self.on_read(k, v, now), &mut removed)
+        };
+        if !removed.is_empty() {
+            self.notify(removed);
+        }
+        value
+    }
+
+    fn on_read(&self, key: &K, value: &V, now: u64) -> OnHit {
+        let mut after: Option<Duration> = None;
+        if let Some(tti) = self.inner.tti {
+            after = Some(tti);
+        }
+        if let Some(e) = &self.inner.expiry {
+            let at = self.instant(now);
+            if let Some(d) = e.expire_after_read(key, value, at, None) {
+                after = Some(after.map_or(d, |a| a.min(d)));
+            }
+        }
+        // The shard keeps the result within the hard deadline (time to live).
+        match after {
+            Some(d) => OnHit::Reset(self.deadline(now, Some(d))),
+            None => OnHit::Keep,
+        }
+    }
+
+    /// Whether `key` holds a live value; does not count as a read.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let now = self.now();
+        self.shard(hash).lock().peek(hash, key, now).is_some()
+    }
+
+    /// The live value for `key` without counting a read or touching recency.
+    pub fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let now = self.now();
+        self.shard(hash).lock().peek(hash, key, now).cloned()
+    }
+
+    /// Inserts or replaces. If the cache is full, the policy evicts (which
+    /// may be this very entry, if W-TinyLFU judges it less valuable than
+    /// what it would displace).
+    pub fn insert(&self, key: K, value: V) {
+        self.insert_inner(key, value, None);
+    }
+
+    /// Inserts with a time to live of its own (the cache-wide limits still
+    /// apply; the earliest wins).
+    pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
+        self.inner.timed.store(true, Ordering::Relaxed);
+        self.insert_inner(key, value, Some(ttl));
+    }
+
+    fn insert_inner(&self, key: K, value: V, ttl: Option<Duration>) {
+        let hash = self.hash(&key);
+        let weight = self
+            .inner
+            .weigher
+            .as_ref()
+            .map_or(1, |w| u64::from(w(&key, &value)));
+        let now = self.now();
+        let mut removed = Vec::new();
+        {
+            let mut shard = self.shard(hash).lock();
+            let replacing = shard.peek(hash, &key, now).is_some();
+            let (hard, deadline) = self.write_deadline(&key, &value, now, ttl, replacing);
+            if self.inner.timed.load(Ordering::Relaxed) {
+                shard.expire(now, &mut removed);
+            }
+            shard.insert(hash, key, value, weight, hard, deadline, &mut removed);
+        }
+        if !removed.is_empty() {
+            self.notify(removed);
+        }
+    }
+
+    /// Removes `key`; its value if it was present.
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let mut removed = Vec::new();
+        let found = self.shard(hash).lock().remove(hash, key, &mut removed);
+        let value = found.then(|| removed[0].1.clone());
+        self.notify(removed);
+        value
+    }
+
+    /// Removes every entry (the listener hears [`RemovalCause::Removed`]).
+    pub fn clear(&self) {
+        for s in self.inner.shards.iter() {
+            let mut removed = Vec::new();
+            s.0.lock().clear(&mut removed);
+            self.notify(removed);
+        }
+    }
+
+    /// Expires everything due now, in every shard. Inserts already do this
+    /// for their shard, so calling it is optional: it frees memory and fires
+    /// listeners sooner for caches that are read much more than written.
+    pub fn run_pending_tasks(&self) {
+        if !self.inner.timed.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = self.now();
+        for s in self.inner.shards.iter() {
+            let mut removed = Vec::new();
+            s.0.lock().expire(now, &mut removed);
+            self.notify(removed);
+        }
+    }
+
+    /// Entries stored (expired entries not yet cleaned up included).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.shards.iter().map(|s| s.0.lock().len()).sum()
+    }
+
+    /// Total weight stored (equals `entry_count` without a weigher).
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.shards.iter().map(|s| s.0.lock().weight()).sum()
+    }
+
+    /// Live entries, cloned, one shard at a time (a snapshot per shard, not
+    /// of the whole cache at one instant).
+    pub fn iter(&self) -> impl Iterator<Item = (K, V)> + '_
+    where
+        K: Clone,
+    {
+        let now = self.now();
+        self.inner
+            .shards
+            .iter()
+            .flat_map(move |s| s.0.lock().snapshot(now))
+    }
+
+    /// The settings the cache runs with.
+    pub fn policy(&self) -> PolicyInfo {
+        let window: Option<u64> = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| s.0.lock().window_capacity())
+            .sum();
+        PolicyInfo {
+            kind: self.inner.kind,
+            capacity: self
+                .inner
+                .shards
+                .iter()
+                .map(|s| s.0.lock().capacity())
+                .sum(),
+            weighted: self.inner.weigher.is_some(),
+            time_to_live: self.inner.ttl,
+            time_to_idle: self.inner.tti,
+            shards: self.inner.shards.len(),
+            window_capacity: window,
+        }
+    }
+
+    /// Hits, misses, inserts, evictions by cause and admission rejections.
+    pub fn stats(&self) -> CacheStats {
+        let mut s = CacheStats::default();
+        for shard in self.inner.shards.iter() {
+            let st = shard.0.lock().stats;
+            s.hits += st.hits;
+            s.misses += st.misses;
+            s.inserts += st.inserts;
+            s.evicted_size += st.evicted;
+            s.expired += st.expired;
+            s.replaced += st.replaced;
+            s.removed += st.removed;
+            s.admission_rejected += st.rejected;
+        }
+        s
+    }
+
+    /// The value for `key`, or `init()`'s, computed once however many threads
+    /// ask at the same time (single flight). If `init` panics, the panic
+    /// reaches this caller and the threads waiting on it get an
+    /// [`ErrorKind::SourcePanicked`] error from
+    /// [`MemoryCache::get_or_try_insert_with`]; the plain variant re-panics.
+    pub fn get_or_insert_with(&self, key: K, init: impl FnOnce() -> V) -> V
+    where
+        K: Clone,
+    {
+        match self.get_or_try_insert_with(key, || Ok(init())) {
+            Ok(v) => v,
+            Err(e) => panic!("get_or_insert_with: {e}"),
+        }
+    }
+
+    /// As [`MemoryCache::get_or_insert_with`] with a fallible `init`: an
+    /// error is returned to the caller and every waiter, and nothing is cached.
+    pub fn get_or_try_insert_with(&self, key: K, init: impl FnOnce() -> Result<V>) -> Result<V>
+    where
+        K: Clone,
+    {
+        crate::flight::get_or_try_insert_with(self, key, init)
+    }
+
+    /// The async single flight: the caller whose future runs `init` is the
+    /// leader; others wait without blocking a thread. A leader future that
+    /// is dropped (cancelled) hands the work to a waiter: nobody is left
+    /// waiting for a load that no one is running. Runtime-agnostic.
+    pub async fn get_or_try_insert_with_async<F, Fut>(&self, key: K, init: F) -> Result<V>
+    where
+        K: Clone,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V>>,
+    {
+        crate::flight::get_or_try_insert_with_async(self, key, init).await
+    }
+
+    /// The infallible async variant.
+    pub async fn get_or_insert_with_async<F, Fut>(&self, key: K, init: F) -> V
+    where
+        K: Clone,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = V>,
+    {
+        match self
+            .get_or_try_insert_with_async(key, || async { Ok(init().await) })
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => panic!("get_or_insert_with_async: {e}"),
+        }
+    }
+}
+
+/// An error for a waiter whose leader panicked.
+pub(crate) fn panicked() -> Error {
+    Error::new(
+        ErrorKind::SourcePanicked,
+        "the initialiser of this entry panicked",
+    )
+}

@@ -1,0 +1,79 @@
+//! Eviction policies, one file each behind [`Policy`].
+//!
+//! A policy sees slots (small integers), weights and key hashes, never keys
+//! or values; the shard owns the entries. The shard tells the policy about
+//! inserts, hits, misses, weight changes and removals, and asks it for a
+//! victim while the shard is over capacity.
+
+pub(crate) mod lfu;
+pub(crate) mod lru;
+pub(crate) mod sketch;
+pub(crate) mod tinylfu;
+pub(crate) mod ttl;
+
+/// What the policy knows about an entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EntryInfo {
+    pub(crate) hash: u64,
+    pub(crate) weight: u64,
+    /// Expiry tick (nanoseconds on the cache's clock), `u64::MAX` for never.
+    pub(crate) expires_at: u64,
+}
+
+/// The policy's answer to "whom do I evict?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Victim {
+    pub(crate) slot: u32,
+    /// The victim is a newcomer that lost the admission contest.
+    pub(crate) rejected_by_admission: bool,
+}
+
+pub(crate) trait Policy: Send + 'static {
+    /// A new entry now lives in `slot`.
+    fn on_insert(&mut self, slot: u32, info: EntryInfo);
+    /// `slot` was read.
+    fn on_hit(&mut self, slot: u32, hash: u64);
+    /// A lookup of `hash` found nothing.
+    fn on_miss(&mut self, _hash: u64) {}
+    /// `slot`'s value was replaced: new weight and expiry.
+    fn on_update(&mut self, slot: u32, old: EntryInfo, new: EntryInfo);
+    /// `slot` was removed (explicitly, expired, or evicted by the shard
+    /// after [`Policy::victim`] named it).
+    fn on_remove(&mut self, slot: u32, info: EntryInfo);
+    /// The entry to evict next; `None` only when the policy holds nothing.
+    fn victim(&mut self) -> Option<Victim>;
+    /// Policy-specific figures for [`crate::PolicyInfo`].
+    fn window_capacity(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Which eviction policy a cache uses.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PolicyKind {
+    /// W-TinyLFU: a small LRU window admits newcomers; a count-min sketch of
+    /// recent frequencies decides whether a window victim may displace the
+    /// main space's victim; the main space is a segmented LRU; the window
+    /// size adapts by hill climbing. Resists scans and loops, keeps
+    /// recency-biased workloads. The default.
+    #[default]
+    TinyLfu,
+    /// Least recently used, exactly.
+    Lru,
+    /// Least frequently used, with aging (counts halve periodically) and
+    /// LRU among equals.
+    Lfu,
+    /// The entry that expires soonest goes first; entries without expiry
+    /// go last, least recently used first.
+    Ttl,
+}
+
+pub(crate) fn make(kind: PolicyKind, capacity: u64, expected_entries: u64) -> Box<dyn Policy> {
+    match kind {
+        PolicyKind::TinyLfu => Box::new(tinylfu::TinyLfu::new(capacity, expected_entries)),
+        PolicyKind::Lru => Box::new(lru::Lru::default()),
+        PolicyKind::Lfu => Box::new(lfu::Lfu::new(expected_entries)),
+        PolicyKind::Ttl => Box::new(ttl::Ttl::default()),
+    }
+}

@@ -1,0 +1,257 @@
+//! W-TinyLFU (Einziger, Friedman and Manes; Caffeine's design): a small LRU
+//! window in front of a segmented-LRU main space (probation + protected),
+//! with a frequency sketch as the admission filter between them, and a
+//! window whose size adapts by hill climbing.
+//!
+//! - New entries enter the window. When the cache is over capacity and the
+//!   window is over its share, the window's LRU entry (the candidate) meets
+//!   the main space's victim (probation's LRU, else protected's): the one
+//!   with the higher sketch frequency stays. A candidate that loses is an
+//!   admission rejection.
+//! - A hit in probation promotes to protected (80% of main); protected
+//!   overflow demotes its LRU entry back to probation.
+//! - Hill climbing: every `10 x capacity` requests the hit rate of the last
+//!   period is compared with the one before; the window grows or shrinks by
+//!   a step in the direction that improved it (reversing when it got worse),
+//!   the step decaying by 2% a period and restarting after a large change
+//!   in hit rate. Recency-biased workloads grow the window toward LRU;
+//!   frequency-biased ones shrink it toward LFU.
+
+use super::sketch::Sketch;
+use super::{EntryInfo, Policy, Victim};
+use crate::list::{Links, List};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    Window,
+    Probation,
+    Protected,
+}
+
+#[derive(Debug)]
+pub(crate) struct TinyLfu {
+    sketch: Sketch,
+    links: Links,
+    queue: Vec<Queue>,
+    hashes: Vec<u64>,
+    weights: Vec<u64>,
+    window: List,
+    probation: List,
+    protected: List,
+    capacity: u64,
+    window_max: u64,
+    // Hill climbing.
+    hits: u64,
+    misses: u64,
+    sample: u64,
+    previous_hit_rate: f64,
+    step: f64,
+    direction: f64,
+}
+
+const INITIAL_WINDOW: f64 = 0.01;
+const PROTECTED_SHARE: f64 = 0.80;
+const STEP_INITIAL: f64 = 0.0625;
+const STEP_DECAY: f64 = 0.98;
+const RESTART_THRESHOLD: f64 = 0.05;
+const MAX_WINDOW: f64 = 0.80;
+
+impl TinyLfu {
+    pub(crate) fn new(capacity: u64, expected_entries: u64) -> Self {
+        TinyLfu {
+            sketch: Sketch::new(expected_entries),
+            links: Links::default(),
+            queue: Vec::new(),
+            hashes: Vec::new(),
+            weights: Vec::new(),
+            window: List::default(),
+            probation: List::default(),
+            protected: List::default(),
+            capacity,
+            window_max: ((capacity as f64 * INITIAL_WINDOW).round() as u64).max(1),
+            hits: 0,
+            misses: 0,
+            sample: (10 * expected_entries).max(100),
+            previous_hit_rate: 0.0,
+            step: -STEP_INITIAL * capacity as f64,
+            direction: 1.0,
+        }
+    }
+
+    fn main_max(&self) -> u64 {
+        self.capacity.saturating_sub(self.window_max)
+    }
+
+    fn protected_max(&self) -> u64 {
+        (self.main_max() as f64 * PROTECTED_SHARE) as u64
+    }
+
+    fn set_meta(&mut self, slot: u32, q: Queue, info: EntryInfo) {
+        let i = slot as usize;
+        if self.queue.len() <= i {
+            let n = (i + 1).max(self.queue.len() * 2);
+            self.queue.resize(n, Queue::Window);
+            self.hashes.resize(n, 0);
+            self.weights.resize(n, 0);
+        }
+        self.queue[i] = q;
+        self.hashes[i] = info.hash;
+        self.weights[i] = info.weight;
+    }
+
+    fn push(&mut self, q: Queue, slot: u32) {
+        let w = self.weights[slot as usize];
+        self.queue[slot as usize] = q;
+        let (links, list) = match q {
+            Queue::Window => (&mut self.links, &mut self.window),
+            Queue::Probation => (&mut self.links, &mut self.probation),
+            Queue::Protected => (&mut self.links, &mut self.protected),
+        };
+        links.push_front(list, slot, w);
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let q = self.queue[slot as usize];
+        let w = self.weights[slot as usize];
+        let (links, list) = match q {
+            Queue::Window => (&mut self.links, &mut self.window),
+            Queue::Probation => (&mut self.links, &mut self.probation),
+            Queue::Protected => (&mut self.links, &mut self.protected),
+        };
+        links.unlink(list, slot, w);
+    }
+
+    /// Protected over its share: demote its LRU entries to probation.
+    fn rebalance_protected(&mut self) {
+        while self.protected.weight > self.protected_max() {
+            let Some(slot) = self.protected.tail() else {
+                break;
+            };
+            self.unlink(slot);
+            self.push(Queue::Probation, slot);
+        }
+    }
+
+    fn climb(&mut self) {
+        let requests = self.hits + self.misses;
+        if requests < self.sample {
+            return;
+        }
+        let hit_rate = self.hits as f64 / requests as f64;
+        let change = hit_rate - self.previous_hit_rate;
+        if change < 0.0 {
+            self.direction = -self.direction;
+        }
+        if change.abs() >= RESTART_THRESHOLD {
+            self.step = STEP_INITIAL * self.capacity as f64;
+        } else {
+            self.step *= STEP_DECAY;
+        }
+        let delta = self.direction * self.step.abs();
+        let max = (self.capacity as f64 * MAX_WINDOW) as u64;
+        let new = (self.window_max as f64 + delta)
+            .round()
+            .clamp(1.0, max.max(1) as f64) as u64;
+        self.window_max = new;
+        self.rebalance_protected();
+        self.previous_hit_rate = hit_rate;
+        self.hits = 0;
+        self.misses = 0;
+    }
+}
+
+impl Policy for TinyLfu {
+    fn on_insert(&mut self, slot: u32, info: EntryInfo) {
+        self.set_meta(slot, Queue::Window, info);
+        self.push(Queue::Window, slot);
+    }
+
+    fn on_hit(&mut self, slot: u32, hash: u64) {
+        self.sketch.increment(hash);
+        self.hits += 1;
+        match self.queue[slot as usize] {
+            Queue::Window => self.links.move_to_front(&mut self.window, slot),
+            Queue::Probation => {
+                self.unlink(slot);
+                self.push(Queue::Protected, slot);
+                self.rebalance_protected();
+            }
+            Queue::Protected => {
+                self.links.move_to_front(&mut self.protected, slot);
+            }
+        }
+        self.climb();
+    }
+
+    fn on_miss(&mut self, hash: u64) {
+        self.sketch.increment(hash);
+        self.misses += 1;
+        self.climb();
+    }
+
+    fn on_update(&mut self, slot: u32, old: EntryInfo, new: EntryInfo) {
+        let q = self.queue[slot as usize];
+        self.unlink(slot);
+        self.set_meta(slot, q, new);
+        let _ = old;
+        self.push(q, slot);
+        if q == Queue::Protected {
+            self.rebalance_protected();
+        }
+    }
+
+    fn on_remove(&mut self, slot: u32, _info: EntryInfo) {
+        self.unlink(slot);
+    }
+
+    fn victim(&mut self) -> Option<Victim> {
+        loop {
+            // The window is within its share: evict from main (or the window
+            // if main is empty).
+            if self.window.weight <= self.window_max || self.window.is_empty() {
+                let slot = self
+                    .probation
+                    .tail()
+                    .or(self.protected.tail())
+                    .or(self.window.tail())?;
+                return Some(Victim {
+                    slot,
+                    rejected_by_admission: false,
+                });
+            }
+            let candidate = self.window.tail()?;
+            let cw = self.weights[candidate as usize];
+            // Main has room: the candidate just moves over.
+            if self.probation.weight + self.protected.weight + cw <= self.main_max() {
+                self.unlink(candidate);
+                self.push(Queue::Probation, candidate);
+                continue;
+            }
+            let Some(victim) = self.probation.tail().or(self.protected.tail()) else {
+                return Some(Victim {
+                    slot: candidate,
+                    rejected_by_admission: false,
+                });
+            };
+            let fc = self.sketch.frequency(self.hashes[candidate as usize]);
+            let fv = self.sketch.frequency(self.hashes[victim as usize]);
+            if fc > fv {
+                // Admitted: the candidate moves to probation, the victim goes.
+                self.unlink(candidate);
+                self.push(Queue::Probation, candidate);
+                return Some(Victim {
+                    slot: victim,
+                    rejected_by_admission: false,
+                });
+            }
+            return Some(Victim {
+                slot: candidate,
+                rejected_by_admission: true,
+            });
+        }
+    }
+
+    fn window_capacity(&self) -> Option<u64> {
+        Some(self.window_max)
+    }
+}

@@ -1,0 +1,321 @@
+//! One shard: a hash table of slot indices, a slab of entries, the policy
+//! and the timer wheel, all behind the shard's mutex. The shard never holds
+//! more than its capacity after any operation returns: an insert evicts
+//! before it releases the lock.
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+
+use hashbrown::HashTable;
+
+use crate::RemovalCause;
+use crate::policy::{EntryInfo, Policy};
+use crate::wheel::Wheel;
+
+pub(crate) struct Node<K, V> {
+    pub(crate) key: K,
+    pub(crate) value: V,
+    hash: u64,
+    weight: u64,
+    /// The deadline reads cannot move (time to live, explicit TTL, hook).
+    hard: u64,
+    /// The effective deadline: `min(hard, time-to-idle deadline)`.
+    pub(crate) expires_at: u64,
+}
+
+impl<K, V> Node<K, V> {
+    fn info(&self) -> EntryInfo {
+        EntryInfo {
+            hash: self.hash,
+            weight: self.weight,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// Entries that left the shard during one operation, with their cause, for
+/// the listener (called after the lock is released).
+pub(crate) type Removed<K, V> = Vec<(K, V, RemovalCause)>;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ShardStats {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) inserts: u64,
+    pub(crate) evicted: u64,
+    pub(crate) expired: u64,
+    pub(crate) replaced: u64,
+    pub(crate) removed: u64,
+    pub(crate) rejected: u64,
+}
+
+pub(crate) struct Shard<K, V> {
+    table: HashTable<u32>,
+    slots: Vec<Option<Node<K, V>>>,
+    free: Vec<u32>,
+    policy: Box<dyn Policy>,
+    wheel: Wheel,
+    weight: u64,
+    len: u64,
+    capacity: u64,
+    pub(crate) stats: ShardStats,
+}
+
+/// What to do to an entry's expiry on a hit.
+pub(crate) enum OnHit {
+    Keep,
+    /// A new deadline (time-to-idle, or an `Expiry::expire_after_read`).
+    Reset(u64),
+}
+
+impl<K: Hash + Eq, V: Clone> Shard<K, V> {
+    pub(crate) fn new(policy: Box<dyn Policy>, capacity: u64, now: u64) -> Self {
+        Shard {
+            table: HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            policy,
+            wheel: Wheel::new(now),
+            weight: 0,
+            len: 0,
+            capacity,
+            stats: ShardStats::default(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub(crate) fn weight(&self) -> u64 {
+        self.weight
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub(crate) fn window_capacity(&self) -> Option<u64> {
+        self.policy.window_capacity()
+    }
+
+    fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let slots = &self.slots;
+        self.table
+            .find(hash, |&s| {
+                slots[s as usize]
+                    .as_ref()
+                    .is_some_and(|n| n.key.borrow() == key)
+            })
+            .copied()
+    }
+
+    fn node(&self, slot: u32) -> &Node<K, V> {
+        self.slots[slot as usize].as_ref().expect("a live slot")
+    }
+
+    fn node_mut(&mut self, slot: u32) -> &mut Node<K, V> {
+        self.slots[slot as usize].as_mut().expect("a live slot")
+    }
+
+    /// Takes an entry out of every structure.
+    fn remove_slot(&mut self, slot: u32, cause: RemovalCause, out: &mut Removed<K, V>) {
+        let node = self.slots[slot as usize].take().expect("a live slot");
+        if let Ok(e) = self.table.find_entry(node.hash, |&s| s == slot) {
+            e.remove();
+        }
+        self.policy.on_remove(slot, node.info());
+        self.wheel.unschedule(slot);
+        self.weight -= node.weight;
+        self.len -= 1;
+        self.free.push(slot);
+        match cause {
+            RemovalCause::Expired => self.stats.expired += 1,
+            RemovalCause::Evicted => self.stats.evicted += 1,
+            RemovalCause::Removed => self.stats.removed += 1,
+            RemovalCause::Replaced => self.stats.replaced += 1,
+        }
+        out.push((node.key, node.value, cause));
+    }
+
+    /// The value if present and not expired at `now`; counts a hit or a miss.
+    pub(crate) fn get<Q>(
+        &mut self,
+        hash: u64,
+        key: &Q,
+        now: u64,
+        on_hit: impl FnOnce(&K, &V) -> OnHit,
+        out: &mut Removed<K, V>,
+    ) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(slot) = self.find(hash, key) else {
+            self.stats.misses += 1;
+            self.policy.on_miss(hash);
+            return None;
+        };
+        if self.node(slot).expires_at <= now {
+            self.remove_slot(slot, RemovalCause::Expired, out);
+            self.stats.misses += 1;
+            self.policy.on_miss(hash);
+            return None;
+        }
+        self.stats.hits += 1;
+        self.policy.on_hit(slot, hash);
+        let node = self.node(slot);
+        if let OnHit::Reset(deadline) = on_hit(&node.key, &node.value) {
+            let old = node.info();
+            let deadline = deadline.min(node.hard);
+            self.node_mut(slot).expires_at = deadline;
+            let new = self.node(slot).info();
+            if old.expires_at != new.expires_at {
+                self.policy.on_update(slot, old, new);
+                self.wheel.schedule(slot, deadline);
+            }
+        }
+        Some(self.node(slot).value.clone())
+    }
+
+    /// The value if present and live, without touching recency or stats.
+    pub(crate) fn peek<Q>(&self, hash: u64, key: &Q, now: u64) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let node = self.node(self.find(hash, key)?);
+        (node.expires_at > now).then_some(&node.value)
+    }
+
+    /// Inserts or replaces, then evicts until within capacity. An entry
+    /// heavier than the whole shard is not stored (and any old value for its
+    /// key is removed): that counts as an admission rejection.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn insert(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: u64,
+        hard: u64,
+        expires_at: u64,
+        out: &mut Removed<K, V>,
+    ) {
+        self.stats.inserts += 1;
+        let existing = self.find(hash, &key);
+        if weight > self.capacity {
+            if let Some(slot) = existing {
+                self.remove_slot(slot, RemovalCause::Replaced, out);
+            }
+            self.stats.rejected += 1;
+            out.push((key, value, RemovalCause::Evicted));
+            self.stats.evicted += 1;
+            return;
+        }
+        match existing {
+            Some(slot) => {
+                let old = self.node(slot).info();
+                let node = self.node_mut(slot);
+                let old_value = std::mem::replace(&mut node.value, value);
+                node.weight = weight;
+                node.hard = hard;
+                node.expires_at = expires_at;
+                let new = node.info();
+                self.weight = self.weight - old.weight + weight;
+                self.policy.on_update(slot, old, new);
+                self.wheel.schedule(slot, expires_at);
+                self.stats.replaced += 1;
+                out.push((key, old_value, RemovalCause::Replaced));
+            }
+            None => {
+                let slot = match self.free.pop() {
+                    Some(s) => s,
+                    None => {
+                        self.slots.push(None);
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                let node = Node {
+                    key,
+                    value,
+                    hash,
+                    weight,
+                    hard,
+                    expires_at,
+                };
+                let info = node.info();
+                self.slots[slot as usize] = Some(node);
+                let slots = &self.slots;
+                self.table.insert_unique(hash, slot, |&s| {
+                    slots[s as usize].as_ref().map_or(0, |n| n.hash)
+                });
+                self.weight += weight;
+                self.len += 1;
+                self.policy.on_insert(slot, info);
+                self.wheel.schedule(slot, expires_at);
+            }
+        }
+        while self.weight > self.capacity {
+            let Some(v) = self.policy.victim() else { break };
+            if v.rejected_by_admission {
+                self.stats.rejected += 1;
+            }
+            self.remove_slot(v.slot, RemovalCause::Evicted, out);
+        }
+    }
+
+    pub(crate) fn remove<Q>(&mut self, hash: u64, key: &Q, out: &mut Removed<K, V>) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        match self.find(hash, key) {
+            Some(slot) => {
+                self.remove_slot(slot, RemovalCause::Removed, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes everything.
+    pub(crate) fn clear(&mut self, out: &mut Removed<K, V>) {
+        for slot in 0..self.slots.len() as u32 {
+            if self.slots[slot as usize].is_some() {
+                self.remove_slot(slot, RemovalCause::Removed, out);
+            }
+        }
+    }
+
+    /// Expires what the wheel says is due by `now`.
+    pub(crate) fn expire(&mut self, now: u64, out: &mut Removed<K, V>) {
+        let mut due = Vec::new();
+        self.wheel.advance(now, &mut due);
+        for slot in due {
+            if self.slots[slot as usize]
+                .as_ref()
+                .is_some_and(|n| n.expires_at <= now)
+            {
+                self.remove_slot(slot, RemovalCause::Expired, out);
+            }
+        }
+    }
+
+    /// Live entries (cloned), for iteration.
+    pub(crate) fn snapshot(&self, now: u64) -> Vec<(K, V)>
+    where
+        K: Clone,
+    {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|n| n.expires_at > now)
+            .map(|n| (n.key.clone(), n.value.clone()))
+            .collect()
+    }
+}
