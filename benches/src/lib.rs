@@ -8,3 +8,4 @@
 
 pub mod fixtures;
 pub mod manifest;
+pub mod traces;

@@ -62,6 +62,32 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     util::run(cmd)?;
 
+    // The trace replays (hit ratios), when the traces are at hand.
+    let traces = root.join("../shared/traces");
+    if traces.is_dir() {
+        let mut sim = util::cargo();
+        sim.args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "larder-benches",
+            "--bin",
+            "sim",
+            "--",
+        ])
+        .env("LARDER_BENCH_OUT", &out);
+        if quick {
+            sim.arg("--quick");
+        }
+        util::run(sim)?;
+    } else {
+        println!(
+            "xtask bench: no traces at {}: hit-ratio replays skipped",
+            traces.display()
+        );
+    }
+
     let times = read_criterion(&root.join("target/criterion"), started);
     let (figures, comparisons) = read_manifests(&out.join("raw"), &times)?;
     let command = if quick {

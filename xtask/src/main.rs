@@ -25,6 +25,9 @@ commands:
   test [-- <cargo test args>]   install redis-server if needed, run every test
   bench [--quick]               run benchmarks, write target/larder-bench/report.{md,json}
                                 and docs/benchmarks.md
+  sim [--trace FILE --format F --sizes A,B] [--traces DIR] [--json] [--quick]
+                                replay cache traces through Larder's policies, the
+                                peers and Belady's OPT
   fuzz [--seconds N] [--target NAME]
                                 fuzz a target in fuzz/ (default envelope_decode, 60 s)
   invariants                    check the crate dependency invariants";
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Some("test") => redis::ensure_redis_server().and_then(|bin| test(&bin, &args[1..])),
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
+        Some("sim") => sim(&args[1..]),
         Some("invariants") => {
             invariants::check_all().map(|n| println!("invariants: {n} passed, 0 failed"))
         }
@@ -51,6 +55,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask sim`: the trace simulator (benches/src/bin/sim.rs), in release mode.
+fn sim(args: &[String]) -> Result<(), String> {
+    let mut cmd = util::cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "larder-benches",
+        "--bin",
+        "sim",
+        "--",
+    ])
+    .args(args);
+    util::run(cmd)
 }
 
 /// `cargo xtask test`: the whole suite, with a closing summary line.

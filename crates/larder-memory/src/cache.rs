@@ -144,7 +144,8 @@ impl<K, V, S> fmt::Debug for MemoryCache<K, V, S> {
 
 /// Builder of a [`MemoryCache`]: `MemoryCache::builder(capacity)`.
 #[must_use]
-pub struct Builder<K, V> {
+pub struct Builder<K, V, S = hashbrown::DefaultHashBuilder> {
+    hasher: S,
     capacity: u64,
     kind: PolicyKind,
     ttl: Option<Duration>,
@@ -156,7 +157,7 @@ pub struct Builder<K, V> {
     shards: Option<usize>,
 }
 
-impl<K, V> fmt::Debug for Builder<K, V> {
+impl<K, V, S> fmt::Debug for Builder<K, V, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("capacity", &self.capacity)
@@ -174,6 +175,7 @@ where
     /// [`Builder::weigher`]).
     pub fn builder(capacity: u64) -> Builder<K, V> {
         Builder {
+            hasher: hashbrown::DefaultHashBuilder::default(),
             capacity,
             kind: PolicyKind::default(),
             ttl: None,
@@ -192,11 +194,29 @@ where
     }
 }
 
-impl<K, V> Builder<K, V>
+impl<K, V, S> Builder<K, V, S>
 where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
 {
+    /// The hasher of keys (default: foldhash, randomly seeded per process).
+    /// A fixed hasher makes runs reproducible (the simulator uses one).
+    pub fn hasher<S2: BuildHasher>(self, hasher: S2) -> Builder<K, V, S2> {
+        Builder {
+            hasher,
+            capacity: self.capacity,
+            kind: self.kind,
+            ttl: self.ttl,
+            tti: self.tti,
+            expiry: self.expiry,
+            weigher: self.weigher,
+            listener: self.listener,
+            clock: self.clock,
+            shards: self.shards,
+        }
+    }
+
     /// The eviction policy (default [`PolicyKind::TinyLfu`]).
     pub fn policy(mut self, kind: PolicyKind) -> Self {
         self.kind = kind;
@@ -252,7 +272,7 @@ where
     }
 
     /// Builds the cache. A zero capacity makes a cache that stores nothing.
-    pub fn build(self) -> MemoryCache<K, V> {
+    pub fn build(self) -> MemoryCache<K, V, S> {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
         let auto = (cores * 4)
             .next_power_of_two()
@@ -276,7 +296,7 @@ where
             inner: Arc::new(Inner {
                 shards: shards.into_boxed_slice(),
                 shard_bits: n.trailing_zeros(),
-                hasher: hashbrown::DefaultHashBuilder::default(),
+                hasher: self.hasher,
                 clock,
                 origin,
                 ttl: self.ttl,

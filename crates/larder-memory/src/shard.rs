@@ -16,18 +16,18 @@ pub(crate) struct Node<K, V> {
     pub(crate) key: K,
     pub(crate) value: V,
     hash: u64,
-    weight: u64,
     /// The deadline reads cannot move (time to live, explicit TTL, hook).
     hard: u64,
     /// The effective deadline: `min(hard, time-to-idle deadline)`.
     pub(crate) expires_at: u64,
+    weight: u32,
 }
 
 impl<K, V> Node<K, V> {
     fn info(&self) -> EntryInfo {
         EntryInfo {
             hash: self.hash,
-            weight: self.weight,
+            weight: u64::from(self.weight),
             expires_at: self.expires_at,
         }
     }
@@ -130,7 +130,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         }
         self.policy.on_remove(slot, node.info());
         self.wheel.unschedule(slot);
-        self.weight -= node.weight;
+        self.weight -= u64::from(node.weight);
         self.len -= 1;
         self.free.push(slot);
         match cause {
@@ -222,7 +222,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 let old = self.node(slot).info();
                 let node = self.node_mut(slot);
                 let old_value = std::mem::replace(&mut node.value, value);
-                node.weight = weight;
+                node.weight = weight as u32;
                 node.hard = hard;
                 node.expires_at = expires_at;
                 let new = node.info();
@@ -244,9 +244,9 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                     key,
                     value,
                     hash,
-                    weight,
                     hard,
                     expires_at,
+                    weight: weight as u32,
                 };
                 let info = node.info();
                 self.slots[slot as usize] = Some(node);

@@ -58,11 +58,12 @@ impl Wheel {
 
     /// Files `slot` under `deadline` (ns); `u64::MAX` means never.
     pub(crate) fn schedule(&mut self, slot: u32, deadline: u64) {
-        self.ensure(slot);
         self.unschedule(slot);
         if deadline == u64::MAX {
+            // Nothing to file: a cache without expiry allocates nothing here.
             return;
         }
+        self.ensure(slot);
         let b = self.bucket_for(deadline);
         self.place[slot as usize] = b;
         self.deadline[slot as usize] = deadline;

@@ -90,6 +90,7 @@ pub struct RedisConfig {
     pub(crate) retry: RetryPolicy,
     pub(crate) breaker: BreakerConfig,
     pub(crate) auto_batch: Option<usize>,
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))] // read only with `tls`
     pub(crate) tls_root_cert: Option<Vec<u8>>,
 }
 

@@ -1,7 +1,7 @@
 //! A count-min sketch of recent access frequencies (TinyLFU, Einziger,
 //! Friedman and Manes, 2017): 4 rows of 4-bit counters (saturating at 15),
 //! conservative update, and aging by halving every counter after
-//! `10 x width` additions, so old popularity fades.
+//! `20 x expected entries` additions, so old popularity fades.
 
 const ROWS: usize = 4;
 const MAX: u8 = 15;
@@ -15,26 +15,33 @@ const SEEDS: [u64; ROWS] = [
 #[derive(Debug)]
 pub(crate) struct Sketch {
     rows: Vec<u8>,
-    width: usize,
+    /// Number of 64-byte blocks minus one (a power of two minus one).
+    block_mask: usize,
     additions: u64,
     sample: u64,
 }
 
 impl Sketch {
     pub(crate) fn new(expected_entries: u64) -> Self {
-        let width = (expected_entries.max(16) as usize).next_power_of_two();
+        // Two counters per row per expected entry (8 in all, 8 bytes per
+        // entry like Caffeine's sketch): fewer collisions than one.
+        let width = (expected_entries.max(32) as usize * 2).next_power_of_two();
         Sketch {
             rows: vec![0; width * ROWS],
-            width,
+            block_mask: width * ROWS / 64 - 1,
             additions: 0,
-            sample: 10 * width as u64,
+            sample: 20 * expected_entries.max(16),
         }
     }
 
+    /// The counter of `row` for `hash`. All four rows of one hash live in
+    /// the same 64-byte block (16 counters per row there), so an increment
+    /// costs one cache miss, not four (Caffeine's block layout).
     #[inline]
     fn index(&self, hash: u64, row: usize) -> usize {
-        let h = (hash ^ (hash >> 29)).wrapping_mul(SEEDS[row]);
-        row * self.width + ((h >> 32) as usize & (self.width - 1))
+        let block = ((hash ^ (hash >> 29)).wrapping_mul(SEEDS[0]) >> 32) as usize & self.block_mask;
+        let h = (hash ^ (hash >> 31)).wrapping_mul(SEEDS[row]);
+        block * 64 + row * 16 + (h >> 60) as usize
     }
 
     /// The estimated recent frequency of `hash` (0..=15).
@@ -80,7 +87,7 @@ mod tests {
         assert_eq!(s.frequency(42), 15);
         assert!(s.frequency(7) <= 1);
         // Enough other traffic halves everything.
-        for i in 0..(10 * 64) {
+        for i in 0..(20 * 64) {
             s.increment(1_000 + i);
         }
         assert!(s.frequency(42) <= 7, "{}", s.frequency(42));

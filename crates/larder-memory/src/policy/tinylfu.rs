@@ -10,11 +10,13 @@
 //!   admission rejection.
 //! - A hit in probation promotes to protected (80% of main); protected
 //!   overflow demotes its LRU entry back to probation.
-//! - Hill climbing: every `10 x capacity` requests the hit rate of the last
-//!   period is compared with the one before; the window grows or shrinks by
-//!   a step in the direction that improved it (reversing when it got worse),
-//!   the step decaying by 2% a period and restarting after a large change
-//!   in hit rate. Recency-biased workloads grow the window toward LRU;
+//! - Hill climbing: every `10 x capacity` requests the hit rate of the
+//!   last period is compared with the one before; the window keeps moving
+//!   in the same direction while the hit rate holds or improves and turns
+//!   around when it drops; the step (6.25% of capacity) decays by 2% a
+//!   period and restarts after a change of 5 points. It starts by growing
+//!   the window. Recency-biased workloads grow it toward LRU (up to 99% of
+//!   the cache);
 //!   frequency-biased ones shrink it toward LFU.
 
 use super::sketch::Sketch;
@@ -34,7 +36,7 @@ pub(crate) struct TinyLfu {
     links: Links,
     queue: Vec<Queue>,
     hashes: Vec<u64>,
-    weights: Vec<u64>,
+    weights: Vec<u32>,
     window: List,
     probation: List,
     protected: List,
@@ -54,7 +56,8 @@ const PROTECTED_SHARE: f64 = 0.80;
 const STEP_INITIAL: f64 = 0.0625;
 const STEP_DECAY: f64 = 0.98;
 const RESTART_THRESHOLD: f64 = 0.05;
-const MAX_WINDOW: f64 = 0.80;
+/// The window may grow to nearly all of the cache (pure recency).
+const MAX_WINDOW: f64 = 0.99;
 
 impl TinyLfu {
     pub(crate) fn new(capacity: u64, expected_entries: u64) -> Self {
@@ -73,7 +76,7 @@ impl TinyLfu {
             misses: 0,
             sample: (10 * expected_entries).max(100),
             previous_hit_rate: 0.0,
-            step: -STEP_INITIAL * capacity as f64,
+            step: STEP_INITIAL * capacity as f64,
             direction: 1.0,
         }
     }
@@ -96,11 +99,11 @@ impl TinyLfu {
         }
         self.queue[i] = q;
         self.hashes[i] = info.hash;
-        self.weights[i] = info.weight;
+        self.weights[i] = info.weight as u32;
     }
 
     fn push(&mut self, q: Queue, slot: u32) {
-        let w = self.weights[slot as usize];
+        let w = u64::from(self.weights[slot as usize]);
         self.queue[slot as usize] = q;
         let (links, list) = match q {
             Queue::Window => (&mut self.links, &mut self.window),
@@ -112,7 +115,7 @@ impl TinyLfu {
 
     fn unlink(&mut self, slot: u32) {
         let q = self.queue[slot as usize];
-        let w = self.weights[slot as usize];
+        let w = u64::from(self.weights[slot as usize]);
         let (links, list) = match q {
             Queue::Window => (&mut self.links, &mut self.window),
             Queue::Probation => (&mut self.links, &mut self.probation),
@@ -142,14 +145,14 @@ impl TinyLfu {
         if change < 0.0 {
             self.direction = -self.direction;
         }
-        if change.abs() >= RESTART_THRESHOLD {
-            self.step = STEP_INITIAL * self.capacity as f64;
+        self.step = if change.abs() >= RESTART_THRESHOLD {
+            STEP_INITIAL * self.capacity as f64
         } else {
-            self.step *= STEP_DECAY;
-        }
-        let delta = self.direction * self.step.abs();
+            self.step * STEP_DECAY
+        };
+        let amount = self.direction * self.step;
         let max = (self.capacity as f64 * MAX_WINDOW) as u64;
-        let new = (self.window_max as f64 + delta)
+        let new = (self.window_max as f64 + amount)
             .round()
             .clamp(1.0, max.max(1) as f64) as u64;
         self.window_max = new;
@@ -220,7 +223,7 @@ impl Policy for TinyLfu {
                 });
             }
             let candidate = self.window.tail()?;
-            let cw = self.weights[candidate as usize];
+            let cw = u64::from(self.weights[candidate as usize]);
             // Main has room: the candidate just moves over.
             if self.probation.weight + self.protected.weight + cw <= self.main_max() {
                 self.unlink(candidate);
