@@ -1,4 +1,13 @@
 #![doc = include_str!("../README.md")]
 
+mod fenced;
+mod guard;
+mod manager;
+mod scripts;
+
 /// The `redis` client this crate is built against.
 pub use redis;
+
+pub use fenced::{FencedResource, StaleToken};
+pub use guard::LockGuard;
+pub use manager::{LockConfig, LockManager};

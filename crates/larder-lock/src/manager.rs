@@ -1,0 +1,512 @@
+//! [`LockManager`]: acquiring locks on one Redis or on N independent
+//! masters (Redlock).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use larder_core::{Error, ErrorKind, KeySpace, Result, SharedClock, SystemClock};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::guard::LockGuard;
+use crate::scripts;
+
+/// Lock settings.
+#[non_exhaustive]
+#[derive(Debug, Clone)]
+pub struct LockConfig {
+    /// Key namespace (default `larder`): a lock `name` lives at `{ns}:{lock:name}`.
+    pub namespace: String,
+    /// Lease time (default 10 s). A holder that stops renewing loses the lock
+    /// after this long.
+    pub ttl: Duration,
+    /// How long one node may take to answer (default 50 ms); keep it small
+    /// against the TTL so a dead node cannot eat the validity.
+    pub node_timeout: Duration,
+    /// Attempts after the first in [`LockManager::acquire`] (default 3).
+    pub retry_count: u32,
+    /// Delay between attempts, jittered by +/-50% (default 100 ms).
+    pub retry_delay: Duration,
+    /// Renew the lease at TTL/3 while the guard lives (default on). Off: a
+    /// fixed lease; [`LockGuard::lost`] fires when it ends.
+    pub watchdog: bool,
+    /// Issue fencing tokens (default on).
+    pub fencing: bool,
+    /// Ignore votes of nodes that restarted (new `run_id`) less than
+    /// `max_ttl` ago (default on).
+    pub quarantine: bool,
+    /// The longest TTL any client uses, for quarantine (default: `ttl`).
+    pub max_ttl: Option<Duration>,
+    /// While waiting, poll this often even without a release message
+    /// (pub/sub messages can be lost; default 250 ms).
+    pub wait_poll: Duration,
+    /// Wake waiters by the holder's release message (default on). Off:
+    /// polling only (for servers whose ACLs forbid SUBSCRIBE).
+    pub pubsub_wakeup: bool,
+}
+
+impl Default for LockConfig {
+    fn default() -> Self {
+        LockConfig {
+            namespace: larder_core::DEFAULT_NAMESPACE.to_owned(),
+            ttl: Duration::from_secs(10),
+            node_timeout: Duration::from_millis(50),
+            retry_count: 3,
+            retry_delay: Duration::from_millis(100),
+            watchdog: true,
+            fencing: true,
+            quarantine: true,
+            max_ttl: None,
+            wait_poll: Duration::from_millis(250),
+            pubsub_wakeup: true,
+        }
+    }
+}
+
+impl LockConfig {
+    /// The defaults with this lease time.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        LockConfig {
+            ttl,
+            ..Self::default()
+        }
+    }
+
+    /// Clock drift allowance of the Redlock page: 1% of the TTL plus 2 ms.
+    pub fn drift(&self) -> Duration {
+        self.ttl / 100 + Duration::from_millis(2)
+    }
+}
+
+pub(crate) struct Node {
+    pub(crate) name: String,
+    url: String,
+    pub(crate) conn: ConnectionManager,
+    last_run_id: Mutex<Option<String>>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) config: LockConfig,
+    pub(crate) keys: KeySpace,
+    pub(crate) clock: SharedClock,
+}
+
+/// Acquires locks on one Redis server, or on N independent masters with
+/// Redlock (quorum N/2+1). Cheap to clone.
+#[derive(Clone)]
+pub struct LockManager {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LockManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockManager")
+            .field(
+                "nodes",
+                &self
+                    .inner
+                    .nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("ttl", &self.inner.config.ttl)
+            .finish()
+    }
+}
+
+/// The outcome of one node's acquire attempt.
+struct Vote {
+    acquired: bool,
+    fence: Option<u64>,
+}
+
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(a)) if a > s => format!("{}***@{}", &url[..s + 3], &url[a + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl LockManager {
+    /// A manager over `urls`: one URL is a single-instance lock; several
+    /// are independent masters for Redlock. Connects lazily.
+    pub fn new(urls: &[&str], config: LockConfig) -> Result<Self> {
+        Self::with_clock(urls, config, SystemClock::shared())
+    }
+
+    /// As [`LockManager::new`] with a clock for validity deadlines.
+    pub fn with_clock(urls: &[&str], config: LockConfig, clock: SharedClock) -> Result<Self> {
+        if urls.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "a lock manager needs at least one node",
+            ));
+        }
+        if config.ttl < Duration::from_millis(10) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "the lock TTL must be at least 10 ms",
+            ));
+        }
+        let keys = KeySpace::new(&config.namespace)?;
+        let mut nodes = Vec::with_capacity(urls.len());
+        for url in urls {
+            let client = redis::Client::open(*url).map_err(|e| {
+                Error::with_source(ErrorKind::InvalidConfig, "invalid Redis URL", e)
+            })?;
+            let cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.node_timeout.max(Duration::from_millis(100))))
+                .set_response_timeout(None)
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(50));
+            let conn = ConnectionManager::new_lazy_with_config(client, cfg).map_err(|e| {
+                Error::with_source(ErrorKind::InvalidConfig, "connection manager", e)
+            })?;
+            nodes.push(Node {
+                name: redacted(url),
+                url: (*url).to_owned(),
+                conn,
+                last_run_id: Mutex::new(None),
+            });
+        }
+        Ok(LockManager {
+            inner: Arc::new(Inner {
+                nodes,
+                config,
+                keys,
+                clock,
+            }),
+        })
+    }
+
+    /// Votes needed: N/2 + 1.
+    pub fn quorum(&self) -> usize {
+        self.inner.nodes.len() / 2 + 1
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LockConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn lock_keys(&self, name: &str) -> Result<(String, String, String)> {
+        let base = format!("lock:{name}");
+        if name.contains(['{', '}']) {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                "a lock name must not contain braces",
+            ));
+        }
+        Ok((
+            self.inner.keys.data_key(&base)?,
+            self.inner.keys.internal_key(&base, "fence")?,
+            self.inner.keys.internal_key(&base, "released")?,
+        ))
+    }
+
+    /// Whether a node's vote must not count: it restarted within `max_ttl`,
+    /// or (with quarantine on) it could not be checked: an unknown restart
+    /// is treated as a restart.
+    async fn quarantined(&self, node: &Node) -> bool {
+        if !self.inner.config.quarantine {
+            return false;
+        }
+        let mut c = node.conn.clone();
+        let info = tokio::time::timeout(
+            self.inner.config.node_timeout,
+            redis::cmd("INFO")
+                .arg("server")
+                .query_async::<String>(&mut c),
+        )
+        .await;
+        let Ok(Ok(info)) = info else { return true };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+                .map(|v| v.trim().to_owned())
+        };
+        let (Some(run_id), Some(uptime)) = (field("run_id"), field("uptime_in_seconds")) else {
+            return true;
+        };
+        let uptime = Duration::from_secs(uptime.parse().unwrap_or(u64::MAX));
+        let max_ttl = self.inner.config.max_ttl.unwrap_or(self.inner.config.ttl);
+        let mut last = node.last_run_id.lock().unwrap_or_else(|p| p.into_inner());
+        let restarted = last.as_ref().is_some_and(|prev| *prev != run_id);
+        if restarted && uptime < max_ttl {
+            // Keep the old run_id until the quarantine ends, so every
+            // attempt in the window sees the restart.
+            return true;
+        }
+        *last = Some(run_id);
+        false
+    }
+
+    async fn vote(
+        &self,
+        node: &Node,
+        key: &str,
+        fence_key: &str,
+        token: &str,
+        single_fence: bool,
+    ) -> Vote {
+        let ttl_ms = self.inner.config.ttl.as_millis() as u64;
+        let mut c = node.conn.clone();
+        let mut inv = scripts::ACQUIRE.key(key);
+        inv.key(fence_key)
+            .arg(token)
+            .arg(ttl_ms)
+            .arg(if single_fence { "1" } else { "0" });
+        let acquire = tokio::time::timeout(
+            self.inner.config.node_timeout,
+            inv.invoke_async::<i64>(&mut c),
+        );
+        let (quarantined, outcome) = tokio::join!(self.quarantined(node), acquire);
+        match outcome {
+            Ok(Ok(v)) if v >= 0 => Vote {
+                // A quarantined node may hold our key; it is released with the rest.
+                acquired: !quarantined,
+                fence: (single_fence && v > 0).then_some(v as u64),
+            },
+            _ => Vote {
+                acquired: false,
+                fence: None,
+            },
+        }
+    }
+
+    /// Releases `token` on every node (each within the node timeout, retried
+    /// once after a connection error: the script is idempotent); how many
+    /// nodes released it.
+    pub(crate) async fn release_everywhere(&self, key: &str, channel: &str, token: &str) -> usize {
+        let t = self
+            .inner
+            .config
+            .node_timeout
+            .max(Duration::from_millis(100));
+        let releases = self.inner.nodes.iter().map(|n| async move {
+            for _ in 0..2 {
+                let mut c = n.conn.clone();
+                let mut inv = scripts::RELEASE.key(key);
+                inv.arg(token).arg(channel);
+                match tokio::time::timeout(t, inv.invoke_async::<i64>(&mut c)).await {
+                    Ok(Ok(v)) => return v == 1,
+                    Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => continue,
+                    _ => return false,
+                }
+            }
+            false
+        });
+        join_all(releases).await.into_iter().filter(|r| *r).count()
+    }
+
+    /// Extends `token` on every node; how many extended it.
+    pub(crate) async fn extend_everywhere(&self, key: &str, token: &str) -> usize {
+        let ttl_ms = self.inner.config.ttl.as_millis() as u64;
+        let extends = self.inner.nodes.iter().map(|n| async move {
+            // Extending our own lock is idempotent: retry once after a cut.
+            for _ in 0..2 {
+                let mut c = n.conn.clone();
+                let mut inv = scripts::EXTEND.key(key);
+                inv.arg(token).arg(ttl_ms);
+                match tokio::time::timeout(
+                    self.inner.config.node_timeout,
+                    inv.invoke_async::<i64>(&mut c),
+                )
+                .await
+                {
+                    Ok(Ok(v)) => return v == 1,
+                    Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => continue,
+                    _ => return false,
+                }
+            }
+            false
+        });
+        join_all(extends).await.into_iter().filter(|r| *r).count()
+    }
+
+    /// Redlock fencing: read the fence of every node, take the maximum of a
+    /// majority's answers, write max+1 to a majority (a max-register write).
+    /// Any two majorities intersect, so tokens only grow.
+    async fn quorum_fence(&self, fence_key: &str) -> Option<u64> {
+        let t = self.inner.config.node_timeout;
+        let reads = self.inner.nodes.iter().map(|n| async move {
+            let mut c = n.conn.clone();
+            tokio::time::timeout(
+                t,
+                redis::cmd("GET")
+                    .arg(fence_key)
+                    .query_async::<Option<u64>>(&mut c),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|v| v.unwrap_or(0))
+        });
+        let seen: Vec<u64> = join_all(reads).await.into_iter().flatten().collect();
+        if seen.len() < self.quorum() {
+            return None;
+        }
+        let next = seen.into_iter().max().unwrap_or(0) + 1;
+        let writes = self.inner.nodes.iter().map(|n| async move {
+            let mut c = n.conn.clone();
+            let mut inv = scripts::FENCE_MAX.key(fence_key);
+            inv.arg(next);
+            tokio::time::timeout(t, inv.invoke_async::<u64>(&mut c))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        });
+        let acks = join_all(writes)
+            .await
+            .into_iter()
+            .flatten()
+            .filter(|&v| v == next)
+            .count();
+        (acks >= self.quorum()).then_some(next)
+    }
+
+    /// One attempt: `Ok(Some(guard))`, or `Ok(None)` if a quorum was not
+    /// reached within the validity (everything taken is released).
+    pub async fn try_acquire(&self, name: &str) -> Result<Option<LockGuard>> {
+        let (key, fence_key, channel) = self.lock_keys(name)?;
+        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let cfg = &self.inner.config;
+        let single = self.inner.nodes.len() == 1;
+        // The clock is read before the first request: validity is measured
+        // from the moment any node could have granted the lock.
+        let start = self.inner.clock.now();
+        // If this future is dropped now, a key we set expires by its TTL:
+        // no orphan lives longer, and no one else can hold it meanwhile.
+        let votes = join_all(
+            self.inner
+                .nodes
+                .iter()
+                .map(|n| self.vote(n, &key, &fence_key, &token, single && cfg.fencing)),
+        )
+        .await;
+        let granted = votes.iter().filter(|v| v.acquired).count();
+        let mut fence = votes.iter().find_map(|v| v.fence).unwrap_or(0);
+        let mut ok = granted >= self.quorum();
+        if ok && cfg.fencing && !single {
+            match self.quorum_fence(&fence_key).await {
+                Some(f) => fence = f,
+                None => ok = false,
+            }
+        }
+        let elapsed = self.inner.clock.now().saturating_duration_since(start);
+        let validity = cfg.ttl.checked_sub(elapsed + cfg.drift());
+        match (ok, validity) {
+            (true, Some(validity)) if !validity.is_zero() => Ok(Some(LockGuard::start(
+                self.clone(),
+                name.to_owned(),
+                key,
+                channel,
+                token,
+                fence,
+                start + validity,
+            ))),
+            _ => {
+                self.release_everywhere(&key, &channel, &token).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Tries up to `1 + retry_count` times with jittered delays; an
+    /// [`ErrorKind::Lock`] error if the lock stays taken.
+    pub async fn acquire(&self, name: &str) -> Result<LockGuard> {
+        let cfg = &self.inner.config;
+        for attempt in 0..=cfg.retry_count {
+            if let Some(g) = self.try_acquire(name).await? {
+                return Ok(g);
+            }
+            if attempt < cfg.retry_count {
+                let base = cfg.retry_delay.as_millis() as u64;
+                let jitter = fastrand::u64(base / 2..=base + base / 2);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Lock,
+            format!("lock {name:?} is held elsewhere"),
+        ))
+    }
+
+    /// Waits up to `max_wait` for the lock: woken by the holder's release
+    /// message (pub/sub), and polling every `wait_poll` as well, because
+    /// messages can be lost (and the subscriber connection can drop). An
+    /// [`ErrorKind::Timeout`] error when the wait ends without the lock.
+    pub async fn acquire_wait(&self, name: &str, max_wait: Duration) -> Result<LockGuard> {
+        let (_, _, channel) = self.lock_keys(name)?;
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut messages = if self.inner.config.pubsub_wakeup {
+            self.subscribe(&channel).await
+        } else {
+            None
+        };
+        loop {
+            if let Some(g) = self.try_acquire(name).await? {
+                return Ok(g);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("lock {name:?} not acquired within {max_wait:?}"),
+                ));
+            }
+            let wake = (now + self.inner.config.wait_poll).min(deadline);
+            match messages.as_mut() {
+                Some(stream) => {
+                    tokio::select! {
+                        m = stream.next() => if m.is_none() { messages = None; },
+                        _ = tokio::time::sleep_until(wake) => {}
+                    }
+                }
+                None => tokio::time::sleep_until(wake).await,
+            }
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &str,
+    ) -> Option<futures_util::stream::BoxStream<'static, redis::Msg>> {
+        for n in &self.inner.nodes {
+            let Ok(client) = redis::Client::open(n.url.as_str()) else {
+                continue;
+            };
+            let connect =
+                tokio::time::timeout(Duration::from_millis(500), client.get_async_pubsub()).await;
+            if let Ok(Ok(mut ps)) = connect
+                && ps.subscribe(channel).await.is_ok()
+            {
+                return Some(ps.into_on_message().boxed());
+            }
+        }
+        None
+    }
+
+    /// Runs `f` while holding the lock (waiting up to `max_wait` for it),
+    /// then releases it. `f` gets the guard to check
+    /// [`LockGuard::is_valid_for`] or pass its fencing token on.
+    pub async fn with_lock<T, F, Fut>(&self, name: &str, max_wait: Duration, f: F) -> Result<T>
+    where
+        F: FnOnce(&LockGuard) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let guard = self.acquire_wait(name, max_wait).await?;
+        let out = f(&guard).await;
+        guard.release().await?;
+        Ok(out)
+    }
+}
+
+impl Inner {
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+}
