@@ -65,18 +65,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     // The trace replays (hit ratios), when the traces are at hand.
     let traces = root.join("../shared/traces");
     if traces.is_dir() {
-        let mut sim = util::cargo();
-        sim.args([
-            "run",
-            "--quiet",
-            "--release",
-            "--package",
-            "larder-benches",
-            "--bin",
-            "sim",
-            "--",
-        ])
-        .env("LARDER_BENCH_OUT", &out);
+        let mut sim = util::sim_command();
+        sim.env("LARDER_BENCH_OUT", &out);
         if quick {
             sim.arg("--quick");
         }

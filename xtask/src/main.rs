@@ -59,18 +59,8 @@ fn main() -> ExitCode {
 
 /// `cargo xtask sim`: the trace simulator (benches/src/bin/sim.rs), in release mode.
 fn sim(args: &[String]) -> Result<(), String> {
-    let mut cmd = util::cargo();
-    cmd.args([
-        "run",
-        "--quiet",
-        "--release",
-        "--package",
-        "larder-benches",
-        "--bin",
-        "sim",
-        "--",
-    ])
-    .args(args);
+    let mut cmd = util::sim_command();
+    cmd.args(args);
     util::run(cmd)
 }
 

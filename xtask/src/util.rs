@@ -17,6 +17,22 @@ pub(crate) fn cargo() -> Command {
     cmd
 }
 
+/// The trace simulator (`benches/src/bin/sim.rs`) in release mode, ready for its arguments.
+pub(crate) fn sim_command() -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "larder-benches",
+        "--bin",
+        "sim",
+        "--",
+    ]);
+    cmd
+}
+
 /// Runs `cmd`, streaming its stderr, echoing its stdout line by line and
 /// keeping the lines.
 pub(crate) fn run_tee_stdout(mut cmd: Command) -> Result<(ExitStatus, Vec<String>), String> {

@@ -108,6 +108,54 @@ impl<K: Hash + Eq, V> Drop for Lead<'_, K, V> {
     }
 }
 
+/// A new leader first checks whether another flight filled the key between
+/// its miss and its join; if so it ends its own flight with that value.
+fn found_meanwhile<K, V, S>(
+    cache: &MemoryCache<K, V, S>,
+    key: &K,
+    lead: &mut Lead<'_, K, V>,
+) -> Option<V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    let v = cache.peek(key)?;
+    lead.finish(State::Done(Ok(v.clone())));
+    Some(v)
+}
+
+/// Publishes a leader's outcome: a value is cached and handed to every
+/// waiter; an error is handed to every waiter and not cached; a panic gives
+/// waiters `SourcePanicked` and goes on unwinding in the leader.
+fn conclude<K, V, S>(
+    cache: &MemoryCache<K, V, S>,
+    key: &K,
+    mut lead: Lead<'_, K, V>,
+    outcome: std::thread::Result<Result<V>>,
+) -> Result<V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    match outcome {
+        Ok(Ok(v)) => {
+            cache.insert(key.clone(), v.clone());
+            lead.finish(State::Done(Ok(v.clone())));
+            Ok(v)
+        }
+        Ok(Err(e)) => {
+            lead.finish(State::Done(Err(e.clone())));
+            Err(e)
+        }
+        Err(panic) => {
+            lead.finish(State::Done(Err(panicked())));
+            resume_unwind(panic)
+        }
+    }
+}
+
 pub(crate) fn get_or_try_insert_with<K, V, S>(
     cache: &MemoryCache<K, V, S>,
     key: K,
@@ -133,9 +181,7 @@ where
                     flight,
                     finished: false,
                 };
-                // Another leader may have finished between our miss and our join.
-                if let Some(v) = cache.peek(&key) {
-                    lead.finish(State::Done(Ok(v.clone())));
+                if let Some(v) = found_meanwhile(cache, &key, &mut lead) {
                     return Ok(v);
                 }
                 let Some(f) = init.take() else {
@@ -143,21 +189,7 @@ where
                     lead.finish(State::Abandoned);
                     continue;
                 };
-                match catch_unwind(AssertUnwindSafe(f)) {
-                    Ok(Ok(v)) => {
-                        cache.insert(key.clone(), v.clone());
-                        lead.finish(State::Done(Ok(v.clone())));
-                        return Ok(v);
-                    }
-                    Ok(Err(e)) => {
-                        lead.finish(State::Done(Err(e.clone())));
-                        return Err(e);
-                    }
-                    Err(panic) => {
-                        lead.finish(State::Done(Err(panicked())));
-                        resume_unwind(panic);
-                    }
-                }
+                return conclude(cache, &key, lead, catch_unwind(AssertUnwindSafe(f)));
             }
             Role::Waiter(flight) => {
                 let mut st = flight.state.lock();
@@ -202,8 +234,7 @@ where
                     flight,
                     finished: false,
                 };
-                if let Some(v) = cache.peek(&key) {
-                    lead.finish(State::Done(Ok(v.clone())));
+                if let Some(v) = found_meanwhile(cache, &key, &mut lead) {
                     return Ok(v);
                 }
                 let Some(f) = init.take() else {
@@ -219,21 +250,7 @@ where
                     }
                 })
                 .await;
-                match outcome {
-                    Ok(Ok(v)) => {
-                        cache.insert(key.clone(), v.clone());
-                        lead.finish(State::Done(Ok(v.clone())));
-                        return Ok(v);
-                    }
-                    Ok(Err(e)) => {
-                        lead.finish(State::Done(Err(e.clone())));
-                        return Err(e);
-                    }
-                    Err(panic) => {
-                        lead.finish(State::Done(Err(panicked())));
-                        resume_unwind(panic);
-                    }
-                }
+                return conclude(cache, &key, lead, outcome);
             }
             Role::Waiter(flight) => {
                 let outcome = std::future::poll_fn(|cx| {
