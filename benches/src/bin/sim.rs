@@ -222,6 +222,20 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// Writes to stdout; a closed stdout (`sim --json | head`) ends the program
+/// quietly instead of panicking.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        std::process::exit(0);
+    }
+}
+
 fn main() {
     if let Err(e) = real_main() {
         eprintln!("sim: {e}");
@@ -295,10 +309,10 @@ fn real_main() -> Result<(), String> {
                     let (name, keys, _) = &jobs_input[t];
                     let o = run(name, keys, size, policy);
                     if args.json {
-                        println!(
-                            "{{\"trace\":\"{}\",\"size\":{},\"policy\":\"{}\",\"hit_ratio\":{:.4},\"max_resident\":{}}}",
+                        out(&format!(
+                            "{{\"trace\":\"{}\",\"size\":{},\"policy\":\"{}\",\"hit_ratio\":{:.4},\"max_resident\":{}}}\n",
                             o.trace, o.size, o.policy, o.hit_ratio, o.max_resident
-                        );
+                        ));
                     }
                     results.lock().unwrap_or_else(|p| p.into_inner()).push(o);
                 }
@@ -338,30 +352,33 @@ fn get(results: &[Outcome], trace: &str, size: usize, policy: &str) -> Option<f6
 }
 
 fn print_table(results: &[Outcome]) {
-    print!("| trace | size |");
+    use std::fmt::Write as _;
+    let mut t = String::from("| trace | size |");
     for p in POLICIES {
-        print!(" {p} |");
+        let _ = write!(t, " {p} |");
     }
-    println!(" max resident <= size |");
-    print!("|---|--:|");
+    t.push_str(" max resident <= size |\n|---|--:|");
     for _ in POLICIES {
-        print!("--:|");
+        t.push_str("--:|");
     }
-    println!("---|");
+    t.push_str("---|\n");
     for (trace, size) in rows(results) {
-        print!("| {trace} | {size} |");
+        let _ = write!(t, "| {trace} | {size} |");
         for p in POLICIES {
             match get(results, &trace, size, p) {
-                Some(h) => print!(" {h:.2} |"),
-                None => print!(" |"),
+                Some(h) => {
+                    let _ = write!(t, " {h:.2} |");
+                }
+                None => t.push_str(" |"),
             }
         }
         let ok = results
             .iter()
             .filter(|o| o.trace == trace && o.size == size)
             .all(|o| o.max_resident <= size);
-        println!(" {} |", if ok { "yes" } else { "NO" });
+        let _ = writeln!(t, " {} |", if ok { "yes" } else { "NO" });
     }
+    out(&t);
 }
 
 /// Writes the figures for `cargo xtask bench`: per row, every policy's hit
