@@ -3,6 +3,7 @@
 //! watchdog, and waiting.
 
 mod faults;
+mod procs;
 mod safety;
 mod waiting;
 

@@ -50,16 +50,16 @@ async fn waiters_all_get_it(
 async fn waiters_wake_by_pubsub() {
     let server = RedisServer::start().unwrap();
     // Polling every 60 s: only release messages can hand the lock over in time.
-    let n = waiters_all_get_it(&server.url(), 20, Duration::from_secs(60), None).await;
-    assert_eq!(n, 20);
+    let n = waiters_all_get_it(&server.url(), 100, Duration::from_secs(60), None).await;
+    assert_eq!(n, 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_still_wake_by_polling_when_subscriptions_are_cut() {
     let server = RedisServer::start().unwrap();
     let proxy = FaultProxy::start(server.addr()).unwrap();
-    let n = waiters_all_get_it(&proxy.url(), 20, Duration::from_millis(30), Some(&proxy)).await;
-    assert_eq!(n, 20);
+    let n = waiters_all_get_it(&proxy.url(), 100, Duration::from_millis(30), Some(&proxy)).await;
+    assert_eq!(n, 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

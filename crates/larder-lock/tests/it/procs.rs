@@ -1,0 +1,315 @@
+//! Jepsen-style tests across OS processes: the test binary re-runs itself
+//! as worker processes (selected by `LARDER_LOCK_WORKER`), so clients have
+//! separate memory, connections and schedulers, and can be frozen with
+//! SIGSTOP. The referee lives in Redis, where every process can reach it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use larder_lock::LockConfig;
+use larder_testkit::{RedisServer, start_masters};
+use redis::Script;
+
+use crate::{cfg, manager};
+
+const WORKER_ENV: &str = "LARDER_LOCK_WORKER";
+
+/// Entry: KEYS occupied, overlaps, last_token, stale; ARGV token (0 = none).
+const ENTER: &str = r"
+if not redis.call('SET', KEYS[1], '1', 'NX') then redis.call('INCR', KEYS[2]) end
+local t = tonumber(ARGV[1])
+if t > 0 then
+  local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if t <= last then redis.call('INCR', KEYS[4]) else redis.call('SET', KEYS[3], t) end
+end
+return 1
+";
+
+/// A fenced write: KEYS highest, value; ARGV token, delta. 1 if accepted.
+const FENCED_WRITE: &str = r"
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) < last then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('INCRBY', KEYS[2], ARGV[2])
+return 1
+";
+
+/// The next line the worker printed, bounded.
+async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("worker output in time")
+        .expect("a worker line")
+}
+
+/// Re-runs this test binary as a worker running `test` with `role`.
+fn spawn_worker(test: &str, role: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(WORKER_ENV, role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a child, bounded.
+fn wait_bounded(mut child: Child, what: &str) {
+    for _ in 0..1_200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{what} failed: {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("{what} did not finish within 120 s");
+}
+
+/// One worker process: `tasks` tasks x `rounds` read-modify-writes of the
+/// shared counter, each inside the lock (unless locking is off).
+async fn counter_worker(spec: &str) {
+    // spec: "counter|<locking 0/1>|<resource url>|<url>,<url>,..."
+    let parts: Vec<&str> = spec.split('|').collect();
+    let locking = parts[1] == "1";
+    let resource = redis::Client::open(parts[2]).unwrap();
+    let urls: Vec<String> = parts[3].split(',').map(str::to_owned).collect();
+    let m = manager(&urls, cfg(2_000));
+    let enter = Script::new(ENTER);
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let (m, resource, enter) = (m.clone(), resource.clone(), enter.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut con = resource.get_multiplexed_async_connection().await.unwrap();
+            for _ in 0..6 {
+                let guard = if locking {
+                    Some(
+                        m.acquire_wait("shared", Duration::from_secs(60))
+                            .await
+                            .unwrap(),
+                    )
+                } else {
+                    None
+                };
+                let token = guard.as_ref().map_or(0, |g| g.fencing_token());
+                let _: i64 = enter
+                    .key("occupied")
+                    .key("overlaps")
+                    .key("last_token")
+                    .key("stale")
+                    .arg(token)
+                    .invoke_async(&mut con)
+                    .await
+                    .unwrap();
+                let v: u64 = redis::cmd("GET")
+                    .arg("counter")
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let _: () = redis::cmd("SET")
+                    .arg("counter")
+                    .arg(v + 1)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                let _: () = redis::cmd("DEL")
+                    .arg("occupied")
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                if let Some(g) = guard {
+                    g.release().await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn run_processes(
+    test: &str,
+    urls: &[String],
+    resource: &RedisServer,
+    locking: bool,
+) -> (u64, u64, u64) {
+    let mut con = resource.client().get_connection().unwrap();
+    for k in ["counter", "overlaps", "stale", "last_token"] {
+        let _: () = redis::cmd("SET").arg(k).arg(0).query(&mut con).unwrap();
+    }
+    let _: () = redis::cmd("DEL").arg("occupied").query(&mut con).unwrap();
+    let spec = format!(
+        "counter|{}|{}|{}",
+        u8::from(locking),
+        resource.url(),
+        urls.join(",")
+    );
+    let children: Vec<Child> = (0..3).map(|_| spawn_worker(test, &spec)).collect();
+    tokio::task::spawn_blocking(move || {
+        for (i, c) in children.into_iter().enumerate() {
+            wait_bounded(c, &format!("worker {i}"));
+        }
+    })
+    .await
+    .unwrap();
+    let get = |k: &str, con: &mut redis::Connection| -> u64 {
+        redis::cmd("GET").arg(k).query(con).unwrap()
+    };
+    (
+        get("counter", &mut con),
+        get("overlaps", &mut con),
+        get("stale", &mut con),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_set_across_three_processes() {
+    if let Ok(spec) = std::env::var(WORKER_ENV) {
+        return counter_worker(&spec).await;
+    }
+    let test = "procs::lock_set_across_three_processes";
+    let masters = tokio::task::spawn_blocking(|| start_masters(3).unwrap())
+        .await
+        .unwrap();
+    let resource = tokio::task::spawn_blocking(|| RedisServer::start().unwrap())
+        .await
+        .unwrap();
+    let urls: Vec<String> = masters.iter().map(|m| m.url()).collect();
+
+    let (count, overlaps, stale) = run_processes(test, &urls, &resource, true).await;
+    assert_eq!(
+        (count, overlaps, stale),
+        (36, 0, 0),
+        "count, overlaps, stale tokens with Redlock"
+    );
+
+    // Negative control: the same processes without the lock are caught.
+    let (count, overlaps, _) = run_processes(test, &urls, &resource, false).await;
+    assert!(
+        overlaps > 0 || count < 36,
+        "the referee missed an unlocked run ({count}, {overlaps})"
+    );
+}
+
+/// The pausable client: acquires, reports its token, waits to be told to
+/// go on (after being frozen past its lease), then reports whether it knew
+/// it had lost the lock and whether its late write was accepted.
+#[allow(clippy::print_stdout)] // the worker talks to the parent test on stdout
+async fn pausable_worker(spec: &str) {
+    let url = spec.strip_prefix("pausable|").unwrap().to_owned();
+    let m = manager(
+        std::slice::from_ref(&url),
+        LockConfig::with_ttl(Duration::from_millis(500)),
+    );
+    let g = m.acquire("stock").await.unwrap();
+    println!("WORKER:ACQUIRED {}", g.fencing_token());
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    // Frozen and thawed: the lease ran out while the watchdog was stopped too.
+    let lost = tokio::time::timeout(Duration::from_secs(5), g.lost())
+        .await
+        .is_ok();
+    println!("WORKER:LOST {lost}");
+    let resource = redis::Client::open(url.as_str()).unwrap();
+    let mut con = resource.get_multiplexed_async_connection().await.unwrap();
+    let accepted: i64 = Script::new(FENCED_WRITE)
+        .key("stock:highest")
+        .key("stock:value")
+        .arg(g.fencing_token())
+        .arg(100)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    println!(
+        "WORKER:WRITE {}",
+        if accepted == 1 {
+            "accepted"
+        } else {
+            "rejected"
+        }
+    );
+    std::io::stdout().flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_frozen_by_sigstop_loses_the_lock_and_its_write_is_fenced_off() {
+    if let Ok(spec) = std::env::var(WORKER_ENV) {
+        return pausable_worker(&spec).await;
+    }
+    let test = "procs::a_client_frozen_by_sigstop_loses_the_lock_and_its_write_is_fenced_off";
+    let server = tokio::task::spawn_blocking(|| RedisServer::start().unwrap())
+        .await
+        .unwrap();
+    let url = server.url();
+    let mut child = spawn_worker(test, &format!("pausable|{url}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // The test harness may print on the same line first.
+            if let Some(i) = line.find("WORKER:") {
+                let _ = tx.send(line[i + "WORKER:".len()..].to_owned());
+            }
+        }
+    });
+    let acquired = next(&mut rx).await;
+    let stale: u64 = acquired.strip_prefix("ACQUIRED ").unwrap().parse().unwrap();
+
+    // Freeze the holder: the whole process, watchdog included.
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+
+    // Another client gets the lock once the frozen holder's lease ends, and writes.
+    let m = manager(std::slice::from_ref(&url), cfg(5_000));
+    let g = m
+        .acquire_wait("stock", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(g.fencing_token() > stale);
+    let mut con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ok: i64 = Script::new(FENCED_WRITE)
+        .key("stock:highest")
+        .key("stock:value")
+        .arg(g.fencing_token())
+        .arg(1)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(ok, 1);
+
+    // Thaw the old holder and let it try its late write.
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    stdin.write_all(b"GO\n").unwrap();
+    assert_eq!(
+        next(&mut rx).await,
+        "LOST true",
+        "the thawed holder was not told it lost the lock"
+    );
+    assert_eq!(
+        next(&mut rx).await,
+        "WRITE rejected",
+        "a stale token got through"
+    );
+    let value: i64 = redis::cmd("GET")
+        .arg("stock:value")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(value, 1);
+    assert!(g.release().await.unwrap());
+    tokio::task::spawn_blocking(move || wait_bounded(child, "the pausable worker"))
+        .await
+        .unwrap();
+}
