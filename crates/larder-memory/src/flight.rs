@@ -108,21 +108,47 @@ impl<K: Hash + Eq, V> Drop for Lead<'_, K, V> {
     }
 }
 
-/// A new leader first checks whether another flight filled the key between
-/// its miss and its join; if so it ends its own flight with that value.
-fn found_meanwhile<K, V, S>(
-    cache: &MemoryCache<K, V, S>,
-    key: &K,
-    lead: &mut Lead<'_, K, V>,
-) -> Option<V>
+/// Where a caller stands on one pass of the single-flight loop.
+enum Step<'a, K: Hash + Eq, V> {
+    /// The value is in the cache.
+    Found(V),
+    /// This caller leads the flight and must run its initialiser.
+    Lead(Lead<'a, K, V>),
+    /// Another caller leads: wait on its flight.
+    Wait(Arc<Flight<V>>),
+}
+
+/// Looks in the cache, then joins the key's flight as leader or waiter. A
+/// new leader checks the cache once more: another flight may have filled
+/// the key between the miss and the join.
+fn step<'a, K, V, S>(cache: &'a MemoryCache<K, V, S>, key: &'a K, shard: usize) -> Step<'a, K, V>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher,
 {
-    let v = cache.peek(key)?;
-    lead.finish(State::Done(Ok(v.clone())));
-    Some(v)
+    if let Some(v) = cache.get(key) {
+        return Step::Found(v);
+    }
+    match join(&cache.inner.flights, shard, key) {
+        Role::Leader(flight) => {
+            let mut lead = Lead {
+                flights: &cache.inner.flights,
+                shard,
+                key,
+                flight,
+                finished: false,
+            };
+            match cache.peek(key) {
+                Some(v) => {
+                    lead.finish(State::Done(Ok(v.clone())));
+                    Step::Found(v)
+                }
+                None => Step::Lead(lead),
+            }
+        }
+        Role::Waiter(flight) => Step::Wait(flight),
+    }
 }
 
 /// Publishes a leader's outcome: a value is cached and handed to every
@@ -169,21 +195,9 @@ where
     let mut init = Some(init);
     let shard = cache.shard_index(cache.hash(&key));
     loop {
-        if let Some(v) = cache.get(&key) {
-            return Ok(v);
-        }
-        match join(&cache.inner.flights, shard, &key) {
-            Role::Leader(flight) => {
-                let mut lead = Lead {
-                    flights: &cache.inner.flights,
-                    shard,
-                    key: &key,
-                    flight,
-                    finished: false,
-                };
-                if let Some(v) = found_meanwhile(cache, &key, &mut lead) {
-                    return Ok(v);
-                }
+        match step(cache, &key, shard) {
+            Step::Found(v) => return Ok(v),
+            Step::Lead(mut lead) => {
                 let Some(f) = init.take() else {
                     // Unreachable: a leader runs init once and returns.
                     lead.finish(State::Abandoned);
@@ -191,7 +205,7 @@ where
                 };
                 return conclude(cache, &key, lead, catch_unwind(AssertUnwindSafe(f)));
             }
-            Role::Waiter(flight) => {
+            Step::Wait(flight) => {
                 let mut st = flight.state.lock();
                 while matches!(*st, State::Running(_)) {
                     flight.cond.wait(&mut st);
@@ -220,23 +234,11 @@ where
     let mut init = Some(init);
     let shard = cache.shard_index(cache.hash(&key));
     loop {
-        if let Some(v) = cache.get(&key) {
-            return Ok(v);
-        }
-        match join(&cache.inner.flights, shard, &key) {
-            Role::Leader(flight) => {
-                // If this future is dropped while awaiting, `lead` drops and
-                // the flight is abandoned: waiters retry.
-                let mut lead = Lead {
-                    flights: &cache.inner.flights,
-                    shard,
-                    key: &key,
-                    flight,
-                    finished: false,
-                };
-                if let Some(v) = found_meanwhile(cache, &key, &mut lead) {
-                    return Ok(v);
-                }
+        match step(cache, &key, shard) {
+            Step::Found(v) => return Ok(v),
+            // If this future is dropped while awaiting, `lead` drops and the
+            // flight is abandoned: waiters retry and one of them leads.
+            Step::Lead(mut lead) => {
                 let Some(f) = init.take() else {
                     lead.finish(State::Abandoned);
                     continue;
@@ -252,7 +254,7 @@ where
                 .await;
                 return conclude(cache, &key, lead, outcome);
             }
-            Role::Waiter(flight) => {
+            Step::Wait(flight) => {
                 let outcome = std::future::poll_fn(|cx| {
                     let mut st = flight.state.lock();
                     match &mut *st {
