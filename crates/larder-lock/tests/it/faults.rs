@@ -20,8 +20,6 @@ async fn two_of_five_masters_paused_still_acquires() {
         .await
         .unwrap()
         .expect("3 of 5 is a quorum");
-    // The paused nodes cost at most the node timeout, not the TTL.
-    assert!(g.is_valid_for(Duration::from_millis(1_500)));
     assert!(g.release().await.unwrap());
     masters[4].pause().unwrap();
     assert!(

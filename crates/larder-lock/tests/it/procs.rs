@@ -55,17 +55,25 @@ fn spawn_worker(test: &str, role: &str) -> Child {
         .unwrap()
 }
 
-/// Waits for a child, bounded.
+/// Waits for a child's exit (reported by a thread blocked in `wait`),
+/// bounded: a child still running after 120 s is killed and fails the test.
 fn wait_bounded(mut child: Child, what: &str) {
-    for _ in 0..1_200 {
-        if let Some(status) = child.try_wait().unwrap() {
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(status) => {
+            let status = status.unwrap();
             assert!(status.success(), "{what} failed: {status}");
-            return;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        Err(_) => {
+            // SAFETY: killing our own child process by its pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("{what} did not finish within 120 s");
+        }
     }
-    let _ = child.kill();
-    panic!("{what} did not finish within 120 s");
 }
 
 /// One worker process: `tasks` tasks x `rounds` read-modify-writes of the

@@ -6,9 +6,30 @@ use larder_testkit::{FaultProxy, RedisServer};
 
 use crate::{cfg, manager};
 
+/// Polls `PUBSUB NUMSUB` until `n` clients listen on `channel` (bounded).
+async fn wait_for_subscribers(server_url: &str, channel: &str, n: usize) {
+    let client = redis::Client::open(server_url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    for _ in 0..10_000 {
+        let (_, count): (String, usize) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if count >= n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("fewer than {n} waiters subscribed to {channel}");
+}
+
 /// `waiters` tasks wait for the lock held by the test, then take it in turn.
+/// Clients use `url`; `server_url` reaches the server directly.
 async fn waiters_all_get_it(
     url: &str,
+    server_url: &str,
     waiters: usize,
     poll: Duration,
     cut: Option<&FaultProxy>,
@@ -31,8 +52,9 @@ async fn waiters_all_get_it(
             assert!(g.release().await.unwrap());
         }));
     }
-    // Let the waiters subscribe, then (optionally) cut their subscriptions.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until Redis counts every waiter's subscription, then (optionally)
+    // cut them.
+    wait_for_subscribers(server_url, "larder:{lock:queue}:released", waiters).await;
     if let Some(p) = cut {
         p.cut_all();
     }
@@ -50,7 +72,14 @@ async fn waiters_all_get_it(
 async fn waiters_wake_by_pubsub() {
     let server = RedisServer::start().unwrap();
     // Polling every 60 s: only release messages can hand the lock over in time.
-    let n = waiters_all_get_it(&server.url(), 100, Duration::from_secs(60), None).await;
+    let n = waiters_all_get_it(
+        &server.url(),
+        &server.url(),
+        100,
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
     assert_eq!(n, 100);
 }
 
@@ -58,7 +87,14 @@ async fn waiters_wake_by_pubsub() {
 async fn waiters_still_wake_by_polling_when_subscriptions_are_cut() {
     let server = RedisServer::start().unwrap();
     let proxy = FaultProxy::start(server.addr()).unwrap();
-    let n = waiters_all_get_it(&proxy.url(), 100, Duration::from_millis(30), Some(&proxy)).await;
+    let n = waiters_all_get_it(
+        &proxy.url(),
+        &server.url(),
+        100,
+        Duration::from_millis(30),
+        Some(&proxy),
+    )
+    .await;
     assert_eq!(n, 100);
 }
 
