@@ -490,7 +490,8 @@ where
         let mut removed = Vec::new();
         {
             let mut shard = self.shard(hash).lock();
-            let replacing = shard.peek(hash, &key, now).is_some();
+            // Only the expiry hook tells a create from an update: look only then.
+            let replacing = self.inner.expiry.is_some() && shard.peek(hash, &key, now).is_some();
             let (hard, deadline) = self.write_deadline(&key, &value, now, ttl, replacing);
             if self.inner.timed.load(Ordering::Relaxed) {
                 shard.expire(now, &mut removed);
@@ -510,10 +511,15 @@ where
     {
         let hash = self.hash(key);
         let mut removed = Vec::new();
-        let found = self.shard(hash).lock().remove(hash, key, &mut removed);
-        let value = found.then(|| removed[0].1.clone());
+        if !self.shard(hash).lock().remove(hash, key, &mut removed) {
+            return None;
+        }
+        if self.inner.listener.is_none() {
+            return removed.pop().map(|(_, v, _)| v);
+        }
+        let value = removed[0].1.clone();
         self.notify(removed);
-        value
+        Some(value)
     }
 
     /// Removes every entry (the listener hears [`RemovalCause::Removed`]).

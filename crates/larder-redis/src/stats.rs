@@ -4,27 +4,21 @@ use std::time::Duration;
 
 use larder_core::{CommandStats, Counter, LatencyHistogram, StoreStats};
 
-/// The commands a store counts separately.
+/// The commands a store counts separately. The discriminant indexes the
+/// recorders; the order is the order of names in snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cmd {
-    Get,
-    Set,
     Del,
+    Get,
     MGet,
+    Other,
     Pipeline,
     Script,
-    Other,
+    Set,
 }
 
-const CMDS: [(Cmd, &str); 7] = [
-    (Cmd::Del, "DEL"),
-    (Cmd::Get, "GET"),
-    (Cmd::MGet, "MGET"),
-    (Cmd::Other, "OTHER"),
-    (Cmd::Pipeline, "PIPELINE"),
-    (Cmd::Script, "SCRIPT"),
-    (Cmd::Set, "SET"),
-];
+/// Snapshot names, indexed like [`Cmd`].
+const NAMES: [&str; 7] = ["DEL", "GET", "MGET", "OTHER", "PIPELINE", "SCRIPT", "SET"];
 
 #[derive(Debug, Default)]
 struct Rec {
@@ -44,8 +38,7 @@ pub(crate) struct Stats {
 
 impl Stats {
     fn rec(&self, cmd: Cmd) -> &Rec {
-        let i = CMDS.iter().position(|(c, _)| *c == cmd).unwrap_or(3);
-        &self.recs[i]
+        &self.recs[cmd as usize]
     }
 
     pub(crate) fn record(&self, cmd: Cmd, took: Duration, error: bool, timeout: bool) {
@@ -62,8 +55,7 @@ impl Stats {
 
     pub(crate) fn snapshot(&self) -> StoreStats {
         let mut s = StoreStats::default();
-        for (cmd, name) in CMDS {
-            let r = self.rec(cmd);
+        for (r, name) in self.recs.iter().zip(NAMES) {
             let calls = r.calls.get();
             if calls == 0 {
                 continue;
