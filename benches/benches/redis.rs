@@ -18,6 +18,14 @@ use larder_testkit::RedisServer;
 const KEYS: usize = 10_000;
 const CONCURRENCY: usize = 64;
 
+/// One GET through any raw redis-rs connection (the peers).
+async fn raw_get<C: redis::aio::ConnectionLike>(
+    mut con: C,
+    key: &str,
+) -> redis::RedisResult<Option<Vec<u8>>> {
+    redis::cmd("GET").arg(key).query_async(&mut con).await
+}
+
 fn key(i: usize) -> String {
     format!("bench:{i}")
 }
@@ -87,16 +95,8 @@ fn redis_benches(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             i = (i + 7919) % KEYS;
             let k = &raw_keys[i];
-            let mut con = raw.clone();
-            async move {
-                black_box(
-                    redis::cmd("GET")
-                        .arg(k)
-                        .query_async::<Option<Vec<u8>>>(&mut con)
-                        .await
-                        .unwrap(),
-                )
-            }
+            let con = raw.clone();
+            async move { black_box(raw_get(con, k).await.unwrap()) }
         })
     });
     m.time(group, "redis-rs ConnectionManager", 1);
@@ -104,16 +104,8 @@ fn redis_benches(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             i = (i + 7919) % KEYS;
             let k = &raw_keys[i];
-            let mut con = manager.clone();
-            async move {
-                black_box(
-                    redis::cmd("GET")
-                        .arg(k)
-                        .query_async::<Option<Vec<u8>>>(&mut con)
-                        .await
-                        .unwrap(),
-                )
-            }
+            let con = manager.clone();
+            async move { black_box(raw_get(con, k).await.unwrap()) }
         })
     });
     g.finish();
@@ -148,16 +140,8 @@ fn redis_benches(c: &mut Criterion) {
             let raw_keys = &raw_keys;
             let raw = &raw;
             async move {
-                let gets = (0..CONCURRENCY).map(|j| {
-                    let mut con = raw.clone();
-                    let k = &raw_keys[(start + j * 131) % KEYS];
-                    async move {
-                        redis::cmd("GET")
-                            .arg(k)
-                            .query_async::<Option<Vec<u8>>>(&mut con)
-                            .await
-                    }
-                });
+                let gets = (0..CONCURRENCY)
+                    .map(|j| raw_get(raw.clone(), &raw_keys[(start + j * 131) % KEYS]));
                 black_box(join_all(gets).await)
             }
         })

@@ -60,6 +60,20 @@ struct Outcome {
     max_resident: usize,
 }
 
+/// Cache-aside over `keys`. `access(k)` answers `None` on a hit, or on a
+/// miss inserts `k` and answers how many entries the cache then holds.
+/// Returns (hits, the most entries ever held).
+fn replay(keys: &[u64], mut access: impl FnMut(u64) -> Option<usize>) -> (u64, usize) {
+    let (mut hits, mut max) = (0u64, 0usize);
+    for &k in keys {
+        match access(k) {
+            None => hits += 1,
+            Some(resident) => max = max.max(resident),
+        }
+    }
+    (hits, max)
+}
+
 fn replay_larder(keys: &[u64], size: usize, kind: PolicyKind) -> (u64, usize) {
     // A fixed hasher: the same run gives the same figures.
     let cache = MemoryCache::<u64, ()>::builder(size as u64)
@@ -69,61 +83,46 @@ fn replay_larder(keys: &[u64], size: usize, kind: PolicyKind) -> (u64, usize) {
             std::collections::hash_map::DefaultHasher,
         >::default())
         .build();
-    let (mut hits, mut max) = (0u64, 0usize);
-    for &k in keys {
-        if cache.get(&k).is_some() {
-            hits += 1;
-        } else {
+    replay(keys, |k| {
+        cache.get(&k).is_none().then(|| {
             cache.insert(k, ());
-            max = max.max(cache.entry_count() as usize);
-        }
-    }
-    (hits, max)
+            cache.entry_count() as usize
+        })
+    })
 }
 
 fn replay_moka(keys: &[u64], size: usize) -> (u64, usize) {
     let cache: moka::sync::Cache<u64, ()> = moka::sync::Cache::builder()
         .max_capacity(size as u64)
         .build();
-    let (mut hits, mut max) = (0u64, 0usize);
-    for &k in keys {
-        if cache.get(&k).is_some() {
-            hits += 1;
-        } else {
+    replay(keys, |k| {
+        cache.get(&k).is_none().then(|| {
             cache.insert(k, ());
+            // Strict mode: pending maintenance runs after every insert.
             cache.run_pending_tasks();
-            max = max.max(cache.entry_count() as usize);
-        }
-    }
-    (hits, max)
+            cache.entry_count() as usize
+        })
+    })
 }
 
 fn replay_quick(keys: &[u64], size: usize) -> (u64, usize) {
     let mut cache: quick_cache::unsync::Cache<u64, ()> = quick_cache::unsync::Cache::new(size);
-    let (mut hits, mut max) = (0u64, 0usize);
-    for &k in keys {
-        if cache.get(&k).is_some() {
-            hits += 1;
-        } else {
+    replay(keys, |k| {
+        cache.get(&k).is_none().then(|| {
             cache.insert(k, ());
-            max = max.max(cache.len());
-        }
-    }
-    (hits, max)
+            cache.len()
+        })
+    })
 }
 
 fn replay_lru(keys: &[u64], size: usize) -> (u64, usize) {
     let mut cache = lru::LruCache::new(NonZeroUsize::new(size.max(1)).unwrap_or(NonZeroUsize::MIN));
-    let (mut hits, mut max) = (0u64, 0usize);
-    for &k in keys {
-        if cache.get(&k).is_some() {
-            hits += 1;
-        } else {
+    replay(keys, |k| {
+        cache.get(&k).is_none().then(|| {
             cache.put(k, ());
-            max = max.max(cache.len());
-        }
-    }
-    (hits, max)
+            cache.len()
+        })
+    })
 }
 
 /// Belady's MIN: on a miss with a full cache, evict the key used farthest

@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::error::RingError;
+
 /// Points sorted ascending, each owned by a node index. Health flags live
 /// beside them so marking a node down or up never rebuilds the circle: a
 /// down node's points are skipped, every other key keeps its owner.
@@ -116,9 +118,18 @@ impl<P: Copy + Ord> Continuum<P> {
         self.up[node].load(Ordering::Acquire)
     }
 
-    /// Marks `node` up or down; returns whether it changed.
-    pub(crate) fn set_up(&self, node: usize, up: bool) -> bool {
-        let was = self.up[node].swap(up, Ordering::AcqRel);
+    /// Whether `node` is up; `false` for an index outside the ring.
+    pub(crate) fn node_is_up(&self, node: usize) -> bool {
+        node < self.up.len() && self.is_up(node)
+    }
+
+    /// Marks `node` up or down; whether it changed. An index outside the
+    /// ring is [`RingError::UnknownNode`].
+    pub(crate) fn set_up(&self, node: usize, up: bool) -> Result<bool, RingError> {
+        let Some(flag) = self.up.get(node) else {
+            return Err(RingError::UnknownNode(node.to_string()));
+        };
+        let was = flag.swap(up, Ordering::AcqRel);
         if was != up {
             if up {
                 self.live.fetch_add(1, Ordering::AcqRel);
@@ -126,7 +137,7 @@ impl<P: Copy + Ord> Continuum<P> {
                 self.live.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        was != up
+        Ok(was != up)
     }
 
     pub(crate) fn live_nodes(&self) -> usize {

@@ -136,32 +136,22 @@ impl KetamaRing {
     /// Marks node `index` down: its keys go to the next live node clockwise;
     /// no other key moves. Returns whether the state changed.
     pub fn mark_down(&self, index: usize) -> Result<bool, RingError> {
-        self.check_index(index)?;
-        Ok(self.continuum.set_up(index, false))
+        self.continuum.set_up(index, false)
     }
 
     /// Marks node `index` up again. Returns whether the state changed.
     pub fn mark_up(&self, index: usize) -> Result<bool, RingError> {
-        self.check_index(index)?;
-        Ok(self.continuum.set_up(index, true))
+        self.continuum.set_up(index, true)
     }
 
     /// Whether node `index` is up.
     pub fn is_up(&self, index: usize) -> bool {
-        index < self.nodes.len() && self.continuum.is_up(index)
+        self.continuum.node_is_up(index)
     }
 
     /// The index of the node called `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
-    }
-
-    fn check_index(&self, index: usize) -> Result<(), RingError> {
-        if index < self.nodes.len() {
-            Ok(())
-        } else {
-            Err(RingError::UnknownNode(index.to_string()))
-        }
     }
 }
 

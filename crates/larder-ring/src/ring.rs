@@ -237,19 +237,17 @@ impl HashRing {
     /// Marks node `index` down: its keys go to the next live node clockwise;
     /// no other key moves and nothing is rebuilt. Returns whether it changed.
     pub fn mark_down(&self, index: usize) -> Result<bool, RingError> {
-        self.check_index(index)?;
-        Ok(self.continuum.set_up(index, false))
+        self.continuum.set_up(index, false)
     }
 
     /// Marks node `index` up again. Returns whether it changed.
     pub fn mark_up(&self, index: usize) -> Result<bool, RingError> {
-        self.check_index(index)?;
-        Ok(self.continuum.set_up(index, true))
+        self.continuum.set_up(index, true)
     }
 
     /// Whether node `index` is up.
     pub fn is_up(&self, index: usize) -> bool {
-        index < self.nodes.len() && self.continuum.is_up(index)
+        self.continuum.node_is_up(index)
     }
 
     /// Live nodes.
@@ -280,14 +278,6 @@ impl HashRing {
             .filter(|n| n.name != name)
             .map(|n| (n.name.clone(), n.weight));
         Self::with_points(nodes, self.points_per_weight)
-    }
-
-    fn check_index(&self, index: usize) -> Result<(), RingError> {
-        if index < self.nodes.len() {
-            Ok(())
-        } else {
-            Err(RingError::UnknownNode(index.to_string()))
-        }
     }
 }
 
