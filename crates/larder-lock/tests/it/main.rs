@@ -6,6 +6,7 @@ mod faults;
 mod procs;
 mod safety;
 mod waiting;
+mod workload;
 
 use std::time::Duration;
 

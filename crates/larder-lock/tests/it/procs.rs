@@ -11,20 +11,10 @@ use larder_lock::LockConfig;
 use larder_testkit::{RedisServer, start_masters};
 use redis::Script;
 
+use crate::workload::{self, Verdict};
 use crate::{cfg, manager};
 
 const WORKER_ENV: &str = "LARDER_LOCK_WORKER";
-
-/// Entry: KEYS occupied, overlaps, last_token, stale; ARGV token (0 = none).
-const ENTER: &str = r"
-if not redis.call('SET', KEYS[1], '1', 'NX') then redis.call('INCR', KEYS[2]) end
-local t = tonumber(ARGV[1])
-if t > 0 then
-  local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if t <= last then redis.call('INCR', KEYS[4]) else redis.call('SET', KEYS[3], t) end
-end
-return 1
-";
 
 /// A fenced write: KEYS highest, value; ARGV token, delta. 1 if accepted.
 const FENCED_WRITE: &str = r"
@@ -81,62 +71,9 @@ fn wait_bounded(mut child: Child, what: &str) {
 async fn counter_worker(spec: &str) {
     // spec: "counter|<locking 0/1>|<resource url>|<url>,<url>,..."
     let parts: Vec<&str> = spec.split('|').collect();
-    let locking = parts[1] == "1";
     let resource = redis::Client::open(parts[2]).unwrap();
     let urls: Vec<String> = parts[3].split(',').map(str::to_owned).collect();
-    let m = manager(&urls, cfg(2_000));
-    let enter = Script::new(ENTER);
-    let mut tasks = Vec::new();
-    for _ in 0..2 {
-        let (m, resource, enter) = (m.clone(), resource.clone(), enter.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut con = resource.get_multiplexed_async_connection().await.unwrap();
-            for _ in 0..6 {
-                let guard = if locking {
-                    Some(
-                        m.acquire_wait("shared", Duration::from_secs(60))
-                            .await
-                            .unwrap(),
-                    )
-                } else {
-                    None
-                };
-                let token = guard.as_ref().map_or(0, |g| g.fencing_token());
-                let _: i64 = enter
-                    .key("occupied")
-                    .key("overlaps")
-                    .key("last_token")
-                    .key("stale")
-                    .arg(token)
-                    .invoke_async(&mut con)
-                    .await
-                    .unwrap();
-                let v: u64 = redis::cmd("GET")
-                    .arg("counter")
-                    .query_async(&mut con)
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                let _: () = redis::cmd("SET")
-                    .arg("counter")
-                    .arg(v + 1)
-                    .query_async(&mut con)
-                    .await
-                    .unwrap();
-                let _: () = redis::cmd("DEL")
-                    .arg("occupied")
-                    .query_async(&mut con)
-                    .await
-                    .unwrap();
-                if let Some(g) = guard {
-                    g.release().await.unwrap();
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    workload::client(manager(&urls, cfg(2_000)), resource, 2, 6, parts[1] == "1").await;
 }
 
 async fn run_processes(
@@ -144,12 +81,9 @@ async fn run_processes(
     urls: &[String],
     resource: &RedisServer,
     locking: bool,
-) -> (u64, u64, u64) {
-    let mut con = resource.client().get_connection().unwrap();
-    for k in ["counter", "overlaps", "stale", "last_token"] {
-        let _: () = redis::cmd("SET").arg(k).arg(0).query(&mut con).unwrap();
-    }
-    let _: () = redis::cmd("DEL").arg("occupied").query(&mut con).unwrap();
+) -> Verdict {
+    let client = resource.client();
+    workload::reset(&client).await;
     let spec = format!(
         "counter|{}|{}|{}",
         u8::from(locking),
@@ -164,14 +98,7 @@ async fn run_processes(
     })
     .await
     .unwrap();
-    let get = |k: &str, con: &mut redis::Connection| -> u64 {
-        redis::cmd("GET").arg(k).query(con).unwrap()
-    };
-    (
-        get("counter", &mut con),
-        get("overlaps", &mut con),
-        get("stale", &mut con),
-    )
+    workload::verdict(&client).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,18 +115,22 @@ async fn lock_set_across_three_processes() {
         .unwrap();
     let urls: Vec<String> = masters.iter().map(|m| m.url()).collect();
 
-    let (count, overlaps, stale) = run_processes(test, &urls, &resource, true).await;
+    let v = run_processes(test, &urls, &resource, true).await;
     assert_eq!(
-        (count, overlaps, stale),
-        (36, 0, 0),
-        "count, overlaps, stale tokens with Redlock"
+        v,
+        Verdict {
+            count: 36,
+            overlaps: 0,
+            stale: 0
+        },
+        "with Redlock"
     );
 
     // Negative control: the same processes without the lock are caught.
-    let (count, overlaps, _) = run_processes(test, &urls, &resource, false).await;
+    let v = run_processes(test, &urls, &resource, false).await;
     assert!(
-        overlaps > 0 || count < 36,
-        "the referee missed an unlocked run ({count}, {overlaps})"
+        v.overlaps > 0 || v.count < 36,
+        "the referee missed an unlocked run: {v:?}"
     );
 }
 

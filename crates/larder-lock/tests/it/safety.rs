@@ -4,96 +4,29 @@
 //! the lock is disabled.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::Duration;
 
 use larder_lock::{FencedResource, LockManager};
 use larder_testkit::{RedisServer, start_masters};
 
+use crate::workload::{self, Verdict};
 use crate::{cfg, manager};
 
-#[derive(Default)]
-struct Referee {
-    inside: AtomicU64,
-    overlaps: AtomicU64,
-}
-
-/// `clients` independent managers (own connections, like separate
-/// processes) x `tasks` each x `rounds` increments of a counter in Redis.
-/// Returns (expected, final counter, overlaps seen).
-async fn workload(
+/// `clients` independent managers (own connections) running the shared
+/// workload at once; the referee's verdict.
+async fn in_process(
     urls: &[String],
-    resource_url: &str,
+    resource: &RedisServer,
     clients: usize,
-    tasks: usize,
-    rounds: u64,
     locking: bool,
-) -> (u64, u64, u64) {
-    let referee = Arc::new(Referee::default());
-    let resource = redis::Client::open(resource_url).unwrap();
-    let mut con = resource.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("counter")
-        .arg(0)
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let mut handles = Vec::new();
-    for _ in 0..clients {
-        let m = manager(urls, cfg(2_000));
-        for _ in 0..tasks {
-            let (m, referee, resource) = (m.clone(), Arc::clone(&referee), resource.clone());
-            handles.push(tokio::spawn(async move {
-                let mut con = resource.get_multiplexed_async_connection().await.unwrap();
-                for _ in 0..rounds {
-                    let guard = if locking {
-                        Some(
-                            m.acquire_wait("counter", Duration::from_secs(30))
-                                .await
-                                .unwrap(),
-                        )
-                    } else {
-                        None
-                    };
-                    if referee.inside.fetch_add(1, Ordering::SeqCst) != 0 {
-                        referee.overlaps.fetch_add(1, Ordering::SeqCst);
-                    }
-                    let v: u64 = redis::cmd("GET")
-                        .arg("counter")
-                        .query_async(&mut con)
-                        .await
-                        .unwrap();
-                    tokio::task::yield_now().await;
-                    let _: () = redis::cmd("SET")
-                        .arg("counter")
-                        .arg(v + 1)
-                        .query_async(&mut con)
-                        .await
-                        .unwrap();
-                    referee.inside.fetch_sub(1, Ordering::SeqCst);
-                    if let Some(g) = guard {
-                        assert!(
-                            g.release().await.unwrap(),
-                            "the lock was lost during a short section"
-                        );
-                    }
-                }
-            }));
-        }
-    }
-    for h in handles {
-        h.await.unwrap();
-    }
-    let total: u64 = redis::cmd("GET")
-        .arg("counter")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    (
-        clients as u64 * tasks as u64 * rounds,
-        total,
-        referee.overlaps.load(Ordering::SeqCst),
-    )
+) -> Verdict {
+    let client = resource.client();
+    workload::reset(&client).await;
+    let runs = (0..clients)
+        .map(|_| workload::client(manager(urls, cfg(2_000)), client.clone(), 3, 3, locking));
+    futures_util::future::join_all(runs).await;
+    workload::verdict(&client).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,15 +39,22 @@ async fn redlock_mutual_exclusion_and_its_negative_control() {
         .unwrap();
     let urls: Vec<String> = masters.iter().map(|m| m.url()).collect();
 
-    let (expected, total, overlaps) = workload(&urls, &resource.url(), 4, 3, 8, true).await;
-    assert_eq!(overlaps, 0, "critical sections overlapped");
-    assert_eq!(total, expected, "updates were lost");
+    // 4 clients x 3 tasks x 3 sections.
+    let v = in_process(&urls, &resource, 4, true).await;
+    assert_eq!(
+        v,
+        Verdict {
+            count: 36,
+            overlaps: 0,
+            stale: 0
+        }
+    );
 
     // Negative control: without the lock the same referee sees the damage.
-    let (expected, total, overlaps) = workload(&urls, &resource.url(), 4, 3, 8, false).await;
+    let v = in_process(&urls, &resource, 4, false).await;
     assert!(
-        overlaps > 0 || total < expected,
-        "the checker failed to flag an unlocked workload"
+        v.overlaps > 0 || v.count < 36,
+        "the referee missed an unlocked run: {v:?}"
     );
 }
 

@@ -1,0 +1,140 @@
+//! The lock-set workload and its referee, shared by the in-process and the
+//! multi-process tests. The referee lives in Redis (the resource server), so
+//! every client and every process reports to the same place:
+//! - `occupied` is set with NX on entry: a second holder finds it set and
+//!   counts an overlap;
+//! - `last_token` keeps the highest fencing token seen on entry: a token
+//!   that is not larger counts as stale;
+//! - `counter` is read, then written back plus one, with a pause in
+//!   between: any overlap loses an update.
+
+use std::time::Duration;
+
+use larder_lock::LockManager;
+use redis::Script;
+
+/// Entry: KEYS occupied, overlaps, last_token, stale; ARGV token (0 = none).
+const ENTER: &str = r"
+if not redis.call('SET', KEYS[1], '1', 'NX') then redis.call('INCR', KEYS[2]) end
+local t = tonumber(ARGV[1])
+if t > 0 then
+  local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if t <= last then redis.call('INCR', KEYS[4]) else redis.call('SET', KEYS[3], t) end
+end
+return 1
+";
+
+/// What the referee saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// The counter's final value: the number of sections that took effect.
+    pub(crate) count: u64,
+    /// Entries that found another holder inside.
+    pub(crate) overlaps: u64,
+    /// Entries whose fencing token was not larger than every earlier one.
+    pub(crate) stale: u64,
+}
+
+/// Clears the referee's keys.
+pub(crate) async fn reset(resource: &redis::Client) {
+    let mut con = resource.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::pipe()
+        .cmd("MSET")
+        .arg(&[
+            "counter",
+            "0",
+            "overlaps",
+            "0",
+            "stale",
+            "0",
+            "last_token",
+            "0",
+        ])
+        .cmd("DEL")
+        .arg("occupied")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+}
+
+/// Reads the referee's findings.
+pub(crate) async fn verdict(resource: &redis::Client) -> Verdict {
+    let mut con = resource.get_multiplexed_async_connection().await.unwrap();
+    let (count, overlaps, stale): (u64, u64, u64) = redis::cmd("MGET")
+        .arg(&["counter", "overlaps", "stale"])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    Verdict {
+        count,
+        overlaps,
+        stale,
+    }
+}
+
+/// One client (one manager) running `tasks` tasks of `rounds` critical
+/// sections each, inside the lock unless `locking` is off.
+pub(crate) async fn client(
+    m: LockManager,
+    resource: redis::Client,
+    tasks: usize,
+    rounds: u64,
+    locking: bool,
+) {
+    let enter = Script::new(ENTER);
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (m, resource, enter) = (m.clone(), resource.clone(), enter.clone());
+        handles.push(tokio::spawn(async move {
+            let mut con = resource.get_multiplexed_async_connection().await.unwrap();
+            for _ in 0..rounds {
+                let guard = if locking {
+                    Some(
+                        m.acquire_wait("shared", Duration::from_secs(60))
+                            .await
+                            .unwrap(),
+                    )
+                } else {
+                    None
+                };
+                let token = guard.as_ref().map_or(0, |g| g.fencing_token());
+                let _: i64 = enter
+                    .key("occupied")
+                    .key("overlaps")
+                    .key("last_token")
+                    .key("stale")
+                    .arg(token)
+                    .invoke_async(&mut con)
+                    .await
+                    .unwrap();
+                let v: u64 = redis::cmd("GET")
+                    .arg("counter")
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                // The read-modify-write window a lock must protect.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let _: () = redis::cmd("SET")
+                    .arg("counter")
+                    .arg(v + 1)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                let _: () = redis::cmd("DEL")
+                    .arg("occupied")
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                if let Some(g) = guard {
+                    assert!(
+                        g.release().await.unwrap(),
+                        "the lock was lost during a short section"
+                    );
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+}
