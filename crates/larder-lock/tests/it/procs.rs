@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use larder_lock::LockConfig;
-use larder_testkit::{RedisServer, start_masters};
+use larder_testkit::RedisServer;
 use redis::Script;
 
 use crate::workload::{self, Verdict};
@@ -107,31 +107,14 @@ async fn lock_set_across_three_processes() {
         return counter_worker(&spec).await;
     }
     let test = "procs::lock_set_across_three_processes";
-    let masters = tokio::task::spawn_blocking(|| start_masters(3).unwrap())
-        .await
-        .unwrap();
-    let resource = tokio::task::spawn_blocking(|| RedisServer::start().unwrap())
-        .await
-        .unwrap();
-    let urls: Vec<String> = masters.iter().map(|m| m.url()).collect();
+    let (_masters, resource, urls) = workload::servers().await;
 
     let v = run_processes(test, &urls, &resource, true).await;
-    assert_eq!(
-        v,
-        Verdict {
-            count: 36,
-            overlaps: 0,
-            stale: 0
-        },
-        "with Redlock"
-    );
+    workload::assert_protected(v, 36);
 
     // Negative control: the same processes without the lock are caught.
     let v = run_processes(test, &urls, &resource, false).await;
-    assert!(
-        v.overlaps > 0 || v.count < 36,
-        "the referee missed an unlocked run: {v:?}"
-    );
+    workload::assert_caught(v, 36);
 }
 
 /// The pausable client: acquires, reports its token, waits to be told to

@@ -31,31 +31,15 @@ async fn in_process(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redlock_mutual_exclusion_and_its_negative_control() {
-    let masters = tokio::task::spawn_blocking(|| start_masters(3).unwrap())
-        .await
-        .unwrap();
-    let resource = tokio::task::spawn_blocking(|| RedisServer::start().unwrap())
-        .await
-        .unwrap();
-    let urls: Vec<String> = masters.iter().map(|m| m.url()).collect();
+    let (_masters, resource, urls) = workload::servers().await;
 
     // 4 clients x 3 tasks x 3 sections.
     let v = in_process(&urls, &resource, 4, true).await;
-    assert_eq!(
-        v,
-        Verdict {
-            count: 36,
-            overlaps: 0,
-            stale: 0
-        }
-    );
+    workload::assert_protected(v, 36);
 
     // Negative control: without the lock the same referee sees the damage.
     let v = in_process(&urls, &resource, 4, false).await;
-    assert!(
-        v.overlaps > 0 || v.count < 36,
-        "the referee missed an unlocked run: {v:?}"
-    );
+    workload::assert_caught(v, 36);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use larder_lock::LockManager;
+use larder_testkit::{RedisServer, start_masters};
 use redis::Script;
 
 /// Entry: KEYS occupied, overlaps, last_token, stale; ARGV token (0 = none).
@@ -137,4 +138,38 @@ pub(crate) async fn client(
     for h in handles {
         h.await.unwrap();
     }
+}
+
+/// Three independent masters for Redlock and a separate resource server
+/// holding the referee; the masters' URLs.
+pub(crate) async fn servers() -> (Vec<RedisServer>, RedisServer, Vec<String>) {
+    let masters = tokio::task::spawn_blocking(|| start_masters(3).unwrap())
+        .await
+        .unwrap();
+    let resource = tokio::task::spawn_blocking(|| RedisServer::start().unwrap())
+        .await
+        .unwrap();
+    let urls = masters.iter().map(RedisServer::url).collect();
+    (masters, resource, urls)
+}
+
+/// A locked run: every section took effect, none overlapped, tokens grew.
+pub(crate) fn assert_protected(v: Verdict, sections: u64) {
+    assert_eq!(
+        v,
+        Verdict {
+            count: sections,
+            overlaps: 0,
+            stale: 0
+        }
+    );
+}
+
+/// The negative control: an unlocked run must be caught (an overlap, or a
+/// lost update).
+pub(crate) fn assert_caught(v: Verdict, sections: u64) {
+    assert!(
+        v.overlaps > 0 || v.count < sections,
+        "the referee missed an unlocked run: {v:?}"
+    );
 }
