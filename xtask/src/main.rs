@@ -25,7 +25,7 @@ commands:
   test [-- <cargo test args>]   install redis-server if needed, run every test
   bench [--quick]               run benchmarks, write target/larder-bench/report.{md,json}
                                 and docs/benchmarks.md
-  sim [--trace FILE --format F --sizes A,B] [--traces DIR] [--json] [--quick]
+  sim [--trace FILE --format F --sizes A,B] [--traces DIR] [--json] [--quick] [--policies P,Q]
                                 replay cache traces through Larder's policies, the
                                 peers and Belady's OPT
   fuzz [--seconds N] [--target NAME]

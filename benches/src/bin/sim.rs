@@ -8,6 +8,8 @@
 //! ```text
 //! sim --trace FILE --format arc --sizes 1000,2000,5000 [--json]
 //! sim [--traces DIR] [--json] [--quick]   every trace of the traces README
+//! either form with --policies larder,OPT  only the policies whose name
+//!                                         contains one of these (no report)
 //! ```
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool
@@ -189,6 +191,8 @@ struct Args {
     json: bool,
     quick: bool,
     traces_dir: PathBuf,
+    /// Only the policies whose name contains one of these (empty: all).
+    policies: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -199,6 +203,7 @@ fn parse_args() -> Result<Args, String> {
         json: false,
         quick: false,
         traces_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces"),
+        policies: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -215,6 +220,19 @@ fn parse_args() -> Result<Args, String> {
             "--traces" => a.traces_dir = PathBuf::from(value("--traces")?),
             "--json" => a.json = true,
             "--quick" => a.quick = true,
+            "--policies" => {
+                a.policies = value("--policies")?
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                if !POLICIES
+                    .iter()
+                    .any(|p| a.policies.iter().any(|f| p.contains(f.as_str())))
+                {
+                    return Err(format!("--policies matches none of {POLICIES:?}"));
+                }
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -295,6 +313,9 @@ fn real_main() -> Result<(), String> {
                 .iter()
                 .flat_map(move |&s| POLICIES.iter().map(move |&p| (t, s, p)))
         })
+        .filter(|&(_, _, p)| {
+            args.policies.is_empty() || args.policies.iter().any(|f| p.contains(f.as_str()))
+        })
         .collect();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Outcome>> = Mutex::new(Vec::new());
@@ -330,7 +351,8 @@ fn real_main() -> Result<(), String> {
             o.policy, o.max_resident, o.size, o.trace
         );
     }
-    if args.trace.is_none() {
+    // Only a full run is a report.
+    if args.trace.is_none() && args.policies.is_empty() {
         record(&results);
     }
     Ok(())

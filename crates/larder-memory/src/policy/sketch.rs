@@ -1,11 +1,17 @@
 //! A count-min sketch of recent access frequencies (TinyLFU, Einziger,
-//! Friedman and Manes, 2017): 4 rows of 4-bit counters (saturating at 15),
-//! conservative update, and aging by halving every counter after
-//! `20 x expected entries` additions, so old popularity fades.
+//! Friedman and Manes, 2017), laid out like Caffeine's: 4-bit counters
+//! (saturating at 15), 16 per expected entry, four of them per key, all in
+//! one 64-byte block so an access costs one cache miss. Every access raises
+//! all four (not a conservative update: on the traces of
+//! `../shared/traces` the plain update ages more evenly and scores 3 to 4
+//! points of % of OPT more). Aging halves every counter after
+//! `10 x expected entries` counted accesses, so old popularity fades.
 
-const ROWS: usize = 4;
-const MAX: u8 = 15;
-const SEEDS: [u64; ROWS] = [
+const MAX: u64 = 15;
+/// Every nibble's low bit, and every nibble's three low bits.
+const ONES: u64 = 0x1111_1111_1111_1111;
+const LOW3: u64 = 0x7777_7777_7777_7777;
+const SEEDS: [u64; 4] = [
     0x9E37_79B9_7F4A_7C15,
     0xC2B2_AE3D_27D4_EB4F,
     0x1656_67B1_9E37_79F9,
@@ -14,8 +20,8 @@ const SEEDS: [u64; ROWS] = [
 
 #[derive(Debug)]
 pub(crate) struct Sketch {
-    rows: Vec<u8>,
-    /// Number of 64-byte blocks minus one (a power of two minus one).
+    /// 16 nibbles per word, 8 words (64 bytes) per block.
+    table: Vec<u64>,
     block_mask: usize,
     additions: u64,
     sample: u64,
@@ -23,54 +29,64 @@ pub(crate) struct Sketch {
 
 impl Sketch {
     pub(crate) fn new(expected_entries: u64) -> Self {
-        // Two counters per row per expected entry (8 in all, 8 bytes per
-        // entry like Caffeine's sketch): fewer collisions than one.
-        let width = (expected_entries.max(32) as usize * 2).next_power_of_two();
+        // 16 counters (one word) per expected entry, at least one block.
+        let words = (expected_entries.max(8) as usize).next_power_of_two();
         Sketch {
-            rows: vec![0; width * ROWS],
-            block_mask: width * ROWS / 64 - 1,
+            table: vec![0; words],
+            block_mask: words / 8 - 1,
             additions: 0,
-            sample: 20 * expected_entries.max(16),
+            sample: 10 * expected_entries.max(8),
         }
     }
 
-    /// The counter of `row` for `hash`. All four rows of one hash live in
-    /// the same 64-byte block (16 counters per row there), so an increment
-    /// costs one cache miss, not four (Caffeine's block layout).
+    /// The four (word, shift) pairs of `hash`: one block, one word out of two
+    /// per row, one nibble out of 16 in it.
     #[inline]
-    fn index(&self, hash: u64, row: usize) -> usize {
+    fn cells(&self, hash: u64) -> [(usize, u32); 4] {
         let block = ((hash ^ (hash >> 29)).wrapping_mul(SEEDS[0]) >> 32) as usize & self.block_mask;
-        let h = (hash ^ (hash >> 31)).wrapping_mul(SEEDS[row]);
-        block * 64 + row * 16 + (h >> 60) as usize
+        std::array::from_fn(|row| {
+            let h = (hash ^ (hash >> 31)).wrapping_mul(SEEDS[row]) >> 59;
+            let word = block * 8 + row * 2 + (h & 1) as usize;
+            (word, ((h >> 1) as u32) * 4)
+        })
     }
 
     /// The estimated recent frequency of `hash` (0..=15).
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
-        (0..ROWS)
-            .map(|r| self.rows[self.index(hash, r)])
+        self.cells(hash)
+            .iter()
+            .map(|&(w, s)| (self.table[w] >> s) & MAX)
             .min()
-            .unwrap_or(0)
+            .unwrap_or(0) as u8
     }
 
     /// Counts one access to `hash`.
     pub(crate) fn increment(&mut self, hash: u64) {
-        let idx: [usize; ROWS] = std::array::from_fn(|r| self.index(hash, r));
-        let min = idx.iter().map(|&i| self.rows[i]).min().unwrap_or(0);
-        if min < MAX {
-            // Conservative update: raise only the counters at the minimum.
-            for &i in &idx {
-                if self.rows[i] == min {
-                    self.rows[i] += 1;
-                }
+        let mut added = false;
+        for (w, s) in self.cells(hash) {
+            if (self.table[w] >> s) & MAX < MAX {
+                self.table[w] += 1 << s;
+                added = true;
             }
         }
-        self.additions += 1;
-        if self.additions >= self.sample {
-            for c in &mut self.rows {
-                *c >>= 1;
+        if added {
+            self.additions += 1;
+            if self.additions >= self.sample {
+                self.age();
             }
-            self.additions /= 2;
         }
+    }
+
+    /// Halves every counter. The count of additions halves too, less the
+    /// halves lost to rounding (a quarter of the odd counters, since each
+    /// access raised four).
+    fn age(&mut self) {
+        let mut odd = 0u64;
+        for w in &mut self.table {
+            odd += u64::from((*w & ONES).count_ones());
+            *w = (*w >> 1) & LOW3;
+        }
+        self.additions = (self.additions - (odd / 4).min(self.additions)) / 2;
     }
 }
 
@@ -87,9 +103,27 @@ mod tests {
         assert_eq!(s.frequency(42), 15);
         assert!(s.frequency(7) <= 1);
         // Enough other traffic halves everything.
-        for i in 0..(20 * 64) {
+        for i in 0..(10 * 64) {
             s.increment(1_000 + i);
         }
         assert!(s.frequency(42) <= 7, "{}", s.frequency(42));
+    }
+
+    #[test]
+    fn counters_stay_in_their_nibble() {
+        let mut s = Sketch::new(1024);
+        for k in 0..200u64 {
+            for _ in 0..k % 41 {
+                s.increment(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            }
+        }
+        // No counter overflowed into its neighbour: every key whose count
+        // reached 15 saturates there, and estimates never undercount
+        // (before any aging, with few additions).
+        assert!(s.additions < s.sample);
+        for k in 0..200u64 {
+            let f = s.frequency(k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            assert!(u64::from(f) >= (k % 41).min(15), "key {k}: {f}");
+        }
     }
 }

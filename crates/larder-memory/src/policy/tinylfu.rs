@@ -10,14 +10,24 @@
 //!   admission rejection.
 //! - A hit in probation promotes to protected (80% of main); protected
 //!   overflow demotes its LRU entry back to probation.
-//! - Hill climbing: every `10 x capacity` requests the hit rate of the
-//!   last period is compared with the one before; the window keeps moving
-//!   in the same direction while the hit rate holds or improves and turns
-//!   around when it drops; the step (6.25% of capacity) decays by 2% a
-//!   period and restarts after a change of 5 points. It starts by growing
-//!   the window. Recency-biased workloads grow it toward LRU (up to 99% of
-//!   the cache);
-//!   frequency-biased ones shrink it toward LFU.
+//! - Hill climbing (Caffeine's climber, with two guards against noise):
+//!   every `10 x capacity` requests (the first time after `2 x capacity`,
+//!   so a recency-biased workload does not wait long for its window) the
+//!   hit rate of the period is compared with the one before. The window
+//!   keeps moving in the same direction while the hit rate holds or
+//!   improves and turns around when it drops; the step (6.25% of capacity)
+//!   decays by 2% a period and restarts after a change of 5 points. It
+//!   starts by growing the window. Recency-biased workloads grow it toward
+//!   LRU (up to 99% of the cache); frequency-biased ones shrink it toward
+//!   LFU.
+//!   - A change under 1 point is noise, not a verdict: the window stays.
+//!   - A period in which the window could not move (it sat at its minimum
+//!     or maximum) says nothing about the last move, so a small drop then
+//!     does not turn the climber around; only a drop of 5 points does.
+//!     Without this guard a loop, whose hit rate per period wobbles by 3
+//!     points with the phase of the loop, pushed the window up from its
+//!     minimum again and again (lirs_loop at 768 entries: 73.0% instead
+//!     of 75.1%, OPT 75.8%).
 
 use super::sketch::Sketch;
 use super::{EntryInfo, Policy, Victim};
@@ -49,6 +59,10 @@ pub(crate) struct TinyLfu {
     previous_hit_rate: f64,
     step: f64,
     direction: f64,
+    /// Whether the last adjustment changed the window.
+    moved: bool,
+    /// Periods completed.
+    periods: u64,
 }
 
 const INITIAL_WINDOW: f64 = 0.01;
@@ -56,6 +70,12 @@ const PROTECTED_SHARE: f64 = 0.80;
 const STEP_INITIAL: f64 = 0.0625;
 const STEP_DECAY: f64 = 0.98;
 const RESTART_THRESHOLD: f64 = 0.05;
+/// Hit-rate changes smaller than this do not move the window.
+const DEAD_BAND: f64 = 0.01;
+/// The first period is this many times the capacity, later ones
+/// [`PERIOD`] times.
+const FIRST_PERIOD: u64 = 2;
+const PERIOD: u64 = 10;
 /// The window may grow to nearly all of the cache (pure recency).
 const MAX_WINDOW: f64 = 0.99;
 
@@ -74,10 +94,12 @@ impl TinyLfu {
             window_max: ((capacity as f64 * INITIAL_WINDOW).round() as u64).max(1),
             hits: 0,
             misses: 0,
-            sample: (10 * expected_entries).max(100),
+            sample: expected_entries.max(10),
             previous_hit_rate: 0.0,
             step: STEP_INITIAL * capacity as f64,
             direction: 1.0,
+            moved: true,
+            periods: 0,
         }
     }
 
@@ -137,12 +159,25 @@ impl TinyLfu {
 
     fn climb(&mut self) {
         let requests = self.hits + self.misses;
-        if requests < self.sample {
+        let period = if self.periods == 0 {
+            FIRST_PERIOD
+        } else {
+            PERIOD
+        };
+        if requests < period * self.sample {
             return;
         }
         let hit_rate = self.hits as f64 / requests as f64;
         let change = hit_rate - self.previous_hit_rate;
-        if change < 0.0 {
+        self.previous_hit_rate = hit_rate;
+        self.hits = 0;
+        self.misses = 0;
+        self.periods += 1;
+        if change.abs() < DEAD_BAND {
+            return;
+        }
+        let blameless = !self.moved && change > -RESTART_THRESHOLD;
+        if change < 0.0 && !blameless {
             self.direction = -self.direction;
         }
         self.step = if change.abs() >= RESTART_THRESHOLD {
@@ -155,11 +190,9 @@ impl TinyLfu {
         let new = (self.window_max as f64 + amount)
             .round()
             .clamp(1.0, max.max(1) as f64) as u64;
+        self.moved = new != self.window_max;
         self.window_max = new;
         self.rebalance_protected();
-        self.previous_hit_rate = hit_rate;
-        self.hits = 0;
-        self.misses = 0;
     }
 }
 
