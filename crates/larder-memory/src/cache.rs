@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use larder_core::{CacheStats, Error, ErrorKind, Result, SharedClock, SystemClock};
-use parking_lot::Mutex;
+use parking_lot::{RwLock, RwLockWriteGuard};
 
 use crate::flight::Flights;
 use crate::policy::{self, PolicyKind};
-use crate::shard::{OnHit, Removed, Shard};
+use crate::reads::{self, Push, ReadBuffer};
+use crate::shard::{Removed, Shard};
 
 /// Why an entry left the cache (given to the eviction listener).
 #[non_exhaustive]
@@ -90,10 +91,25 @@ pub struct PolicyInfo {
 #[repr(align(128))]
 struct Padded<T>(T);
 
-type ShardCell<K, V> = Padded<Mutex<Shard<K, V>>>;
+/// What a read found.
+enum Read {
+    /// A hit, and its event (none for a quiet entry).
+    Hit(Option<u64>),
+    Miss,
+    Expired,
+}
+
+/// A shard and its read buffer. The fields every read touches (the
+/// buffer's counters, the lock word, the shard's table and slab) share the
+/// cell's first 128 bytes.
+#[repr(C)]
+struct ShardCell<K, V> {
+    reads: ReadBuffer,
+    lock: RwLock<Shard<K, V>>,
+}
 
 pub(crate) struct Inner<K, V, S> {
-    shards: Box<[ShardCell<K, V>]>,
+    shards: Box<[Padded<ShardCell<K, V>>]>,
     shard_bits: u32,
     hasher: S,
     clock: SharedClock,
@@ -103,6 +119,8 @@ pub(crate) struct Inner<K, V, S> {
     expiry: Option<Box<dyn Expiry<K, V>>>,
     /// Set once any entry can expire: until then reads skip the clock.
     timed: AtomicBool,
+    /// Reads move deadlines (time to idle, or an expiry hook).
+    touch_on_read: bool,
     weigher: Option<Box<Weigher<K, V>>>,
     listener: Option<Box<Listener<K, V>>>,
     kind: PolicyKind,
@@ -288,10 +306,14 @@ where
             .map(|i| {
                 let cap = self.capacity / n as u64 + u64::from(i < self.capacity % n as u64);
                 let policy = policy::make(self.kind, cap, cap);
-                Padded(Mutex::new(Shard::new(policy, cap, 0)))
+                Padded(ShardCell {
+                    reads: ReadBuffer::default(),
+                    lock: RwLock::new(Shard::new(policy, cap, 0)),
+                })
             })
             .collect();
         let timed = self.ttl.is_some() || self.tti.is_some() || self.expiry.is_some();
+        let touch_on_read = self.tti.is_some() || self.expiry.is_some();
         MemoryCache {
             inner: Arc::new(Inner {
                 shards: shards.into_boxed_slice(),
@@ -303,6 +325,7 @@ where
                 tti: self.tti,
                 expiry: self.expiry,
                 timed: AtomicBool::new(timed),
+                touch_on_read,
                 weigher: self.weigher,
                 listener: self.listener,
                 kind: self.kind,
@@ -338,8 +361,34 @@ where
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &Mutex<Shard<K, V>> {
+    fn shard(&self, hash: u64) -> &ShardCell<K, V> {
         &self.inner.shards[self.shard_index(hash)].0
+    }
+
+    /// The shard, locked exclusively, with its read buffer applied.
+    fn write<'a>(&self, cell: &'a ShardCell<K, V>) -> RwLockWriteGuard<'a, Shard<K, V>> {
+        let mut shard = cell.lock.write();
+        shard.apply_reads(&cell.reads, None);
+        shard
+    }
+
+    /// Hands a read's event to the policy through the shard's buffer.
+    #[inline]
+    fn record(&self, cell: &ShardCell<K, V>, ev: u64) {
+        match cell.reads.push(ev) {
+            Push::Done => {}
+            Push::Full => {
+                if let Some(mut shard) = cell.lock.try_write() {
+                    shard.apply_reads(&cell.reads, None);
+                }
+            }
+            Push::Rejected => match cell.lock.try_write() {
+                Some(mut shard) => shard.apply_reads(&cell.reads, Some(ev)),
+                None => {
+                    cell.reads.lost_hits.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        }
     }
 
     /// Nanoseconds since the cache was built; 0 when nothing can expire
@@ -407,40 +456,75 @@ where
 
     /// The value for `key`, if present and not expired. A hit updates the
     /// policy (recency, frequency) and, with time to idle, the expiry.
+    ///
+    /// A read holds its shard's lock shared: reads of one shard run in
+    /// parallel, and what the policy learns from them is buffered
+    /// (see `docs/ARCHITECTURE.md`).
     pub fn get<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
+        let cell = self.shard(hash);
         let now = self.now();
-        let mut removed = Vec::new();
-        let value = {
-            let mut shard = self.shard(hash).lock();
-            shard.get(hash, key, now, |k, v| self.on_read(k, v, now), &mut removed)
+        let (value, ev) = {
+            let shard = cell.lock.read();
+            match shard.find(hash, key) {
+                Some(slot) => {
+                    let node = shard.node(slot);
+                    if node.expires_at() <= now {
+                        (None, Read::Expired)
+                    } else {
+                        if self.inner.touch_on_read
+                            && let Some(deadline) = self.read_deadline(&node.key, &node.value, now)
+                        {
+                            node.touch(deadline);
+                        }
+                        let ev = if cell.reads.is_quiet(node.quiet.load(Ordering::Relaxed)) {
+                            None
+                        } else {
+                            Some(reads::hit(slot, hash))
+                        };
+                        (Some(node.value.clone()), Read::Hit(ev))
+                    }
+                }
+                None => (None, Read::Miss),
+            }
         };
-        if !removed.is_empty() {
-            self.notify(removed);
+        match ev {
+            Read::Hit(Some(ev)) => self.record(cell, ev),
+            Read::Hit(None) => {
+                cell.reads.quiet_hits.fetch_add(1, Ordering::Relaxed);
+            }
+            Read::Miss => {
+                cell.reads.misses.fetch_add(1, Ordering::Relaxed);
+            }
+            Read::Expired => {
+                // Expired: a miss, and the entry goes now.
+                let mut removed = Vec::new();
+                {
+                    let mut shard = cell.lock.write();
+                    cell.reads.misses.fetch_add(1, Ordering::Relaxed);
+                    shard.apply_reads(&cell.reads, None);
+                    shard.remove_expired(hash, key, now, &mut removed);
+                }
+                self.notify(removed);
+            }
         }
         value
     }
 
-    fn on_read(&self, key: &K, value: &V, now: u64) -> OnHit {
-        let mut after: Option<Duration> = None;
-        if let Some(tti) = self.inner.tti {
-            after = Some(tti);
-        }
+    /// A read's new deadline (time to idle, the expiry hook), if any.
+    fn read_deadline(&self, key: &K, value: &V, now: u64) -> Option<u64> {
+        let mut after: Option<Duration> = self.inner.tti;
         if let Some(e) = &self.inner.expiry {
             let at = self.instant(now);
             if let Some(d) = e.expire_after_read(key, value, at, None) {
                 after = Some(after.map_or(d, |a| a.min(d)));
             }
         }
-        // The shard keeps the result within the hard deadline (time to live).
-        match after {
-            Some(d) => OnHit::Reset(self.deadline(now, Some(d))),
-            None => OnHit::Keep,
-        }
+        after.map(|d| self.deadline(now, Some(d)))
     }
 
     /// Whether `key` holds a live value; does not count as a read.
@@ -451,7 +535,7 @@ where
     {
         let hash = self.hash(key);
         let now = self.now();
-        self.shard(hash).lock().peek(hash, key, now).is_some()
+        self.shard(hash).lock.read().peek(hash, key, now).is_some()
     }
 
     /// The live value for `key` without counting a read or touching recency.
@@ -462,7 +546,7 @@ where
     {
         let hash = self.hash(key);
         let now = self.now();
-        self.shard(hash).lock().peek(hash, key, now).cloned()
+        self.shard(hash).lock.read().peek(hash, key, now).cloned()
     }
 
     /// Inserts or replaces. If the cache is full, the policy evicts (which
@@ -489,7 +573,7 @@ where
         let now = self.now();
         let mut removed = Vec::new();
         {
-            let mut shard = self.shard(hash).lock();
+            let mut shard = self.write(self.shard(hash));
             // Only the expiry hook tells a create from an update: look only then.
             let replacing = self.inner.expiry.is_some() && shard.peek(hash, &key, now).is_some();
             let (hard, deadline) = self.write_deadline(&key, &value, now, ttl, replacing);
@@ -511,7 +595,7 @@ where
     {
         let hash = self.hash(key);
         let mut removed = Vec::new();
-        if !self.shard(hash).lock().remove(hash, key, &mut removed) {
+        if !self.write(self.shard(hash)).remove(hash, key, &mut removed) {
             return None;
         }
         if self.inner.listener.is_none() {
@@ -526,7 +610,7 @@ where
     pub fn clear(&self) {
         for s in self.inner.shards.iter() {
             let mut removed = Vec::new();
-            s.0.lock().clear(&mut removed);
+            self.write(&s.0).clear(&mut removed);
             self.notify(removed);
         }
     }
@@ -541,19 +625,27 @@ where
         let now = self.now();
         for s in self.inner.shards.iter() {
             let mut removed = Vec::new();
-            s.0.lock().expire(now, &mut removed);
+            self.write(&s.0).expire(now, &mut removed);
             self.notify(removed);
         }
     }
 
     /// Entries stored (expired entries not yet cleaned up included).
     pub fn entry_count(&self) -> u64 {
-        self.inner.shards.iter().map(|s| s.0.lock().len()).sum()
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.0.lock.read().len())
+            .sum()
     }
 
     /// Total weight stored (equals `entry_count` without a weigher).
     pub fn weighted_size(&self) -> u64 {
-        self.inner.shards.iter().map(|s| s.0.lock().weight()).sum()
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.0.lock.read().weight())
+            .sum()
     }
 
     /// Live entries, cloned, one shard at a time (a snapshot per shard, not
@@ -566,7 +658,7 @@ where
         self.inner
             .shards
             .iter()
-            .flat_map(move |s| s.0.lock().snapshot(now))
+            .flat_map(move |s| s.0.lock.read().snapshot(now))
     }
 
     /// The settings the cache runs with.
@@ -575,7 +667,7 @@ where
             .inner
             .shards
             .iter()
-            .map(|s| s.0.lock().window_capacity())
+            .map(|s| self.write(&s.0).window_capacity())
             .sum();
         PolicyInfo {
             kind: self.inner.kind,
@@ -583,7 +675,7 @@ where
                 .inner
                 .shards
                 .iter()
-                .map(|s| s.0.lock().capacity())
+                .map(|s| s.0.lock.read().capacity())
                 .sum(),
             weighted: self.inner.weigher.is_some(),
             time_to_live: self.inner.ttl,
@@ -597,8 +689,9 @@ where
     pub fn stats(&self) -> CacheStats {
         let mut s = CacheStats::default();
         for shard in self.inner.shards.iter() {
-            let st = shard.0.lock().stats;
-            s.hits += st.hits;
+            let st = self.write(&shard.0).stats;
+            let reads = &shard.0.reads;
+            s.hits += st.hits + reads.lost_hits.load(Ordering::Relaxed);
             s.misses += st.misses;
             s.inserts += st.inserts;
             s.evicted_size += st.evicted;

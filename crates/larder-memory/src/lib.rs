@@ -4,6 +4,7 @@ mod cache;
 mod flight;
 mod list;
 mod policy;
+mod reads;
 mod shard;
 mod wheel;
 

@@ -1,26 +1,37 @@
 //! One shard: a hash table of slot indices, a slab of entries, the policy
-//! and the timer wheel, all behind the shard's mutex. The shard never holds
-//! more than its capacity after any operation returns: an insert evicts
-//! before it releases the lock.
+//! and the timer wheel, all behind the shard's read-write lock. Reads hold
+//! it shared and report to the policy through the shard's read buffer
+//! ([`crate::reads`]); everything else holds it exclusively and applies the
+//! buffer first. The shard never holds more than its capacity after any
+//! operation returns: an insert evicts before it releases the lock.
 
 use std::borrow::Borrow;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use hashbrown::HashTable;
 
 use crate::RemovalCause;
 use crate::policy::{EntryInfo, Policy};
+use crate::reads::{self, ReadBuffer};
 use crate::wheel::Wheel;
 
+/// What a read touches first (key, deadline, quiet mark), then the value.
+#[repr(C)]
 pub(crate) struct Node<K, V> {
     pub(crate) key: K,
-    pub(crate) value: V,
+    /// The effective deadline: `min(hard, time-to-idle deadline)`. Reads
+    /// move it (time to idle) under the shared lock; the wheel and the
+    /// policy learn the new value when the read's event is applied, or
+    /// when the wheel finds the entry not yet due.
+    expires_at: AtomicU64,
+    /// The read buffer's quiet mark, or 0 (see [`crate::reads`]).
+    pub(crate) quiet: AtomicU32,
+    weight: u32,
     hash: u64,
     /// The deadline reads cannot move (time to live, explicit TTL, hook).
     hard: u64,
-    /// The effective deadline: `min(hard, time-to-idle deadline)`.
-    pub(crate) expires_at: u64,
-    weight: u32,
+    pub(crate) value: V,
 }
 
 impl<K, V> Node<K, V> {
@@ -28,8 +39,20 @@ impl<K, V> Node<K, V> {
         EntryInfo {
             hash: self.hash,
             weight: u64::from(self.weight),
-            expires_at: self.expires_at,
+            expires_at: self.expires_at(),
         }
+    }
+
+    #[inline]
+    pub(crate) fn expires_at(&self) -> u64 {
+        self.expires_at.load(Ordering::Relaxed)
+    }
+
+    /// A read moved the deadline (time to idle, or the expiry hook); it
+    /// never passes the hard deadline.
+    pub(crate) fn touch(&self, deadline: u64) {
+        self.expires_at
+            .store(deadline.min(self.hard), Ordering::Relaxed);
     }
 }
 
@@ -49,6 +72,8 @@ pub(crate) struct ShardStats {
     pub(crate) rejected: u64,
 }
 
+/// The table and the slab first: every read needs them.
+#[repr(C)]
 pub(crate) struct Shard<K, V> {
     table: HashTable<u32>,
     slots: Vec<Option<Node<K, V>>>,
@@ -59,13 +84,9 @@ pub(crate) struct Shard<K, V> {
     len: u64,
     capacity: u64,
     pub(crate) stats: ShardStats,
-}
-
-/// What to do to an entry's expiry on a hit.
-pub(crate) enum OnHit {
-    Keep,
-    /// A new deadline (time-to-idle, or an `Expiry::expire_after_read`).
-    Reset(u64),
+    /// `quiet_hits` and `misses` of the read buffer as last applied.
+    quiet_seen: u64,
+    misses_seen: u64,
 }
 
 impl<K: Hash + Eq, V: Clone> Shard<K, V> {
@@ -80,6 +101,8 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             len: 0,
             capacity,
             stats: ShardStats::default(),
+            quiet_seen: 0,
+            misses_seen: 0,
         }
     }
 
@@ -99,7 +122,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         self.policy.window_capacity()
     }
 
-    fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>
+    pub(crate) fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -114,7 +137,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             .copied()
     }
 
-    fn node(&self, slot: u32) -> &Node<K, V> {
+    pub(crate) fn node(&self, slot: u32) -> &Node<K, V> {
         self.slots[slot as usize].as_ref().expect("a live slot")
     }
 
@@ -142,44 +165,79 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         out.push((node.key, node.value, cause));
     }
 
-    /// The value if present and not expired at `now`; counts a hit or a miss.
-    pub(crate) fn get<Q>(
+    /// Applies the read buffer's events (and `extra`, one that found the
+    /// buffer full) to the policy and the statistics, and publishes the
+    /// policy's epoch.
+    pub(crate) fn apply_reads(&mut self, buf: &ReadBuffer, extra: Option<u64>) {
+        let quiet = buf.quiet_hits.load(Ordering::Relaxed);
+        let misses = buf.misses.load(Ordering::Relaxed);
+        if quiet != self.quiet_seen || misses != self.misses_seen {
+            let hits = quiet.wrapping_sub(self.quiet_seen);
+            let missed = misses.wrapping_sub(self.misses_seen);
+            self.quiet_seen = quiet;
+            self.misses_seen = misses;
+            self.stats.hits += hits;
+            self.stats.misses += missed;
+            self.policy.on_counted_reads(hits, missed);
+        }
+        buf.drain(|ev| self.apply_read(ev));
+        if let Some(ev) = extra {
+            self.apply_read(ev);
+        }
+        buf.set_epoch(self.policy.epoch());
+    }
+
+    fn apply_read(&mut self, ev: u64) {
+        {
+            {
+                let (slot, tag) = reads::decode(ev);
+                self.stats.hits += 1;
+                // The slot may have been freed or reused since the read.
+                let Some(node) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+                    return;
+                };
+                if reads::tag(node.hash) != tag {
+                    return;
+                }
+                let (hash, deadline) = (node.hash, node.expires_at());
+                if self.policy.on_hit(slot, hash) {
+                    let mark = ReadBuffer::quiet_mark(self.policy.epoch());
+                    self.node(slot).quiet.store(mark, Ordering::Relaxed);
+                }
+                let filed = self.wheel.scheduled(slot);
+                if deadline != filed {
+                    let info = self.node(slot).info();
+                    self.policy.on_update(
+                        slot,
+                        EntryInfo {
+                            expires_at: filed,
+                            ..info
+                        },
+                        info,
+                    );
+                    self.wheel.schedule(slot, deadline);
+                }
+            }
+        }
+    }
+
+    /// Removes the entry for `key` if it has expired by `now` (a read found
+    /// it so). Counts nothing: the read counted its miss.
+    pub(crate) fn remove_expired<Q>(
         &mut self,
         hash: u64,
         key: &Q,
         now: u64,
-        on_hit: impl FnOnce(&K, &V) -> OnHit,
         out: &mut Removed<K, V>,
-    ) -> Option<V>
-    where
+    ) where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(slot) = self.find(hash, key) else {
-            self.stats.misses += 1;
-            self.policy.on_miss(hash);
-            return None;
-        };
-        if self.node(slot).expires_at <= now {
+        if let Some(slot) = self.find(hash, key)
+            && self.node(slot).expires_at() <= now
+        {
             self.remove_slot(slot, RemovalCause::Expired, out);
-            self.stats.misses += 1;
-            self.policy.on_miss(hash);
-            return None;
         }
-        self.stats.hits += 1;
-        self.policy.on_hit(slot, hash);
-        let node = self.node(slot);
-        if let OnHit::Reset(deadline) = on_hit(&node.key, &node.value) {
-            let old = node.info();
-            let deadline = deadline.min(node.hard);
-            self.node_mut(slot).expires_at = deadline;
-            let new = self.node(slot).info();
-            if old.expires_at != new.expires_at {
-                self.policy.on_update(slot, old, new);
-                self.wheel.schedule(slot, deadline);
-            }
-        }
-        Some(self.node(slot).value.clone())
     }
 
     /// The value if present and live, without touching recency or stats.
@@ -189,7 +247,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let node = self.node(self.find(hash, key)?);
-        (node.expires_at > now).then_some(&node.value)
+        (node.expires_at() > now).then_some(&node.value)
     }
 
     /// Inserts or replaces, then evicts until within capacity. An entry
@@ -224,7 +282,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 let old_value = std::mem::replace(&mut node.value, value);
                 node.weight = weight as u32;
                 node.hard = hard;
-                node.expires_at = expires_at;
+                *node.expires_at.get_mut() = expires_at;
                 let new = node.info();
                 self.weight = self.weight - old.weight + weight;
                 self.policy.on_update(slot, old, new);
@@ -245,8 +303,9 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                     value,
                     hash,
                     hard,
-                    expires_at,
+                    expires_at: AtomicU64::new(expires_at),
                     weight: weight as u32,
+                    quiet: AtomicU32::new(0),
                 };
                 let info = node.info();
                 self.slots[slot as usize] = Some(node);
@@ -297,11 +356,15 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         let mut due = Vec::new();
         self.wheel.advance(now, &mut due);
         for slot in due {
-            if self.slots[slot as usize]
-                .as_ref()
-                .is_some_and(|n| n.expires_at <= now)
-            {
+            let Some(deadline) = self.slots[slot as usize].as_ref().map(Node::expires_at) else {
+                continue;
+            };
+            if deadline <= now {
                 self.remove_slot(slot, RemovalCause::Expired, out);
+            } else {
+                // A read moved the deadline and its event was lost or not
+                // yet applied: file it again.
+                self.wheel.schedule(slot, deadline);
             }
         }
     }
@@ -314,7 +377,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         self.slots
             .iter()
             .flatten()
-            .filter(|n| n.expires_at > now)
+            .filter(|n| n.expires_at() > now)
             .map(|n| (n.key.clone(), n.value.clone()))
             .collect()
     }

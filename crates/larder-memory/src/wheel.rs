@@ -71,6 +71,16 @@ impl Wheel {
             .push_front(&mut self.buckets[b as usize], slot, 0);
     }
 
+    /// The deadline `slot` is filed under, `u64::MAX` if none.
+    pub(crate) fn scheduled(&self, slot: u32) -> u64 {
+        let i = slot as usize;
+        if i < self.place.len() && self.place[i] != UNSCHEDULED {
+            self.deadline[i]
+        } else {
+            u64::MAX
+        }
+    }
+
     pub(crate) fn unschedule(&mut self, slot: u32) {
         let i = slot as usize;
         if i >= self.place.len() || self.place[i] == UNSCHEDULED {

@@ -82,7 +82,7 @@ impl Policy for Lfu {
         self.put(slot, 1);
     }
 
-    fn on_hit(&mut self, slot: u32, _hash: u64) {
+    fn on_hit(&mut self, slot: u32, _hash: u64) -> bool {
         let c = self.count[slot as usize];
         self.take(slot);
         self.put(slot, c.saturating_add(1));
@@ -91,6 +91,7 @@ impl Policy for Lfu {
             self.hits = 0;
             self.age();
         }
+        false
     }
 
     fn on_update(&mut self, slot: u32, _old: EntryInfo, new: EntryInfo) {

@@ -14,8 +14,9 @@ impl Policy for Lru {
         self.links.push_front(&mut self.list, slot, info.weight);
     }
 
-    fn on_hit(&mut self, slot: u32, _hash: u64) {
+    fn on_hit(&mut self, slot: u32, _hash: u64) -> bool {
         self.links.move_to_front(&mut self.list, slot);
+        false
     }
 
     fn on_update(&mut self, slot: u32, old: EntryInfo, new: EntryInfo) {

@@ -28,13 +28,21 @@ pub(crate) struct Victim {
     pub(crate) rejected_by_admission: bool,
 }
 
-pub(crate) trait Policy: Send + 'static {
+pub(crate) trait Policy: Send + Sync + 'static {
     /// A new entry now lives in `slot`.
     fn on_insert(&mut self, slot: u32, info: EntryInfo);
-    /// `slot` was read.
-    fn on_hit(&mut self, slot: u32, hash: u64);
-    /// A lookup of `hash` found nothing.
-    fn on_miss(&mut self, _hash: u64) {}
+    /// `slot` was read. Returns whether further reads of `slot` would
+    /// change nothing until [`Policy::epoch`] changes: the cache then counts
+    /// them without reporting them (a hot entry costs no policy work).
+    fn on_hit(&mut self, slot: u32, hash: u64) -> bool;
+    /// Reads that were counted but not reported one by one: hits on quiet
+    /// entries (see [`Policy::on_hit`]) and misses.
+    fn on_counted_reads(&mut self, _hits: u64, _misses: u64) {}
+    /// Changes whenever reads that [`Policy::on_hit`] called idle would
+    /// matter again.
+    fn epoch(&self) -> u32 {
+        0
+    }
     /// `slot`'s value was replaced: new weight and expiry.
     fn on_update(&mut self, slot: u32, old: EntryInfo, new: EntryInfo);
     /// `slot` was removed (explicitly, expired, or evicted by the shard

@@ -25,6 +25,8 @@ pub(crate) struct Sketch {
     block_mask: usize,
     additions: u64,
     sample: u64,
+    /// How many times the counters were halved.
+    ages: u32,
 }
 
 impl Sketch {
@@ -36,6 +38,7 @@ impl Sketch {
             block_mask: words / 8 - 1,
             additions: 0,
             sample: 10 * expected_entries.max(8),
+            ages: 0,
         }
     }
 
@@ -43,6 +46,9 @@ impl Sketch {
     /// per row, one nibble out of 16 in it.
     #[inline]
     fn cells(&self, hash: u64) -> [(usize, u32); 4] {
+        // Misses reach the policy through the read buffer with the low bit
+        // of their hash set (see `reads`): count every hash that way.
+        let hash = hash | 1;
         let block = ((hash ^ (hash >> 29)).wrapping_mul(SEEDS[0]) >> 32) as usize & self.block_mask;
         std::array::from_fn(|row| {
             let h = (hash ^ (hash >> 31)).wrapping_mul(SEEDS[row]) >> 59;
@@ -60,21 +66,33 @@ impl Sketch {
             .unwrap_or(0) as u8
     }
 
-    /// Counts one access to `hash`.
-    pub(crate) fn increment(&mut self, hash: u64) {
+    /// Counts one access to `hash`. Returns whether its estimate is now
+    /// saturated (all four counters at 15): until the next aging, counting
+    /// it again changes nothing.
+    pub(crate) fn increment(&mut self, hash: u64) -> bool {
         let mut added = false;
+        let mut saturated = true;
         for (w, s) in self.cells(hash) {
-            if (self.table[w] >> s) & MAX < MAX {
+            let c = (self.table[w] >> s) & MAX;
+            if c < MAX {
                 self.table[w] += 1 << s;
                 added = true;
+                saturated &= c + 1 == MAX;
             }
         }
         if added {
             self.additions += 1;
             if self.additions >= self.sample {
                 self.age();
+                return false;
             }
         }
+        saturated
+    }
+
+    /// How many times the counters were halved (wrapping).
+    pub(crate) fn ages(&self) -> u32 {
+        self.ages
     }
 
     /// Halves every counter. The count of additions halves too, less the
@@ -87,6 +105,7 @@ impl Sketch {
             *w = (*w >> 1) & LOW3;
         }
         self.additions = (self.additions - (odd / 4).min(self.additions)) / 2;
+        self.ages = self.ages.wrapping_add(1);
     }
 }
 

@@ -63,6 +63,10 @@ pub(crate) struct TinyLfu {
     moved: bool,
     /// Periods completed.
     periods: u64,
+    /// Per slot: reads are quiet (see [`Policy::on_hit`]).
+    quiet: Vec<bool>,
+    /// Times the quiet marks were ended other than by aging (wrapping).
+    epoch_bumps: u32,
 }
 
 const INITIAL_WINDOW: f64 = 0.01;
@@ -100,6 +104,8 @@ impl TinyLfu {
             direction: 1.0,
             moved: true,
             periods: 0,
+            quiet: Vec::new(),
+            epoch_bumps: 0,
         }
     }
 
@@ -118,8 +124,10 @@ impl TinyLfu {
             self.queue.resize(n, Queue::Window);
             self.hashes.resize(n, 0);
             self.weights.resize(n, 0);
+            self.quiet.resize(n, false);
         }
         self.queue[i] = q;
+        self.quiet[i] = false;
         self.hashes[i] = info.hash;
         self.weights[i] = info.weight as u32;
     }
@@ -147,14 +155,62 @@ impl TinyLfu {
     }
 
     /// Protected over its share: demote its LRU entries to probation.
+    /// A quiet entry (hot: its reads go unreported) at the tail gets a
+    /// second chance, as in CLOCK, once per pass over the segment; one that
+    /// must go anyway ends every quiet mark (the epoch moves).
     fn rebalance_protected(&mut self) {
+        let mut chances = self.protected.len;
         while self.protected.weight > self.protected_max() {
             let Some(slot) = self.protected.tail() else {
                 break;
             };
+            if self.quiet[slot as usize] {
+                if chances > 0 {
+                    chances -= 1;
+                    self.links.move_to_front(&mut self.protected, slot);
+                    continue;
+                }
+                self.end_quiet();
+            }
             self.unlink(slot);
             self.push(Queue::Probation, slot);
         }
+    }
+
+    /// The window's LRU entry, after a second chance for quiet ones (as in
+    /// [`TinyLfu::rebalance_protected`]).
+    fn window_candidate(&mut self) -> Option<u32> {
+        let mut chances = self.window.len;
+        loop {
+            let slot = self.window.tail()?;
+            if !self.quiet[slot as usize] {
+                return Some(slot);
+            }
+            if chances == 0 {
+                self.end_quiet();
+                return Some(slot);
+            }
+            chances -= 1;
+            self.links.move_to_front(&mut self.window, slot);
+        }
+    }
+
+    /// One access to `hash` in the sketch; whether its frequency is now
+    /// saturated. Aging ends every quiet mark (the epoch follows the
+    /// sketch's age).
+    fn count(&mut self, hash: u64) -> bool {
+        let ages = self.sketch.ages();
+        let saturated = self.sketch.increment(hash);
+        if self.sketch.ages() != ages {
+            self.quiet.fill(false);
+        }
+        saturated
+    }
+
+    /// Every quiet mark ends: the epoch moves on.
+    fn end_quiet(&mut self) {
+        self.quiet.fill(false);
+        self.epoch_bumps = self.epoch_bumps.wrapping_add(1);
     }
 
     fn climb(&mut self) {
@@ -197,13 +253,23 @@ impl TinyLfu {
 }
 
 impl Policy for TinyLfu {
+    /// The sketch counts a new key here, not on the miss before it (as in
+    /// Caffeine): a lookup that is never followed by an insert (a negative
+    /// answer, a probe) leaves no trace.
     fn on_insert(&mut self, slot: u32, info: EntryInfo) {
+        self.count(info.hash);
         self.set_meta(slot, Queue::Window, info);
         self.push(Queue::Window, slot);
     }
 
-    fn on_hit(&mut self, slot: u32, hash: u64) {
-        self.sketch.increment(hash);
+    /// Quiet once the entry is protected and its frequency saturated: more
+    /// reads cannot raise the frequency, and only its place in the
+    /// protected LRU list goes stale (a CLOCK-like approximation that only
+    /// hot entries get). The epoch moves, and such reads are reported
+    /// again, when the sketch ages or any entry is demoted out of protected
+    /// (it may be a quiet one, whose next read must promote it back).
+    fn on_hit(&mut self, slot: u32, hash: u64) -> bool {
+        let saturated = self.count(hash);
         self.hits += 1;
         match self.queue[slot as usize] {
             Queue::Window => self.links.move_to_front(&mut self.window, slot),
@@ -217,18 +283,26 @@ impl Policy for TinyLfu {
             }
         }
         self.climb();
+        let quiet = saturated && self.queue[slot as usize] != Queue::Probation;
+        self.quiet[slot as usize] = quiet;
+        quiet
     }
 
-    fn on_miss(&mut self, hash: u64) {
-        self.sketch.increment(hash);
-        self.misses += 1;
+    fn on_counted_reads(&mut self, hits: u64, misses: u64) {
+        self.hits += hits;
+        self.misses += misses;
         self.climb();
     }
 
+    fn epoch(&self) -> u32 {
+        self.sketch.ages().wrapping_add(self.epoch_bumps)
+    }
+
     fn on_update(&mut self, slot: u32, old: EntryInfo, new: EntryInfo) {
-        let q = self.queue[slot as usize];
+        let (q, quiet) = (self.queue[slot as usize], self.quiet[slot as usize]);
         self.unlink(slot);
         self.set_meta(slot, q, new);
+        self.quiet[slot as usize] = quiet;
         let _ = old;
         self.push(q, slot);
         if q == Queue::Protected {
@@ -238,6 +312,7 @@ impl Policy for TinyLfu {
 
     fn on_remove(&mut self, slot: u32, _info: EntryInfo) {
         self.unlink(slot);
+        self.quiet[slot as usize] = false;
     }
 
     fn victim(&mut self) -> Option<Victim> {
@@ -255,7 +330,7 @@ impl Policy for TinyLfu {
                     rejected_by_admission: false,
                 });
             }
-            let candidate = self.window.tail()?;
+            let candidate = self.window_candidate()?;
             let cw = u64::from(self.weights[candidate as usize]);
             // Main has room: the candidate just moves over.
             if self.probation.weight + self.protected.weight + cw <= self.main_max() {

@@ -37,7 +37,9 @@ impl Policy for Ttl {
         self.add(slot, info);
     }
 
-    fn on_hit(&mut self, _slot: u32, _hash: u64) {}
+    fn on_hit(&mut self, _slot: u32, _hash: u64) -> bool {
+        false
+    }
 
     fn on_update(&mut self, slot: u32, old: EntryInfo, new: EntryInfo) {
         self.drop_entry(slot, old);

@@ -1,0 +1,176 @@
+//! The read side of a shard: how reads reach the policy without a write
+//! lock.
+//!
+//! A read takes its shard's lock shared, finds the entry and clones the
+//! value. What the policy must learn goes here:
+//! - a miss only adds to `misses` (the policy counts it for its hit rate;
+//!   W-TinyLFU's sketch learns of the key when it is inserted);
+//! - a hit on an entry the policy called quiet (see `Policy::on_hit`: for
+//!   W-TinyLFU, a hot entry whose frequency is saturated) only adds to
+//!   `quiet_hits`, until the policy's epoch moves on;
+//! - any other hit is an event in a fixed ring of atomic words, applied in
+//!   order under the shard's write lock by whoever fills the ring (if the
+//!   lock is free) and before every write to the shard.
+//!
+//! A single thread therefore sees the policy order of an unbuffered cache
+//! (the simulator relies on this). Under contention the ring is lossy, like
+//! Caffeine's read buffers: an event that finds it full while another
+//! thread holds the lock is dropped and counted in `lost_hits`, so the
+//! statistics stay complete; the policy merely misses one access.
+//!
+//! An event is `(slot + 1) << 32 | low 32 bits of the hash`: never zero,
+//! and the applier can tell a slot that was freed or reused since.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// Events per shard between two applications.
+pub(crate) const CAPACITY: usize = 64;
+
+/// The counters first: they sit on the shard's hot cache line, the events
+/// elsewhere (only reported hits touch them).
+#[repr(C)]
+pub(crate) struct ReadBuffer {
+    /// Reads of quiet entries, counted here only.
+    pub(crate) quiet_hits: AtomicU64,
+    /// Misses, counted here only.
+    pub(crate) misses: AtomicU64,
+    /// The policy's epoch, published after every application; an entry
+    /// marked quiet in an earlier epoch is reported again.
+    epoch: AtomicU32,
+    head: AtomicUsize,
+    /// Reported hits dropped because the ring was full and busy.
+    pub(crate) lost_hits: AtomicU64,
+    events: Box<[AtomicU64; CAPACITY]>,
+}
+
+pub(crate) fn hit(slot: u32, hash: u64) -> u64 {
+    ((u64::from(slot) + 1) << 32) | u64::from(tag(hash))
+}
+
+/// The bits of a hash that an event carries.
+pub(crate) fn tag(hash: u64) -> u32 {
+    hash as u32
+}
+
+/// `(slot, tag)` of an event.
+pub(crate) fn decode(ev: u64) -> (u32, u32) {
+    (((ev >> 32) - 1) as u32, ev as u32)
+}
+
+/// What [`ReadBuffer::push`] asks of its caller.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// Recorded; nothing else to do.
+    Done,
+    /// Recorded, and the ring is now full: apply it if the lock is free.
+    Full,
+    /// Not recorded (full): apply the ring and this event if the lock is
+    /// free, else count the event as lost.
+    Rejected,
+}
+
+impl Default for ReadBuffer {
+    fn default() -> Self {
+        ReadBuffer {
+            quiet_hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            epoch: AtomicU32::new(0),
+            head: AtomicUsize::new(0),
+            lost_hits: AtomicU64::new(0),
+            events: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
+}
+
+impl ReadBuffer {
+    #[inline]
+    pub(crate) fn push(&self, ev: u64) -> Push {
+        let i = self.head.fetch_add(1, Ordering::AcqRel);
+        if i >= CAPACITY {
+            return Push::Rejected;
+        }
+        self.events[i].store(ev, Ordering::Release);
+        if i == CAPACITY - 1 {
+            Push::Full
+        } else {
+            Push::Done
+        }
+    }
+
+    /// Takes every recorded event, oldest first, and empties the ring.
+    /// Call with the shard's write lock held (one drainer at a time). An
+    /// event whose writer has claimed a place but not yet stored it is
+    /// skipped (the race that makes the ring lossy).
+    pub(crate) fn drain(&self, mut apply: impl FnMut(u64)) {
+        let n = self.head.load(Ordering::Acquire).min(CAPACITY);
+        if n == 0 {
+            return;
+        }
+        for e in &self.events[..n] {
+            let ev = e.swap(0, Ordering::AcqRel);
+            if ev != 0 {
+                apply(ev);
+            }
+        }
+        self.head.store(0, Ordering::Release);
+    }
+
+    /// Whether an entry marked `quiet` needs no report now.
+    #[inline]
+    pub(crate) fn is_quiet(&self, quiet: u32) -> bool {
+        quiet == Self::quiet_mark(self.epoch.load(Ordering::Relaxed))
+    }
+
+    /// The mark for an entry that is quiet in `epoch` (never 0, the mark of
+    /// a new entry).
+    pub(crate) fn quiet_mark(epoch: u32) -> u32 {
+        epoch.wrapping_add(1)
+    }
+
+    /// Publishes the policy's epoch (under the write lock).
+    pub(crate) fn set_epoch(&self, epoch: u32) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip() {
+        let h = 0xDEAD_BEEF_1234_5677u64;
+        assert_eq!(decode(hit(41, h)), (41, tag(h)));
+        assert_ne!(hit(0, 0), 0);
+        assert_eq!(decode(hit(u32::MAX - 1, h)), (u32::MAX - 1, tag(h)));
+    }
+
+    #[test]
+    fn fills_then_rejects_and_drains_in_order() {
+        let b = ReadBuffer::default();
+        for i in 0..CAPACITY as u32 - 1 {
+            assert_eq!(b.push(hit(i, 0)), Push::Done);
+        }
+        assert_eq!(b.push(hit(999, 0)), Push::Full);
+        assert_eq!(b.push(hit(5, 0)), Push::Rejected);
+        let mut seen = Vec::new();
+        b.drain(|e| seen.push(e));
+        assert_eq!(seen.len(), CAPACITY);
+        assert_eq!(seen[0], hit(0, 0));
+        assert_eq!(seen[CAPACITY - 1], hit(999, 0));
+        assert_eq!(b.push(hit(2, 0)), Push::Done);
+        let mut again = Vec::new();
+        b.drain(|e| again.push(e));
+        assert_eq!(again, [hit(2, 0)]);
+    }
+
+    #[test]
+    fn quiet_marks_follow_the_epoch() {
+        let b = ReadBuffer::default();
+        assert!(!b.is_quiet(0), "a new entry is never quiet");
+        let mark = ReadBuffer::quiet_mark(0);
+        assert!(b.is_quiet(mark));
+        b.set_epoch(1);
+        assert!(!b.is_quiet(mark));
+    }
+}
