@@ -305,10 +305,11 @@ where
         let shards: Vec<_> = (0..n as u64)
             .map(|i| {
                 let cap = self.capacity / n as u64 + u64::from(i < self.capacity % n as u64);
-                let policy = policy::make(self.kind, cap, cap);
+                let weighted = self.weigher.is_some();
+                let policy = policy::make(self.kind, cap, cap, weighted);
                 Padded(ShardCell {
                     reads: ReadBuffer::default(),
-                    lock: RwLock::new(Shard::new(policy, cap, 0)),
+                    lock: RwLock::new(Shard::new(policy, cap, weighted, 0)),
                 })
             })
             .collect();
@@ -348,7 +349,9 @@ where
 {
     #[inline]
     pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
-        self.inner.hasher.hash_one(key)
+        // Odd: never zero (a node stores it as `NonZeroU64`), and the
+        // same value everywhere (table, sketch, read events).
+        self.inner.hasher.hash_one(key) | 1
     }
 
     #[inline]
@@ -473,13 +476,13 @@ where
             match shard.find(hash, key) {
                 Some(slot) => {
                     let node = shard.node(slot);
-                    if node.expires_at() <= now {
+                    if now != 0 && shard.expires_at(slot) <= now {
                         (None, Read::Expired)
                     } else {
                         if self.inner.touch_on_read
                             && let Some(deadline) = self.read_deadline(&node.key, &node.value, now)
                         {
-                            node.touch(deadline);
+                            shard.touch(slot, deadline);
                         }
                         let ev = if cell.reads.is_quiet(node.quiet.load(Ordering::Relaxed)) {
                             None

@@ -64,6 +64,20 @@ impl Links {
         }
     }
 
+    /// Room for slots `0..slots`, exactly.
+    pub(crate) fn reserve(&mut self, slots: usize) {
+        if self.links.len() < slots {
+            self.links.reserve_exact(slots - self.links.len());
+            self.links.resize(
+                slots,
+                Link {
+                    prev: NIL,
+                    next: NIL,
+                },
+            );
+        }
+    }
+
     pub(crate) fn push_front(&mut self, list: &mut List, slot: u32, weight: u64) {
         self.ensure(slot);
         self.links[slot as usize] = Link {

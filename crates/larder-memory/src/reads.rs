@@ -89,7 +89,12 @@ impl ReadBuffer {
         if i >= CAPACITY {
             return Push::Rejected;
         }
-        self.events[i].store(ev, Ordering::Release);
+        // A place claimed before a drain reset the ring but written after
+        // the drain passed it still holds its event: that one is lost, but
+        // counted.
+        if self.events[i].swap(ev, Ordering::AcqRel) != 0 {
+            self.lost_hits.fetch_add(1, Ordering::Relaxed);
+        }
         if i == CAPACITY - 1 {
             Push::Full
         } else {
@@ -100,7 +105,8 @@ impl ReadBuffer {
     /// Takes every recorded event, oldest first, and empties the ring.
     /// Call with the shard's write lock held (one drainer at a time). An
     /// event whose writer has claimed a place but not yet stored it is
-    /// skipped (the race that makes the ring lossy).
+    /// left for the next drain, or counted as lost if a later push takes
+    /// its place first (the race that makes the ring lossy).
     pub(crate) fn drain(&self, mut apply: impl FnMut(u64)) {
         let n = self.head.load(Ordering::Acquire).min(CAPACITY);
         if n == 0 {

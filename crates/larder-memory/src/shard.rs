@@ -7,6 +7,7 @@
 
 use std::borrow::Borrow;
 use std::hash::Hash;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use hashbrown::HashTable;
@@ -16,43 +17,44 @@ use crate::policy::{EntryInfo, Policy};
 use crate::reads::{self, ReadBuffer};
 use crate::wheel::Wheel;
 
-/// What a read touches first (key, deadline, quiet mark), then the value.
+/// An entry: what a read touches first (key, quiet mark), then the value.
+/// Deadlines live beside the slab, only in shards where something can
+/// expire.
 #[repr(C)]
 pub(crate) struct Node<K, V> {
     pub(crate) key: K,
+    /// The read buffer's quiet mark, or 0 (see [`crate::reads`]).
+    pub(crate) quiet: AtomicU32,
+    weight: u32,
+    /// The key's hash. Odd (see `MemoryCache::hash`), so never zero: that
+    /// also makes `Option<Node>` as small as `Node`.
+    hash: NonZeroU64,
+    pub(crate) value: V,
+}
+
+impl<K, V> Node<K, V> {
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash.get()
+    }
+}
+
+/// An entry's deadlines (nanoseconds on the cache's clock).
+struct Deadline {
     /// The effective deadline: `min(hard, time-to-idle deadline)`. Reads
     /// move it (time to idle) under the shared lock; the wheel and the
     /// policy learn the new value when the read's event is applied, or
     /// when the wheel finds the entry not yet due.
     expires_at: AtomicU64,
-    /// The read buffer's quiet mark, or 0 (see [`crate::reads`]).
-    pub(crate) quiet: AtomicU32,
-    weight: u32,
-    hash: u64,
     /// The deadline reads cannot move (time to live, explicit TTL, hook).
     hard: u64,
-    pub(crate) value: V,
 }
 
-impl<K, V> Node<K, V> {
-    fn info(&self) -> EntryInfo {
-        EntryInfo {
-            hash: self.hash,
-            weight: u64::from(self.weight),
-            expires_at: self.expires_at(),
+impl Deadline {
+    fn never() -> Self {
+        Deadline {
+            expires_at: AtomicU64::new(u64::MAX),
+            hard: u64::MAX,
         }
-    }
-
-    #[inline]
-    pub(crate) fn expires_at(&self) -> u64 {
-        self.expires_at.load(Ordering::Relaxed)
-    }
-
-    /// A read moved the deadline (time to idle, or the expiry hook); it
-    /// never passes the hard deadline.
-    pub(crate) fn touch(&self, deadline: u64) {
-        self.expires_at
-            .store(deadline.min(self.hard), Ordering::Relaxed);
     }
 }
 
@@ -77,7 +79,12 @@ pub(crate) struct ShardStats {
 pub(crate) struct Shard<K, V> {
     table: HashTable<u32>,
     slots: Vec<Option<Node<K, V>>>,
+    /// Per slot once anything in the shard can expire, else empty.
+    deadlines: Vec<Deadline>,
     free: Vec<u32>,
+    /// The most entries the shard can hold (its capacity without a
+    /// weigher): the slab grows up to one more, exactly, no further.
+    max_entries: Option<u64>,
     policy: Box<dyn Policy>,
     wheel: Wheel,
     weight: u64,
@@ -90,11 +97,13 @@ pub(crate) struct Shard<K, V> {
 }
 
 impl<K: Hash + Eq, V: Clone> Shard<K, V> {
-    pub(crate) fn new(policy: Box<dyn Policy>, capacity: u64, now: u64) -> Self {
+    pub(crate) fn new(policy: Box<dyn Policy>, capacity: u64, weighted: bool, now: u64) -> Self {
         Shard {
             table: HashTable::new(),
             slots: Vec::new(),
+            deadlines: Vec::new(),
             free: Vec::new(),
+            max_entries: (!weighted).then_some(capacity),
             policy,
             wheel: Wheel::new(now),
             weight: 0,
@@ -145,13 +154,83 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         self.slots[slot as usize].as_mut().expect("a live slot")
     }
 
+    fn info(&self, slot: u32) -> EntryInfo {
+        let node = self.node(slot);
+        EntryInfo {
+            hash: node.hash(),
+            weight: u64::from(node.weight),
+            expires_at: self.expires_at(slot),
+        }
+    }
+
+    /// `slot`'s effective deadline (`u64::MAX`: never).
+    #[inline]
+    pub(crate) fn expires_at(&self, slot: u32) -> u64 {
+        self.deadlines
+            .get(slot as usize)
+            .map_or(u64::MAX, |d| d.expires_at.load(Ordering::Relaxed))
+    }
+
+    /// A read moved `slot`'s deadline (time to idle, or the expiry hook);
+    /// it never passes the hard deadline.
+    pub(crate) fn touch(&self, slot: u32, deadline: u64) {
+        if let Some(d) = self.deadlines.get(slot as usize) {
+            d.expires_at.store(deadline.min(d.hard), Ordering::Relaxed);
+        }
+    }
+
+    fn set_deadlines(&mut self, slot: u32, hard: u64, expires_at: u64) {
+        if self.deadlines.is_empty() {
+            if expires_at == u64::MAX && hard == u64::MAX {
+                return;
+            }
+            // The first entry that can expire: from now on every slot has
+            // its deadlines.
+            self.deadlines.reserve_exact(self.slots.capacity());
+            self.deadlines
+                .resize_with(self.slots.len(), Deadline::never);
+        }
+        let d = &mut self.deadlines[slot as usize];
+        d.hard = hard;
+        *d.expires_at.get_mut() = expires_at;
+    }
+
+    /// A free slot, growing the slab (and the policy's per-slot arrays)
+    /// when none is left: by doubling, but never past `max_entries`.
+    fn new_slot(&mut self) -> u32 {
+        if let Some(s) = self.free.pop() {
+            return s;
+        }
+        let len = self.slots.len();
+        if len == self.slots.capacity() {
+            let doubled = (len * 2).max(16);
+            // An insert places its entry before it evicts: a full shard
+            // holds `max_entries + 1` for a moment.
+            let want = match self.max_entries {
+                Some(max) if (len as u64) <= max => (doubled as u64).min(max + 1) as usize,
+                _ => doubled,
+            };
+            self.slots.reserve_exact(want - len);
+            if !self.deadlines.is_empty() {
+                self.deadlines.reserve_exact(want - len);
+            }
+            self.policy.reserve(want);
+        }
+        self.slots.push(None);
+        if !self.deadlines.is_empty() {
+            self.deadlines.push(Deadline::never());
+        }
+        len as u32
+    }
+
     /// Takes an entry out of every structure.
     fn remove_slot(&mut self, slot: u32, cause: RemovalCause, out: &mut Removed<K, V>) {
+        let info = self.info(slot);
         let node = self.slots[slot as usize].take().expect("a live slot");
-        if let Ok(e) = self.table.find_entry(node.hash, |&s| s == slot) {
+        if let Ok(e) = self.table.find_entry(node.hash(), |&s| s == slot) {
             e.remove();
         }
-        self.policy.on_remove(slot, node.info());
+        self.policy.on_remove(slot, info);
         self.wheel.unschedule(slot);
         self.weight -= u64::from(node.weight);
         self.len -= 1;
@@ -184,7 +263,19 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         if let Some(ev) = extra {
             self.apply_read(ev);
         }
+        self.unmark_unquiet();
         buf.set_epoch(self.policy.epoch());
+    }
+
+    /// Clears the quiet mark of every entry the policy no longer calls
+    /// quiet (call before releasing the write lock).
+    fn unmark_unquiet(&mut self) {
+        let slots = &self.slots;
+        self.policy.take_unquiet(&mut |s| {
+            if let Some(n) = slots.get(s as usize).and_then(Option::as_ref) {
+                n.quiet.store(0, Ordering::Relaxed);
+            }
+        });
     }
 
     fn apply_read(&mut self, ev: u64) {
@@ -196,17 +287,17 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 let Some(node) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
                     return;
                 };
-                if reads::tag(node.hash) != tag {
+                if reads::tag(node.hash()) != tag {
                     return;
                 }
-                let (hash, deadline) = (node.hash, node.expires_at());
+                let (hash, deadline) = (node.hash(), self.expires_at(slot));
                 if self.policy.on_hit(slot, hash) {
                     let mark = ReadBuffer::quiet_mark(self.policy.epoch());
                     self.node(slot).quiet.store(mark, Ordering::Relaxed);
                 }
                 let filed = self.wheel.scheduled(slot);
                 if deadline != filed {
-                    let info = self.node(slot).info();
+                    let info = self.info(slot);
                     self.policy.on_update(
                         slot,
                         EntryInfo {
@@ -234,7 +325,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         if let Some(slot) = self.find(hash, key)
-            && self.node(slot).expires_at() <= now
+            && self.expires_at(slot) <= now
         {
             self.remove_slot(slot, RemovalCause::Expired, out);
         }
@@ -246,8 +337,8 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let node = self.node(self.find(hash, key)?);
-        (node.expires_at() > now).then_some(&node.value)
+        let slot = self.find(hash, key)?;
+        (self.expires_at(slot) > now).then_some(&self.node(slot).value)
     }
 
     /// Inserts or replaces, then evicts until within capacity. An entry
@@ -277,13 +368,12 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         }
         match existing {
             Some(slot) => {
-                let old = self.node(slot).info();
+                let old = self.info(slot);
                 let node = self.node_mut(slot);
                 let old_value = std::mem::replace(&mut node.value, value);
                 node.weight = weight as u32;
-                node.hard = hard;
-                *node.expires_at.get_mut() = expires_at;
-                let new = node.info();
+                self.set_deadlines(slot, hard, expires_at);
+                let new = self.info(slot);
                 self.weight = self.weight - old.weight + weight;
                 self.policy.on_update(slot, old, new);
                 self.wheel.schedule(slot, expires_at);
@@ -291,27 +381,19 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 out.push((key, old_value, RemovalCause::Replaced));
             }
             None => {
-                let slot = match self.free.pop() {
-                    Some(s) => s,
-                    None => {
-                        self.slots.push(None);
-                        (self.slots.len() - 1) as u32
-                    }
-                };
-                let node = Node {
+                let slot = self.new_slot();
+                self.slots[slot as usize] = Some(Node {
                     key,
-                    value,
-                    hash,
-                    hard,
-                    expires_at: AtomicU64::new(expires_at),
-                    weight: weight as u32,
                     quiet: AtomicU32::new(0),
-                };
-                let info = node.info();
-                self.slots[slot as usize] = Some(node);
+                    weight: weight as u32,
+                    hash: NonZeroU64::new(hash).unwrap_or(NonZeroU64::MIN),
+                    value,
+                });
+                self.set_deadlines(slot, hard, expires_at);
+                let info = self.info(slot);
                 let slots = &self.slots;
                 self.table.insert_unique(hash, slot, |&s| {
-                    slots[s as usize].as_ref().map_or(0, |n| n.hash)
+                    slots[s as usize].as_ref().map_or(0, Node::hash)
                 });
                 self.weight += weight;
                 self.len += 1;
@@ -320,12 +402,17 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             }
         }
         while self.weight > self.capacity {
-            let Some(v) = self.policy.victim() else { break };
+            let slots = &self.slots;
+            let hash_of = |s: u32| slots[s as usize].as_ref().map_or(0, Node::hash);
+            let Some(v) = self.policy.victim(&hash_of) else {
+                break;
+            };
             if v.rejected_by_admission {
                 self.stats.rejected += 1;
             }
             self.remove_slot(v.slot, RemovalCause::Evicted, out);
         }
+        self.unmark_unquiet();
     }
 
     pub(crate) fn remove<Q>(&mut self, hash: u64, key: &Q, out: &mut Removed<K, V>) -> bool
@@ -356,9 +443,10 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         let mut due = Vec::new();
         self.wheel.advance(now, &mut due);
         for slot in due {
-            let Some(deadline) = self.slots[slot as usize].as_ref().map(Node::expires_at) else {
+            if self.slots[slot as usize].is_none() {
                 continue;
-            };
+            }
+            let deadline = self.expires_at(slot);
             if deadline <= now {
                 self.remove_slot(slot, RemovalCause::Expired, out);
             } else {
@@ -374,11 +462,23 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     where
         K: Clone,
     {
-        self.slots
-            .iter()
-            .flatten()
-            .filter(|n| n.expires_at() > now)
+        (0..self.slots.len() as u32)
+            .filter(|&s| self.expires_at(s) > now)
+            .filter_map(|s| self.slots[s as usize].as_ref())
             .map(|n| (n.key.clone(), n.value.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_its_key_its_value_and_16_bytes() {
+        assert_eq!(
+            std::mem::size_of::<Option<Node<u64, [u8; 64]>>>(),
+            8 + 64 + 16
+        );
     }
 }

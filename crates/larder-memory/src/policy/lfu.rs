@@ -105,7 +105,7 @@ impl Policy for Lfu {
         self.take(slot);
     }
 
-    fn victim(&mut self) -> Option<Victim> {
+    fn victim(&mut self, _hash_of: &dyn Fn(u32) -> u64) -> Option<Victim> {
         let (_, list) = self.buckets.iter().next()?;
         list.tail().map(|slot| Victim {
             slot,

@@ -28,7 +28,7 @@ impl Policy for Lru {
         self.links.unlink(&mut self.list, slot, info.weight);
     }
 
-    fn victim(&mut self) -> Option<Victim> {
+    fn victim(&mut self, _hash_of: &dyn Fn(u32) -> u64) -> Option<Victim> {
         self.list.tail().map(|slot| Victim {
             slot,
             rejected_by_admission: false,

@@ -38,18 +38,25 @@ pub(crate) trait Policy: Send + Sync + 'static {
     /// Reads that were counted but not reported one by one: hits on quiet
     /// entries (see [`Policy::on_hit`]) and misses.
     fn on_counted_reads(&mut self, _hits: u64, _misses: u64) {}
-    /// Changes whenever reads that [`Policy::on_hit`] called idle would
-    /// matter again.
+    /// Changes whenever reads that [`Policy::on_hit`] called quiet would
+    /// matter again, for every entry at once.
     fn epoch(&self) -> u32 {
         0
     }
+    /// Hands over the slots whose quietness ended one by one since the last
+    /// call: their reads matter again.
+    fn take_unquiet(&mut self, _unmark: &mut dyn FnMut(u32)) {}
     /// `slot`'s value was replaced: new weight and expiry.
     fn on_update(&mut self, slot: u32, old: EntryInfo, new: EntryInfo);
     /// `slot` was removed (explicitly, expired, or evicted by the shard
     /// after [`Policy::victim`] named it).
     fn on_remove(&mut self, slot: u32, info: EntryInfo);
     /// The entry to evict next; `None` only when the policy holds nothing.
-    fn victim(&mut self) -> Option<Victim>;
+    /// `hash_of` gives a live slot's key hash (the shard keeps it).
+    fn victim(&mut self, hash_of: &dyn Fn(u32) -> u64) -> Option<Victim>;
+    /// Slots `0..slots` may be used: size per-slot arrays exactly (a full
+    /// cache then wastes no growth headroom).
+    fn reserve(&mut self, _slots: usize) {}
     /// Policy-specific figures for [`crate::PolicyInfo`].
     fn window_capacity(&self) -> Option<u64> {
         None
@@ -77,9 +84,16 @@ pub enum PolicyKind {
     Ttl,
 }
 
-pub(crate) fn make(kind: PolicyKind, capacity: u64, expected_entries: u64) -> Box<dyn Policy> {
+pub(crate) fn make(
+    kind: PolicyKind,
+    capacity: u64,
+    expected_entries: u64,
+    weighted: bool,
+) -> Box<dyn Policy> {
     match kind {
-        PolicyKind::TinyLfu => Box::new(tinylfu::TinyLfu::new(capacity, expected_entries)),
+        PolicyKind::TinyLfu => {
+            Box::new(tinylfu::TinyLfu::new(capacity, expected_entries, weighted))
+        }
         PolicyKind::Lru => Box::new(lru::Lru::default()),
         PolicyKind::Lfu => Box::new(lfu::Lfu::new(expected_entries)),
         PolicyKind::Ttl => Box::new(ttl::Ttl::default()),

@@ -45,8 +45,8 @@ pub(crate) struct TinyLfu {
     sketch: Sketch,
     links: Links,
     queue: Vec<Queue>,
-    hashes: Vec<u64>,
-    weights: Vec<u32>,
+    /// Per slot, only with a weigher.
+    weights: Option<Vec<u32>>,
     window: List,
     probation: List,
     protected: List,
@@ -65,8 +65,9 @@ pub(crate) struct TinyLfu {
     periods: u64,
     /// Per slot: reads are quiet (see [`Policy::on_hit`]).
     quiet: Vec<bool>,
-    /// Times the quiet marks were ended other than by aging (wrapping).
-    epoch_bumps: u32,
+    /// Quiet entries that moved to probation since the shard last asked:
+    /// their reads must be reported again (a read there promotes).
+    unquiet: Vec<u32>,
 }
 
 const INITIAL_WINDOW: f64 = 0.01;
@@ -84,13 +85,12 @@ const PERIOD: u64 = 10;
 const MAX_WINDOW: f64 = 0.99;
 
 impl TinyLfu {
-    pub(crate) fn new(capacity: u64, expected_entries: u64) -> Self {
+    pub(crate) fn new(capacity: u64, expected_entries: u64, weighted: bool) -> Self {
         TinyLfu {
             sketch: Sketch::new(expected_entries),
             links: Links::default(),
             queue: Vec::new(),
-            hashes: Vec::new(),
-            weights: Vec::new(),
+            weights: weighted.then(Vec::new),
             window: List::default(),
             probation: List::default(),
             protected: List::default(),
@@ -105,7 +105,7 @@ impl TinyLfu {
             moved: true,
             periods: 0,
             quiet: Vec::new(),
-            epoch_bumps: 0,
+            unquiet: Vec::new(),
         }
     }
 
@@ -120,21 +120,30 @@ impl TinyLfu {
     fn set_meta(&mut self, slot: u32, q: Queue, info: EntryInfo) {
         let i = slot as usize;
         if self.queue.len() <= i {
-            let n = (i + 1).max(self.queue.len() * 2);
-            self.queue.resize(n, Queue::Window);
-            self.hashes.resize(n, 0);
-            self.weights.resize(n, 0);
-            self.quiet.resize(n, false);
+            self.reserve((i + 1).max(self.queue.len() * 2));
         }
         self.queue[i] = q;
         self.quiet[i] = false;
-        self.hashes[i] = info.hash;
-        self.weights[i] = info.weight as u32;
+        if let Some(w) = &mut self.weights {
+            w[i] = info.weight as u32;
+        }
+    }
+
+    /// The weight of `slot` (1 without a weigher: no array to keep).
+    #[inline]
+    fn weight(&self, slot: u32) -> u64 {
+        self.weights
+            .as_ref()
+            .map_or(1, |w| u64::from(w[slot as usize]))
     }
 
     fn push(&mut self, q: Queue, slot: u32) {
-        let w = u64::from(self.weights[slot as usize]);
+        let w = self.weight(slot);
         self.queue[slot as usize] = q;
+        if q == Queue::Probation && self.quiet[slot as usize] {
+            self.quiet[slot as usize] = false;
+            self.unquiet.push(slot);
+        }
         let (links, list) = match q {
             Queue::Window => (&mut self.links, &mut self.window),
             Queue::Probation => (&mut self.links, &mut self.probation),
@@ -145,7 +154,7 @@ impl TinyLfu {
 
     fn unlink(&mut self, slot: u32) {
         let q = self.queue[slot as usize];
-        let w = u64::from(self.weights[slot as usize]);
+        let w = self.weight(slot);
         let (links, list) = match q {
             Queue::Window => (&mut self.links, &mut self.window),
             Queue::Probation => (&mut self.links, &mut self.probation),
@@ -155,44 +164,36 @@ impl TinyLfu {
     }
 
     /// Protected over its share: demote its LRU entries to probation.
-    /// A quiet entry (hot: its reads go unreported) at the tail gets a
-    /// second chance, as in CLOCK, once per pass over the segment; one that
-    /// must go anyway ends every quiet mark (the epoch moves).
     fn rebalance_protected(&mut self) {
-        let mut chances = self.protected.len;
         while self.protected.weight > self.protected_max() {
             let Some(slot) = self.protected.tail() else {
                 break;
             };
-            if self.quiet[slot as usize] {
-                if chances > 0 {
-                    chances -= 1;
-                    self.links.move_to_front(&mut self.protected, slot);
-                    continue;
-                }
-                self.end_quiet();
+            if self.second_chance(slot, Queue::Protected) {
+                continue;
             }
             self.unlink(slot);
             self.push(Queue::Probation, slot);
         }
     }
 
-    /// The window's LRU entry, after a second chance for quiet ones (as in
-    /// [`TinyLfu::rebalance_protected`]).
-    fn window_candidate(&mut self) -> Option<u32> {
-        let mut chances = self.window.len;
-        loop {
-            let slot = self.window.tail()?;
-            if !self.quiet[slot as usize] {
-                return Some(slot);
-            }
-            if chances == 0 {
-                self.end_quiet();
-                return Some(slot);
-            }
-            chances -= 1;
-            self.links.move_to_front(&mut self.window, slot);
+    /// A quiet entry at the tail of `q` was read (its reads went unseen, so
+    /// it never moved up): back to the front, as in CLOCK, and no longer
+    /// quiet, so its next read is seen again. Each chance costs a quiet mark
+    /// that a seen read paid for, so the passes are O(1) amortised.
+    fn second_chance(&mut self, slot: u32, q: Queue) -> bool {
+        if !self.quiet[slot as usize] {
+            return false;
         }
+        self.quiet[slot as usize] = false;
+        self.unquiet.push(slot);
+        let list = match q {
+            Queue::Window => &mut self.window,
+            Queue::Probation => &mut self.probation,
+            Queue::Protected => &mut self.protected,
+        };
+        self.links.move_to_front(list, slot);
+        true
     }
 
     /// One access to `hash` in the sketch; whether its frequency is now
@@ -205,12 +206,6 @@ impl TinyLfu {
             self.quiet.fill(false);
         }
         saturated
-    }
-
-    /// Every quiet mark ends: the epoch moves on.
-    fn end_quiet(&mut self) {
-        self.quiet.fill(false);
-        self.epoch_bumps = self.epoch_bumps.wrapping_add(1);
     }
 
     fn climb(&mut self) {
@@ -262,12 +257,13 @@ impl Policy for TinyLfu {
         self.push(Queue::Window, slot);
     }
 
-    /// Quiet once the entry is protected and its frequency saturated: more
-    /// reads cannot raise the frequency, and only its place in the
-    /// protected LRU list goes stale (a CLOCK-like approximation that only
-    /// hot entries get). The epoch moves, and such reads are reported
-    /// again, when the sketch ages or any entry is demoted out of protected
-    /// (it may be a quiet one, whose next read must promote it back).
+    /// Quiet once the entry's frequency is saturated and it sits in the
+    /// window or in protected: more reads cannot raise the frequency, and
+    /// only its place in its LRU list goes stale (it drifts to the tail as
+    /// if unread: a CLOCK-like approximation that only hot entries get).
+    /// Quietness ends when the sketch ages (the epoch) or when the entry
+    /// moves to probation (`unquiet`), where its next read must be seen to
+    /// promote it.
     fn on_hit(&mut self, slot: u32, hash: u64) -> bool {
         let saturated = self.count(hash);
         self.hits += 1;
@@ -295,7 +291,13 @@ impl Policy for TinyLfu {
     }
 
     fn epoch(&self) -> u32 {
-        self.sketch.ages().wrapping_add(self.epoch_bumps)
+        self.sketch.ages()
+    }
+
+    fn take_unquiet(&mut self, unmark: &mut dyn FnMut(u32)) {
+        for slot in self.unquiet.drain(..) {
+            unmark(slot);
+        }
     }
 
     fn on_update(&mut self, slot: u32, old: EntryInfo, new: EntryInfo) {
@@ -315,41 +317,70 @@ impl Policy for TinyLfu {
         self.quiet[slot as usize] = false;
     }
 
-    fn victim(&mut self) -> Option<Victim> {
-        loop {
-            // The window is within its share: evict from main (or the window
-            // if main is empty).
-            if self.window.weight <= self.window_max || self.window.is_empty() {
-                let slot = self
-                    .probation
-                    .tail()
-                    .or(self.protected.tail())
-                    .or(self.window.tail())?;
-                return Some(Victim {
-                    slot,
-                    rejected_by_admission: false,
-                });
+    fn reserve(&mut self, slots: usize) {
+        if slots > self.queue.len() {
+            self.queue.resize(slots, Queue::Window);
+            self.quiet.resize(slots, false);
+            if let Some(w) = &mut self.weights {
+                w.resize(slots, 0);
             }
-            let candidate = self.window_candidate()?;
-            let cw = u64::from(self.weights[candidate as usize]);
-            // Main has room: the candidate just moves over.
-            if self.probation.weight + self.protected.weight + cw <= self.main_max() {
-                self.unlink(candidate);
-                self.push(Queue::Probation, candidate);
+            self.links.reserve(slots);
+        }
+    }
+
+    /// As Caffeine's eviction: window overflow moves to probation while
+    /// main has room; then the window's LRU entry (the candidate) meets
+    /// main's victim (probation's LRU, else protected's) and the one with
+    /// the lower frequency goes; ties go against the candidate. The contest
+    /// also runs when the window is within its share, so a main entry is
+    /// never evicted unheard.
+    fn victim(&mut self, hash_of: &dyn Fn(u32) -> u64) -> Option<Victim> {
+        loop {
+            let candidate = self.window.tail();
+            if let Some(c) = candidate
+                && self.second_chance(c, Queue::Window)
+            {
                 continue;
             }
-            let Some(victim) = self.probation.tail().or(self.protected.tail()) else {
-                return Some(Victim {
-                    slot: candidate,
-                    rejected_by_admission: false,
-                });
+            let over = self.window.weight > self.window_max;
+            if over
+                && let Some(c) = candidate
+                && self.probation.weight + self.protected.weight + self.weight(c) <= self.main_max()
+            {
+                // Main has room: the candidate just moves over.
+                self.unlink(c);
+                self.push(Queue::Probation, c);
+                continue;
+            }
+            let victim = match self.probation.tail() {
+                Some(v) => Some(v),
+                None => {
+                    let p = self.protected.tail();
+                    if let Some(p) = p
+                        && self.second_chance(p, Queue::Protected)
+                    {
+                        continue;
+                    }
+                    p
+                }
             };
-            let fc = self.sketch.frequency(self.hashes[candidate as usize]);
-            let fv = self.sketch.frequency(self.hashes[victim as usize]);
-            if fc > fv {
-                // Admitted: the candidate moves to probation, the victim goes.
-                self.unlink(candidate);
-                self.push(Queue::Probation, candidate);
+            let (candidate, victim) = match (candidate, victim) {
+                (None, None) => return None,
+                (Some(slot), None) | (None, Some(slot)) => {
+                    return Some(Victim {
+                        slot,
+                        rejected_by_admission: false,
+                    });
+                }
+                (Some(c), Some(v)) => (c, v),
+            };
+            if self.sketch.frequency(hash_of(candidate)) > self.sketch.frequency(hash_of(victim)) {
+                // Admitted: the victim goes; an overflowing candidate moves
+                // to probation.
+                if over {
+                    self.unlink(candidate);
+                    self.push(Queue::Probation, candidate);
+                }
                 return Some(Victim {
                     slot: victim,
                     rejected_by_admission: false,

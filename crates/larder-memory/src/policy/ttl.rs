@@ -50,7 +50,7 @@ impl Policy for Ttl {
         self.drop_entry(slot, info);
     }
 
-    fn victim(&mut self) -> Option<Victim> {
+    fn victim(&mut self, _hash_of: &dyn Fn(u32) -> u64) -> Option<Victim> {
         let slot = self
             .deadlines
             .first()
