@@ -1,5 +1,8 @@
 //! Cache trace formats (see `../shared/traces/README.md`), parsed into key
-//! streams. Parsers never panic: malformed input is a [`TraceError`].
+//! streams. Parsers never panic and never run away: malformed input, or
+//! input that would expand past [`MAX_KEYS`] keys (a few bytes of ARC text
+//! can stand for millions of blocks) or [`MAX_BYTES`] decompressed bytes, is
+//! a [`TraceError`]. `fuzz/fuzz_targets/trace_parse.rs` fuzzes this file.
 
 use std::fmt;
 use std::path::Path;
@@ -67,8 +70,24 @@ impl std::error::Error for TraceError {}
 /// Blocks one ARC line may stand for: more is taken as corrupt input.
 pub const MAX_ARC_RUN: u64 = 1 << 20;
 
+/// Keys one trace may expand to (the largest trace of the README has 5M).
+pub const MAX_KEYS: usize = 1 << 26;
+
+/// Bytes one compressed trace may expand to.
+pub const MAX_BYTES: u64 = 1 << 30;
+
 /// Parses a whole (decompressed) trace.
 pub fn parse(bytes: &[u8], format: Format) -> Result<Vec<u64>, TraceError> {
+    parse_limited(bytes, format, MAX_KEYS)
+}
+
+/// [`parse`], with at most `max_keys` keys.
+pub fn parse_limited(
+    bytes: &[u8],
+    format: Format,
+    max_keys: usize,
+) -> Result<Vec<u64>, TraceError> {
+    let too_many = || TraceError(format!("more than {max_keys} keys"));
     match format {
         Format::I32Be | Format::I64Be => {
             let width = if format == Format::I32Be { 4 } else { 8 };
@@ -77,6 +96,9 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Vec<u64>, TraceError> {
                     "{} bytes is not a whole number of {width}-byte keys",
                     bytes.len()
                 )));
+            }
+            if bytes.len() / width > max_keys {
+                return Err(too_many());
             }
             Ok(bytes
                 .chunks_exact(width)
@@ -105,6 +127,9 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Vec<u64>, TraceError> {
                     .and_then(|f| f.parse().ok())
                     .ok_or_else(|| bad("not a number"))?;
                 if format == Format::Lirs {
+                    if keys.len() >= max_keys {
+                        return Err(too_many());
+                    }
                     keys.push(first as u64);
                     continue;
                 }
@@ -114,6 +139,9 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Vec<u64>, TraceError> {
                     .ok_or_else(|| bad("no block count"))?;
                 if count > MAX_ARC_RUN {
                     return Err(bad("block count too large"));
+                }
+                if keys.len() as u64 + count > max_keys as u64 {
+                    return Err(too_many());
                 }
                 let start = first as u64;
                 keys.extend((0..count).map(|i| start.wrapping_add(i)));
@@ -127,12 +155,30 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Vec<u64>, TraceError> {
 pub fn read(path: &Path, format: Format) -> Result<Vec<u64>, TraceError> {
     let raw = std::fs::read(path).map_err(|e| TraceError(format!("{}: {e}", path.display())))?;
     let bytes = if path.extension().is_some_and(|e| e == "zst") {
-        zstd::decode_all(&raw[..])
-            .map_err(|e| TraceError(format!("{}: zstd: {e}", path.display())))?
+        decompress(&raw, MAX_BYTES)
+            .map_err(|e| TraceError(format!("{}: {}", path.display(), e.0)))?
     } else {
         raw
     };
     parse(&bytes, format)
+}
+
+/// zstd-decompresses `raw`, refusing to produce more than `max_bytes`.
+pub fn decompress(raw: &[u8], max_bytes: u64) -> Result<Vec<u8>, TraceError> {
+    use std::io::Read;
+    let decoder =
+        zstd::stream::read::Decoder::new(raw).map_err(|e| TraceError(format!("zstd: {e}")))?;
+    let mut out = Vec::new();
+    decoder
+        .take(max_bytes + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| TraceError(format!("zstd: {e}")))?;
+    if out.len() as u64 > max_bytes {
+        return Err(TraceError(format!(
+            "zstd: more than {max_bytes} bytes decompressed"
+        )));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -159,6 +205,15 @@ mod tests {
         assert!(parse(b"x\n", Format::Lirs).is_err());
         assert!(parse(&[0, 0, 1], Format::I32Be).is_err());
         assert!(parse(b"0 99999999999 0 0\n", Format::Arc).is_err());
+        // Expansion is bounded in every format.
+        assert!(parse_limited(b"0 3 0 0\n0 3 0 0\n", Format::Arc, 5).is_err());
+        assert!(parse_limited(b"1\n2\n3\n", Format::Lirs, 2).is_err());
+        assert!(parse_limited(&[0; 12], Format::I32Be, 2).is_err());
+        assert_eq!(parse_limited(&[0; 8], Format::I32Be, 2).unwrap(), [0, 0]);
+        let zst = zstd::encode_all(&[7u8; 10_000][..], 3).unwrap();
+        assert_eq!(decompress(&zst, 10_000).unwrap().len(), 10_000);
+        assert!(decompress(&zst, 9_999).is_err());
+        assert!(decompress(b"not zstd", 100).is_err());
         assert_eq!(
             Format::of_path(Path::new("arc_P3.lis.zst")),
             Some(Format::Arc)

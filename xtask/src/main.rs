@@ -87,14 +87,31 @@ fn test(redis_server: &std::path::Path, extra: &[String]) -> Result<(), String> 
             oracles.display()
         );
     }
-    let (status, lines) = util::run_tee_stdout(cmd)?;
+    let (status, mut lines) = util::run_tee_stdout(cmd)?;
+    // The loom model of the L1's read ring: its own cfg and target dir, so
+    // the main build stays cached.
+    let mut loom = util::cargo();
+    loom.args([
+        "test",
+        "--package",
+        "larder-memory",
+        "--lib",
+        "--release",
+        "--target-dir",
+    ])
+    .arg(util::project_root().join("target/loom"))
+    .args(["--", "loom_model"])
+    .env("RUSTFLAGS", "--cfg loom");
+    println!("xtask test: loom model of the L1 read ring (RUSTFLAGS=--cfg loom)");
+    let (loom_status, loom_lines) = util::run_tee_stdout(loom)?;
+    lines.extend(loom_lines);
     let totals = util::TestTotals::from_lines(&lines);
     println!(
         "\nxtask test: {} suites, {} ignored, {} filtered out",
         totals.suites, totals.ignored, totals.filtered
     );
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);
-    if !status.success() || totals.failed > 0 {
+    if !status.success() || !loom_status.success() || totals.failed > 0 {
         return Err(format!("cargo test failed ({status})"));
     }
     if totals.passed == 0 {
