@@ -81,6 +81,8 @@ pub(crate) struct Shard<K, V> {
     slots: Vec<Option<Node<K, V>>>,
     /// Per slot once anything in the shard can expire, else empty.
     deadlines: Vec<Deadline>,
+    /// One bit per slot: holds an entry.
+    live: Vec<u64>,
     free: Vec<u32>,
     /// The most entries the shard can hold (its capacity without a
     /// weigher): the slab grows up to one more, exactly, no further.
@@ -102,6 +104,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             table: HashTable::new(),
             slots: Vec::new(),
             deadlines: Vec::new(),
+            live: Vec::new(),
             free: Vec::new(),
             max_entries: (!weighted).then_some(capacity),
             policy,
@@ -226,6 +229,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     /// Takes an entry out of every structure.
     fn remove_slot(&mut self, slot: u32, cause: RemovalCause, out: &mut Removed<K, V>) {
         let info = self.info(slot);
+        self.set_live(slot, false);
         let node = self.slots[slot as usize].take().expect("a live slot");
         if let Ok(e) = self.table.find_entry(node.hash(), |&s| s == slot) {
             e.remove();
@@ -278,37 +282,54 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         });
     }
 
+    /// One reported hit. It touches the entry itself only to mark it quiet
+    /// or to move its deadline: the event's slot and hash tag are enough
+    /// for the policy (the sketch counts the tag), and a bitmap says
+    /// whether the slot is still live. A slot freed and reused since the
+    /// read credits the hit to its new entry: rare, and harmless.
     fn apply_read(&mut self, ev: u64) {
-        {
-            {
-                let (slot, tag) = reads::decode(ev);
-                self.stats.hits += 1;
-                // The slot may have been freed or reused since the read.
-                let Some(node) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
-                    return;
-                };
-                if reads::tag(node.hash()) != tag {
-                    return;
-                }
-                let (hash, deadline) = (node.hash(), self.expires_at(slot));
-                if self.policy.on_hit(slot, hash) {
-                    let mark = ReadBuffer::quiet_mark(self.policy.epoch());
-                    self.node(slot).quiet.store(mark, Ordering::Relaxed);
-                }
-                let filed = self.wheel.scheduled(slot);
-                if deadline != filed {
-                    let info = self.info(slot);
-                    self.policy.on_update(
-                        slot,
-                        EntryInfo {
-                            expires_at: filed,
-                            ..info
-                        },
-                        info,
-                    );
-                    self.wheel.schedule(slot, deadline);
-                }
-            }
+        let (slot, tag) = reads::decode(ev);
+        self.stats.hits += 1;
+        if !self.is_live(slot) {
+            return;
+        }
+        if self.policy.on_hit(slot, u64::from(tag)) {
+            let mark = ReadBuffer::quiet_mark(self.policy.epoch());
+            self.node(slot).quiet.store(mark, Ordering::Relaxed);
+        }
+        if self.deadlines.is_empty() {
+            return;
+        }
+        let (deadline, filed) = (self.expires_at(slot), self.wheel.scheduled(slot));
+        if deadline != filed {
+            let info = self.info(slot);
+            self.policy.on_update(
+                slot,
+                EntryInfo {
+                    expires_at: filed,
+                    ..info
+                },
+                info,
+            );
+            self.wheel.schedule(slot, deadline);
+        }
+    }
+
+    fn is_live(&self, slot: u32) -> bool {
+        self.live
+            .get(slot as usize / 64)
+            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+    }
+
+    fn set_live(&mut self, slot: u32, live: bool) {
+        let i = slot as usize / 64;
+        if self.live.len() <= i {
+            self.live.resize(i + 1, 0);
+        }
+        if live {
+            self.live[i] |= 1 << (slot % 64);
+        } else {
+            self.live[i] &= !(1 << (slot % 64));
         }
     }
 
@@ -390,6 +411,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                     value,
                 });
                 self.set_deadlines(slot, hard, expires_at);
+                self.set_live(slot, true);
                 let info = self.info(slot);
                 let slots = &self.slots;
                 self.table.insert_unique(hash, slot, |&s| {

@@ -46,9 +46,9 @@ impl Sketch {
     /// per row, one nibble out of 16 in it.
     #[inline]
     fn cells(&self, hash: u64) -> [(usize, u32); 4] {
-        // Misses reach the policy through the read buffer with the low bit
-        // of their hash set (see `reads`): count every hash that way.
-        let hash = hash | 1;
+        // Reads reach the policy with the low 32 bits of the key's hash
+        // (see `reads`): count every key by those.
+        let hash = u64::from(hash as u32);
         let block = ((hash ^ (hash >> 29)).wrapping_mul(SEEDS[0]) >> 32) as usize & self.block_mask;
         std::array::from_fn(|row| {
             let h = (hash ^ (hash >> 31)).wrapping_mul(SEEDS[row]) >> 59;
