@@ -498,17 +498,15 @@ where
         match ev {
             Read::Hit(Some(ev)) => self.record(cell, ev),
             Read::Hit(None) => {
-                cell.reads.quiet_hits.fetch_add(1, Ordering::Relaxed);
+                cell.reads.count_quiet_hit();
             }
-            Read::Miss => {
-                cell.reads.misses.fetch_add(1, Ordering::Relaxed);
-            }
+            Read::Miss => cell.reads.count_miss(),
             Read::Expired => {
                 // Expired: a miss, and the entry goes now.
                 let mut removed = Vec::new();
                 {
                     let mut shard = cell.lock.write();
-                    cell.reads.misses.fetch_add(1, Ordering::Relaxed);
+                    cell.reads.count_miss();
                     shard.apply_reads(&cell.reads, None);
                     shard.remove_expired(hash, key, now, &mut removed);
                 }

@@ -118,6 +118,13 @@ impl Links {
         self.push_front(list, slot, 0);
     }
 
+    /// `slot`'s links as one word (to bring them into cache early).
+    pub(crate) fn warm(&self, slot: u32) -> u64 {
+        self.links
+            .get(slot as usize)
+            .map_or(0, |l| u64::from(l.prev) << 32 | u64::from(l.next))
+    }
+
     /// The slot after `slot` toward the tail.
     pub(crate) fn next(&self, slot: u32) -> Option<u32> {
         let n = self.links[slot as usize].next;

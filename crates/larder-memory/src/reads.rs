@@ -31,14 +31,42 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 /// Events per shard between two applications.
 pub(crate) const CAPACITY: usize = 64;
 
-/// The counters first: they sit on the shard's hot cache line, the events
-/// elsewhere (only reported hits touch them).
+/// Counters of one stripe, alone on their cache lines.
+#[repr(align(128))]
+#[derive(Default)]
+pub(crate) struct Stripe {
+    /// Reads of quiet entries, counted here only.
+    quiet_hits: AtomicU64,
+    /// Misses, counted here only.
+    misses: AtomicU64,
+}
+
+/// Counter stripes per shard: a thread counts in its own stripe, so two
+/// threads reading one shard do not fight over a counter's cache line.
+pub(crate) const STRIPES: usize = 8;
+
+/// This thread's stripe (threads take stripes in turn).
+#[inline]
+fn stripe_index() -> usize {
+    use std::cell::Cell;
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|s| {
+        let mut i = s.get();
+        if i == usize::MAX {
+            i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STRIPES;
+            s.set(i);
+        }
+        i
+    })
+}
+
+/// The epoch and the ring's head first, on the shard's hot cache line; the
+/// counter stripes and the events elsewhere.
 #[repr(C)]
 pub(crate) struct ReadBuffer {
-    /// Reads of quiet entries, counted here only.
-    pub(crate) quiet_hits: AtomicU64,
-    /// Misses, counted here only.
-    pub(crate) misses: AtomicU64,
     /// The policy's epoch, published after every application; an entry
     /// marked quiet in an earlier epoch is reported again.
     epoch: AtomicU32,
@@ -46,6 +74,7 @@ pub(crate) struct ReadBuffer {
     /// Reported hits dropped because the ring was full and busy.
     pub(crate) lost_hits: AtomicU64,
     events: Box<[AtomicU64; CAPACITY]>,
+    stripes: Box<[Stripe; STRIPES]>,
 }
 
 pub(crate) fn hit(slot: u32, hash: u64) -> u64 {
@@ -77,12 +106,11 @@ pub(crate) enum Push {
 impl Default for ReadBuffer {
     fn default() -> Self {
         ReadBuffer {
-            quiet_hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
             epoch: AtomicU32::new(0),
             head: AtomicUsize::new(0),
             lost_hits: AtomicU64::new(0),
             events: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            stripes: Box::new(std::array::from_fn(|_| Stripe::default())),
         }
     }
 }
@@ -112,18 +140,57 @@ impl ReadBuffer {
     /// event whose writer has claimed a place but not yet stored it is
     /// left for the next drain, or counted as lost if a later push takes
     /// its place first (the race that makes the ring lossy).
+    #[cfg(test)]
     pub(crate) fn drain(&self, mut apply: impl FnMut(u64)) {
+        let mut events = [0; CAPACITY];
+        let n = self.take(&mut events);
+        for &ev in &events[..n] {
+            apply(ev);
+        }
+    }
+
+    /// [`ReadBuffer::drain`] into `out`; how many events it holds.
+    pub(crate) fn take(&self, out: &mut [u64; CAPACITY]) -> usize {
         let n = self.head.load(Ordering::Acquire).min(CAPACITY);
         if n == 0 {
-            return;
+            return 0;
         }
+        let mut taken = 0;
         for e in &self.events[..n] {
             let ev = e.swap(0, Ordering::AcqRel);
             if ev != 0 {
-                apply(ev);
+                out[taken] = ev;
+                taken += 1;
             }
         }
         self.head.store(0, Ordering::Release);
+        taken
+    }
+
+    /// Counts a read of a quiet entry.
+    #[inline]
+    pub(crate) fn count_quiet_hit(&self) {
+        self.stripes[stripe_index()]
+            .quiet_hits
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a miss.
+    #[inline]
+    pub(crate) fn count_miss(&self) {
+        self.stripes[stripe_index()]
+            .misses
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Quiet hits and misses counted so far (sums over the stripes).
+    pub(crate) fn counted(&self) -> (u64, u64) {
+        self.stripes.iter().fold((0, 0), |(h, m), s| {
+            (
+                h.wrapping_add(s.quiet_hits.load(Ordering::Relaxed)),
+                m.wrapping_add(s.misses.load(Ordering::Relaxed)),
+            )
+        })
     }
 
     /// Whether an entry marked `quiet` needs no report now.

@@ -35,6 +35,12 @@ pub(crate) trait Policy: Send + Sync + 'static {
     /// change nothing until [`Policy::epoch`] changes: the cache then counts
     /// them without reporting them (a hot entry costs no policy work).
     fn on_hit(&mut self, slot: u32, hash: u64) -> bool;
+    /// Reads what [`Policy::on_hit`] for `slot` will touch (the result is
+    /// only for the caller to sink): called for a batch of hits before they
+    /// are applied, so their cache misses overlap.
+    fn warm(&self, _slot: u32, _hash: u64) -> u64 {
+        0
+    }
     /// Reads that were counted but not reported one by one: hits on quiet
     /// entries (see [`Policy::on_hit`]) and misses.
     fn on_counted_reads(&mut self, _hits: u64, _misses: u64) {}

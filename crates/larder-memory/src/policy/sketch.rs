@@ -57,6 +57,11 @@ impl Sketch {
         })
     }
 
+    /// One word of `hash`'s block (to bring it into cache early).
+    pub(crate) fn warm(&self, hash: u64) -> u64 {
+        self.table[self.cells(hash)[0].0]
+    }
+
     /// The estimated recent frequency of `hash` (0..=15).
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
         self.cells(hash)
@@ -71,15 +76,16 @@ impl Sketch {
     /// it again changes nothing.
     pub(crate) fn increment(&mut self, hash: u64) -> bool {
         let mut added = false;
-        let mut saturated = true;
+        let mut min = MAX;
         for (w, s) in self.cells(hash) {
             let c = (self.table[w] >> s) & MAX;
             if c < MAX {
                 self.table[w] += 1 << s;
                 added = true;
-                saturated &= c + 1 == MAX;
             }
+            min = min.min((c + 1).min(MAX));
         }
+        let saturated = min == MAX;
         if added {
             self.additions += 1;
             if self.additions >= self.sample {

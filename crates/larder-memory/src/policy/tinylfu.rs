@@ -284,6 +284,11 @@ impl Policy for TinyLfu {
         quiet
     }
 
+    fn warm(&self, slot: u32, hash: u64) -> u64 {
+        let q = self.queue.get(slot as usize).map_or(0, |&q| q as u64);
+        self.sketch.warm(hash) ^ q ^ self.links.warm(slot)
+    }
+
     fn on_counted_reads(&mut self, hits: u64, misses: u64) {
         self.hits += hits;
         self.misses += misses;
