@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use larder_core::{CacheStats, Error, ErrorKind, Result, SharedClock, SystemClock};
-use parking_lot::{RwLock, RwLockWriteGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 
 use crate::flight::Flights;
 use crate::policy::{self, PolicyKind};
 use crate::reads::{self, Push, ReadBuffer};
-use crate::shard::{Removed, Shard};
+use crate::shard::{Maint, Removed, Shard};
 
 /// Why an entry left the cache (given to the eviction listener).
 #[non_exhaustive]
@@ -106,6 +106,15 @@ enum Read {
 struct ShardCell<K, V> {
     reads: ReadBuffer,
     lock: RwLock<Shard<K, V>>,
+    /// The policy, wheel and statistics; taken after `lock` (see `Maint`).
+    maint: Mutex<Maint>,
+}
+
+/// A shard locked for a write: the shard and its upkeep, with the read
+/// ring applied.
+struct Write<'a, K, V> {
+    shard: RwLockWriteGuard<'a, Shard<K, V>>,
+    m: MutexGuard<'a, Maint>,
 }
 
 pub(crate) struct Inner<K, V, S> {
@@ -309,7 +318,8 @@ where
                 let policy = policy::make(self.kind, cap, cap, weighted);
                 Padded(ShardCell {
                     reads: ReadBuffer::default(),
-                    lock: RwLock::new(Shard::new(policy, cap, weighted, 0)),
+                    lock: RwLock::new(Shard::new(cap, weighted)),
+                    maint: Mutex::new(Maint::new(policy, 0)),
                 })
             })
             .collect();
@@ -369,24 +379,27 @@ where
     }
 
     /// The shard, locked exclusively, with its read buffer applied.
-    fn write<'a>(&self, cell: &'a ShardCell<K, V>) -> RwLockWriteGuard<'a, Shard<K, V>> {
-        let mut shard = cell.lock.write();
-        shard.apply_reads(&cell.reads, None);
-        shard
+    fn write<'a>(&self, cell: &'a ShardCell<K, V>) -> Write<'a, K, V> {
+        let shard = cell.lock.write();
+        let mut m = cell.maint.lock();
+        shard.apply_reads(&mut m, &cell.reads, None);
+        Write { shard, m }
     }
 
     /// Hands a read's event to the policy through the shard's buffer.
     #[inline]
-    fn record(&self, cell: &ShardCell<K, V>, ev: u64) {
+    /// The shard is held shared: applying the ring takes only the upkeep
+    /// lock, so other reads of the shard go on meanwhile.
+    fn record(&self, cell: &ShardCell<K, V>, shard: &Shard<K, V>, ev: u64) {
         match cell.reads.push(ev) {
             Push::Done => {}
             Push::Full => {
-                if let Some(mut shard) = cell.lock.try_write() {
-                    shard.apply_reads(&cell.reads, None);
+                if let Some(mut m) = cell.maint.try_lock() {
+                    shard.apply_reads(&mut m, &cell.reads, None);
                 }
             }
-            Push::Rejected => match cell.lock.try_write() {
-                Some(mut shard) => shard.apply_reads(&cell.reads, Some(ev)),
+            Push::Rejected => match cell.maint.try_lock() {
+                Some(mut m) => shard.apply_reads(&mut m, &cell.reads, Some(ev)),
                 None => {
                     cell.reads.lost_hits.fetch_add(1, Ordering::Relaxed);
                 }
@@ -471,9 +484,9 @@ where
         let hash = self.hash(key);
         let cell = self.shard(hash);
         let now = self.now();
-        let (value, ev) = {
+        let (value, expired) = {
             let shard = cell.lock.read();
-            match shard.find(hash, key) {
+            let (value, ev) = match shard.find(hash, key) {
                 Some(slot) => {
                     let node = shard.node(slot);
                     if now != 0 && shard.expires_at(slot) <= now {
@@ -493,25 +506,23 @@ where
                     }
                 }
                 None => (None, Read::Miss),
+            };
+            match ev {
+                Read::Hit(Some(ev)) => self.record(cell, &shard, ev),
+                Read::Hit(None) => cell.reads.count_quiet_hit(),
+                Read::Miss | Read::Expired => cell.reads.count_miss(),
             }
+            (value, matches!(ev, Read::Expired))
         };
-        match ev {
-            Read::Hit(Some(ev)) => self.record(cell, ev),
-            Read::Hit(None) => {
-                cell.reads.count_quiet_hit();
+        if expired {
+            // The entry goes now.
+            let mut removed = Vec::new();
+            {
+                let mut w = self.write(cell);
+                w.shard
+                    .remove_expired(&mut w.m, hash, key, now, &mut removed);
             }
-            Read::Miss => cell.reads.count_miss(),
-            Read::Expired => {
-                // Expired: a miss, and the entry goes now.
-                let mut removed = Vec::new();
-                {
-                    let mut shard = cell.lock.write();
-                    cell.reads.count_miss();
-                    shard.apply_reads(&cell.reads, None);
-                    shard.remove_expired(hash, key, now, &mut removed);
-                }
-                self.notify(removed);
-            }
+            self.notify(removed);
         }
         value
     }
@@ -574,14 +585,23 @@ where
         let now = self.now();
         let mut removed = Vec::new();
         {
-            let mut shard = self.write(self.shard(hash));
+            let mut w = self.write(self.shard(hash));
             // Only the expiry hook tells a create from an update: look only then.
-            let replacing = self.inner.expiry.is_some() && shard.peek(hash, &key, now).is_some();
+            let replacing = self.inner.expiry.is_some() && w.shard.peek(hash, &key, now).is_some();
             let (hard, deadline) = self.write_deadline(&key, &value, now, ttl, replacing);
             if self.inner.timed.load(Ordering::Relaxed) {
-                shard.expire(now, &mut removed);
+                w.shard.expire(&mut w.m, now, &mut removed);
             }
-            shard.insert(hash, key, value, weight, hard, deadline, &mut removed);
+            w.shard.insert(
+                &mut w.m,
+                hash,
+                key,
+                value,
+                weight,
+                hard,
+                deadline,
+                &mut removed,
+            );
         }
         if !removed.is_empty() {
             self.notify(removed);
@@ -596,7 +616,11 @@ where
     {
         let hash = self.hash(key);
         let mut removed = Vec::new();
-        if !self.write(self.shard(hash)).remove(hash, key, &mut removed) {
+        let gone = {
+            let mut w = self.write(self.shard(hash));
+            w.shard.remove(&mut w.m, hash, key, &mut removed)
+        };
+        if !gone {
             return None;
         }
         if self.inner.listener.is_none() {
@@ -611,7 +635,10 @@ where
     pub fn clear(&self) {
         for s in self.inner.shards.iter() {
             let mut removed = Vec::new();
-            self.write(&s.0).clear(&mut removed);
+            {
+                let mut w = self.write(&s.0);
+                w.shard.clear(&mut w.m, &mut removed);
+            }
             self.notify(removed);
         }
     }
@@ -626,7 +653,10 @@ where
         let now = self.now();
         for s in self.inner.shards.iter() {
             let mut removed = Vec::new();
-            self.write(&s.0).expire(now, &mut removed);
+            {
+                let mut w = self.write(&s.0);
+                w.shard.expire(&mut w.m, now, &mut removed);
+            }
             self.notify(removed);
         }
     }
@@ -668,7 +698,7 @@ where
             .inner
             .shards
             .iter()
-            .map(|s| self.write(&s.0).window_capacity())
+            .map(|s| self.write(&s.0).m.window_capacity())
             .sum();
         PolicyInfo {
             kind: self.inner.kind,
@@ -690,7 +720,7 @@ where
     pub fn stats(&self) -> CacheStats {
         let mut s = CacheStats::default();
         for shard in self.inner.shards.iter() {
-            let st = self.write(&shard.0).stats;
+            let st = self.write(&shard.0).m.stats;
             let reads = &shard.0.reads;
             s.hits += st.hits + reads.lost_hits.load(Ordering::Relaxed);
             s.misses += st.misses;

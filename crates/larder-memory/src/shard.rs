@@ -87,19 +87,42 @@ pub(crate) struct Shard<K, V> {
     /// The most entries the shard can hold (its capacity without a
     /// weigher): the slab grows up to one more, exactly, no further.
     max_entries: Option<u64>,
-    policy: Box<dyn Policy>,
-    wheel: Wheel,
     weight: u64,
     len: u64,
     capacity: u64,
+}
+
+/// A shard's upkeep: the policy, the timer wheel and the statistics. It has
+/// its own lock, taken after the shard's: a writer holds both; whoever
+/// applies the read ring holds the shard's lock shared and this one, so
+/// reads go on meanwhile.
+pub(crate) struct Maint {
+    policy: Box<dyn Policy>,
+    wheel: Wheel,
     pub(crate) stats: ShardStats,
     /// `quiet_hits` and `misses` of the read buffer as last applied.
     quiet_seen: u64,
     misses_seen: u64,
 }
 
+impl Maint {
+    pub(crate) fn new(policy: Box<dyn Policy>, now: u64) -> Self {
+        Maint {
+            policy,
+            wheel: Wheel::new(now),
+            stats: ShardStats::default(),
+            quiet_seen: 0,
+            misses_seen: 0,
+        }
+    }
+
+    pub(crate) fn window_capacity(&self) -> Option<u64> {
+        self.policy.window_capacity()
+    }
+}
+
 impl<K: Hash + Eq, V: Clone> Shard<K, V> {
-    pub(crate) fn new(policy: Box<dyn Policy>, capacity: u64, weighted: bool, now: u64) -> Self {
+    pub(crate) fn new(capacity: u64, weighted: bool) -> Self {
         Shard {
             table: HashTable::new(),
             slots: Vec::new(),
@@ -107,14 +130,9 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             live: Vec::new(),
             free: Vec::new(),
             max_entries: (!weighted).then_some(capacity),
-            policy,
-            wheel: Wheel::new(now),
             weight: 0,
             len: 0,
             capacity,
-            stats: ShardStats::default(),
-            quiet_seen: 0,
-            misses_seen: 0,
         }
     }
 
@@ -128,10 +146,6 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
 
     pub(crate) fn capacity(&self) -> u64 {
         self.capacity
-    }
-
-    pub(crate) fn window_capacity(&self) -> Option<u64> {
-        self.policy.window_capacity()
     }
 
     pub(crate) fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>
@@ -200,7 +214,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
 
     /// A free slot, growing the slab (and the policy's per-slot arrays)
     /// when none is left: by doubling, but never past `max_entries`.
-    fn new_slot(&mut self) -> u32 {
+    fn new_slot(&mut self, m: &mut Maint) -> u32 {
         if let Some(s) = self.free.pop() {
             return s;
         }
@@ -217,7 +231,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             if !self.deadlines.is_empty() {
                 self.deadlines.reserve_exact(want - len);
             }
-            self.policy.reserve(want);
+            m.policy.reserve(want);
         }
         self.slots.push(None);
         if !self.deadlines.is_empty() {
@@ -227,23 +241,29 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     }
 
     /// Takes an entry out of every structure.
-    fn remove_slot(&mut self, slot: u32, cause: RemovalCause, out: &mut Removed<K, V>) {
+    fn remove_slot(
+        &mut self,
+        m: &mut Maint,
+        slot: u32,
+        cause: RemovalCause,
+        out: &mut Removed<K, V>,
+    ) {
         let info = self.info(slot);
         self.set_live(slot, false);
         let node = self.slots[slot as usize].take().expect("a live slot");
         if let Ok(e) = self.table.find_entry(node.hash(), |&s| s == slot) {
             e.remove();
         }
-        self.policy.on_remove(slot, info);
-        self.wheel.unschedule(slot);
+        m.policy.on_remove(slot, info);
+        m.wheel.unschedule(slot);
         self.weight -= u64::from(node.weight);
         self.len -= 1;
         self.free.push(slot);
         match cause {
-            RemovalCause::Expired => self.stats.expired += 1,
-            RemovalCause::Evicted => self.stats.evicted += 1,
-            RemovalCause::Removed => self.stats.removed += 1,
-            RemovalCause::Replaced => self.stats.replaced += 1,
+            RemovalCause::Expired => m.stats.expired += 1,
+            RemovalCause::Evicted => m.stats.evicted += 1,
+            RemovalCause::Removed => m.stats.removed += 1,
+            RemovalCause::Replaced => m.stats.replaced += 1,
         }
         out.push((node.key, node.value, cause));
     }
@@ -251,16 +271,16 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     /// Applies the read buffer's events (and `extra`, one that found the
     /// buffer full) to the policy and the statistics, and publishes the
     /// policy's epoch.
-    pub(crate) fn apply_reads(&mut self, buf: &ReadBuffer, extra: Option<u64>) {
+    pub(crate) fn apply_reads(&self, m: &mut Maint, buf: &ReadBuffer, extra: Option<u64>) {
         let (quiet, misses) = buf.counted();
-        if quiet != self.quiet_seen || misses != self.misses_seen {
-            let hits = quiet.wrapping_sub(self.quiet_seen);
-            let missed = misses.wrapping_sub(self.misses_seen);
-            self.quiet_seen = quiet;
-            self.misses_seen = misses;
-            self.stats.hits += hits;
-            self.stats.misses += missed;
-            self.policy.on_counted_reads(hits, missed);
+        if quiet != m.quiet_seen || misses != m.misses_seen {
+            let hits = quiet.wrapping_sub(m.quiet_seen);
+            let missed = misses.wrapping_sub(m.misses_seen);
+            m.quiet_seen = quiet;
+            m.misses_seen = misses;
+            m.stats.hits += hits;
+            m.stats.misses += missed;
+            m.policy.on_counted_reads(hits, missed);
         }
         let mut events = [0; reads::CAPACITY];
         let n = buf.take(&mut events);
@@ -269,24 +289,24 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         let mut sink = 0u64;
         for &ev in &events[..n] {
             let (slot, tag) = reads::decode(ev);
-            sink ^= self.policy.warm(slot, u64::from(tag));
+            sink ^= m.policy.warm(slot, u64::from(tag));
         }
         std::hint::black_box(sink);
         for &ev in &events[..n] {
-            self.apply_read(ev);
+            self.apply_read(m, ev);
         }
         if let Some(ev) = extra {
-            self.apply_read(ev);
+            self.apply_read(m, ev);
         }
-        self.unmark_unquiet();
-        buf.set_epoch(self.policy.epoch());
+        self.unmark_unquiet(m);
+        buf.set_epoch(m.policy.epoch());
     }
 
     /// Clears the quiet mark of every entry the policy no longer calls
     /// quiet (call before releasing the write lock).
-    fn unmark_unquiet(&mut self) {
+    fn unmark_unquiet(&self, m: &mut Maint) {
         let slots = &self.slots;
-        self.policy.take_unquiet(&mut |s| {
+        m.policy.take_unquiet(&mut |s| {
             if let Some(n) = slots.get(s as usize).and_then(Option::as_ref) {
                 n.quiet.store(0, Ordering::Relaxed);
             }
@@ -298,23 +318,23 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     /// for the policy (the sketch counts the tag), and a bitmap says
     /// whether the slot is still live. A slot freed and reused since the
     /// read credits the hit to its new entry: rare, and harmless.
-    fn apply_read(&mut self, ev: u64) {
+    fn apply_read(&self, m: &mut Maint, ev: u64) {
         let (slot, tag) = reads::decode(ev);
-        self.stats.hits += 1;
+        m.stats.hits += 1;
         if !self.is_live(slot) {
             return;
         }
-        if self.policy.on_hit(slot, u64::from(tag)) {
-            let mark = ReadBuffer::quiet_mark(self.policy.epoch());
+        if m.policy.on_hit(slot, u64::from(tag)) {
+            let mark = ReadBuffer::quiet_mark(m.policy.epoch());
             self.node(slot).quiet.store(mark, Ordering::Relaxed);
         }
         if self.deadlines.is_empty() {
             return;
         }
-        let (deadline, filed) = (self.expires_at(slot), self.wheel.scheduled(slot));
+        let (deadline, filed) = (self.expires_at(slot), m.wheel.scheduled(slot));
         if deadline != filed {
             let info = self.info(slot);
-            self.policy.on_update(
+            m.policy.on_update(
                 slot,
                 EntryInfo {
                     expires_at: filed,
@@ -322,7 +342,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 },
                 info,
             );
-            self.wheel.schedule(slot, deadline);
+            m.wheel.schedule(slot, deadline);
         }
     }
 
@@ -348,6 +368,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     /// it so). Counts nothing: the read counted its miss.
     pub(crate) fn remove_expired<Q>(
         &mut self,
+        m: &mut Maint,
         hash: u64,
         key: &Q,
         now: u64,
@@ -359,7 +380,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         if let Some(slot) = self.find(hash, key)
             && self.expires_at(slot) <= now
         {
-            self.remove_slot(slot, RemovalCause::Expired, out);
+            self.remove_slot(m, slot, RemovalCause::Expired, out);
         }
     }
 
@@ -379,6 +400,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert(
         &mut self,
+        m: &mut Maint,
         hash: u64,
         key: K,
         value: V,
@@ -387,15 +409,15 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         expires_at: u64,
         out: &mut Removed<K, V>,
     ) {
-        self.stats.inserts += 1;
+        m.stats.inserts += 1;
         let existing = self.find(hash, &key);
         if weight > self.capacity {
             if let Some(slot) = existing {
-                self.remove_slot(slot, RemovalCause::Replaced, out);
+                self.remove_slot(m, slot, RemovalCause::Replaced, out);
             }
-            self.stats.rejected += 1;
+            m.stats.rejected += 1;
             out.push((key, value, RemovalCause::Evicted));
-            self.stats.evicted += 1;
+            m.stats.evicted += 1;
             return;
         }
         match existing {
@@ -407,13 +429,13 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 self.set_deadlines(slot, hard, expires_at);
                 let new = self.info(slot);
                 self.weight = self.weight - old.weight + weight;
-                self.policy.on_update(slot, old, new);
-                self.wheel.schedule(slot, expires_at);
-                self.stats.replaced += 1;
+                m.policy.on_update(slot, old, new);
+                m.wheel.schedule(slot, expires_at);
+                m.stats.replaced += 1;
                 out.push((key, old_value, RemovalCause::Replaced));
             }
             None => {
-                let slot = self.new_slot();
+                let slot = self.new_slot(m);
                 self.slots[slot as usize] = Some(Node {
                     key,
                     quiet: AtomicU32::new(0),
@@ -430,32 +452,38 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 });
                 self.weight += weight;
                 self.len += 1;
-                self.policy.on_insert(slot, info);
-                self.wheel.schedule(slot, expires_at);
+                m.policy.on_insert(slot, info);
+                m.wheel.schedule(slot, expires_at);
             }
         }
         while self.weight > self.capacity {
             let slots = &self.slots;
             let hash_of = |s: u32| slots[s as usize].as_ref().map_or(0, Node::hash);
-            let Some(v) = self.policy.victim(&hash_of) else {
+            let Some(v) = m.policy.victim(&hash_of) else {
                 break;
             };
             if v.rejected_by_admission {
-                self.stats.rejected += 1;
+                m.stats.rejected += 1;
             }
-            self.remove_slot(v.slot, RemovalCause::Evicted, out);
+            self.remove_slot(m, v.slot, RemovalCause::Evicted, out);
         }
-        self.unmark_unquiet();
+        self.unmark_unquiet(m);
     }
 
-    pub(crate) fn remove<Q>(&mut self, hash: u64, key: &Q, out: &mut Removed<K, V>) -> bool
+    pub(crate) fn remove<Q>(
+        &mut self,
+        m: &mut Maint,
+        hash: u64,
+        key: &Q,
+        out: &mut Removed<K, V>,
+    ) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         match self.find(hash, key) {
             Some(slot) => {
-                self.remove_slot(slot, RemovalCause::Removed, out);
+                self.remove_slot(m, slot, RemovalCause::Removed, out);
                 true
             }
             None => false,
@@ -463,29 +491,29 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     }
 
     /// Removes everything.
-    pub(crate) fn clear(&mut self, out: &mut Removed<K, V>) {
+    pub(crate) fn clear(&mut self, m: &mut Maint, out: &mut Removed<K, V>) {
         for slot in 0..self.slots.len() as u32 {
             if self.slots[slot as usize].is_some() {
-                self.remove_slot(slot, RemovalCause::Removed, out);
+                self.remove_slot(m, slot, RemovalCause::Removed, out);
             }
         }
     }
 
     /// Expires what the wheel says is due by `now`.
-    pub(crate) fn expire(&mut self, now: u64, out: &mut Removed<K, V>) {
+    pub(crate) fn expire(&mut self, m: &mut Maint, now: u64, out: &mut Removed<K, V>) {
         let mut due = Vec::new();
-        self.wheel.advance(now, &mut due);
+        m.wheel.advance(now, &mut due);
         for slot in due {
             if self.slots[slot as usize].is_none() {
                 continue;
             }
             let deadline = self.expires_at(slot);
             if deadline <= now {
-                self.remove_slot(slot, RemovalCause::Expired, out);
+                self.remove_slot(m, slot, RemovalCause::Expired, out);
             } else {
                 // A read moved the deadline and its event was lost or not
                 // yet applied: file it again.
-                self.wheel.schedule(slot, deadline);
+                m.wheel.schedule(slot, deadline);
             }
         }
     }
