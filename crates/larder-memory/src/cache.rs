@@ -99,9 +99,9 @@ enum Read {
     Expired,
 }
 
-/// A shard and its read buffer. The fields every read touches (the
-/// buffer's counters, the lock word, the shard's table and slab) share the
-/// cell's first 128 bytes.
+/// A shard, its read ring and its upkeep. What every read touches (the
+/// epoch and ring head, the lock word, the shard's table and slab) shares
+/// the cell's first 128 bytes.
 #[repr(C)]
 struct ShardCell<K, V> {
     reads: ReadBuffer,
@@ -386,10 +386,10 @@ where
         Write { shard, m }
     }
 
-    /// Hands a read's event to the policy through the shard's buffer.
+    /// Hands a read's event to the policy through the shard's ring. The
+    /// shard is held shared: applying the ring takes only the upkeep lock,
+    /// so other reads of the shard go on meanwhile.
     #[inline]
-    /// The shard is held shared: applying the ring takes only the upkeep
-    /// lock, so other reads of the shard go on meanwhile.
     fn record(&self, cell: &ShardCell<K, V>, shard: &Shard<K, V>, ev: u64) {
         match cell.reads.push(ev) {
             Push::Done => {}

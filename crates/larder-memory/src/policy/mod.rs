@@ -28,7 +28,7 @@ pub(crate) struct Victim {
     pub(crate) rejected_by_admission: bool,
 }
 
-pub(crate) trait Policy: Send + Sync + 'static {
+pub(crate) trait Policy: Send + 'static {
     /// A new entry now lives in `slot`.
     fn on_insert(&mut self, slot: u32, info: EntryInfo);
     /// `slot` was read. Returns whether further reads of `slot` would
