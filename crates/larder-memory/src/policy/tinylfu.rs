@@ -402,3 +402,150 @@ impl Policy for TinyLfu {
         Some(self.window_max)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// Walks every list and checks the policy's structure against the live
+    /// slots the driver keeps: each live slot is in exactly the list its
+    /// queue byte names, list lengths and weights add up, and quiet marks
+    /// sit only outside probation.
+    fn check(p: &TinyLfu, live: &BTreeMap<u32, u64>) {
+        let mut seen = BTreeSet::new();
+        for (q, list) in [
+            (Queue::Window, &p.window),
+            (Queue::Probation, &p.probation),
+            (Queue::Protected, &p.protected),
+        ] {
+            let (mut n, mut w, mut cur) = (0, 0, list.head());
+            while let Some(s) = cur {
+                assert!(seen.insert(s), "slot {s} is in two lists");
+                assert_eq!(p.queue[s as usize], q, "slot {s}'s queue byte");
+                assert!(live.contains_key(&s), "dead slot {s} in {q:?}");
+                if q == Queue::Probation {
+                    assert!(!p.quiet[s as usize], "quiet slot {s} in probation");
+                }
+                n += 1;
+                w += p.weight(s);
+                cur = p.links.next(s);
+            }
+            assert_eq!((n, w), (list.len, list.weight), "{q:?} totals");
+        }
+        assert_eq!(seen.len(), live.len(), "a live slot is in no list");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u8),
+        Hit(u8),
+        /// A burst of reads of one key: hot keys saturate and go quiet.
+        Burst(u8, u8),
+        Remove(u8),
+        Reads(u8, u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => any::<u8>().prop_map(Op::Insert),
+            6 => any::<u8>().prop_map(Op::Hit),
+            2 => (any::<u8>(), 10u8..30).prop_map(|(k, n)| Op::Burst(k, n)),
+            1 => any::<u8>().prop_map(Op::Remove),
+            1 => (any::<u8>(), any::<u8>()).prop_map(|(h, m)| Op::Reads(h, m)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Drives the policy as a shard does (insert, then evict while over
+        /// capacity; hits, quiet or not; removals; counted reads) and
+        /// checks its structure after every step. Keys are slots here, and
+        /// a key's hash is fixed, so hot keys saturate and go quiet.
+        #[test]
+        fn structure_holds_through_any_sequence(
+            cap in 1u64..24,
+            ops in proptest::collection::vec(op(), 1..600),
+        ) {
+            let mut p = TinyLfu::new(cap, cap, false);
+            let mut live: BTreeMap<u32, u64> = BTreeMap::new();
+            let hash = |k: u8| u64::from(k).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            for op in ops {
+                match op {
+                    Op::Insert(k) => {
+                        let slot = u32::from(k % 48);
+                        if live.contains_key(&slot) {
+                            continue;
+                        }
+                        let info = EntryInfo { hash: hash(k % 48), weight: 1, expires_at: u64::MAX };
+                        p.on_insert(slot, info);
+                        live.insert(slot, info.hash);
+                        while live.len() as u64 > cap {
+                            let v = p
+                                .victim(&|s| live.get(&s).copied().unwrap_or(0))
+                                .expect("a victim while over capacity");
+                            let h = live.remove(&v.slot).expect("the victim is live");
+                            p.on_remove(v.slot, EntryInfo { hash: h, weight: 1, expires_at: u64::MAX });
+                        }
+                    }
+                    Op::Hit(k) => {
+                        let slot = u32::from(k % 48);
+                        if let Some(&h) = live.get(&slot) {
+                            p.on_hit(slot, h);
+                        }
+                    }
+                    Op::Burst(k, n) => {
+                        let slot = u32::from(k % 48);
+                        if let Some(&h) = live.get(&slot) {
+                            for _ in 0..n {
+                                p.on_hit(slot, h);
+                            }
+                        }
+                    }
+                    Op::Remove(k) => {
+                        let slot = u32::from(k % 48);
+                        if let Some(h) = live.remove(&slot) {
+                            p.on_remove(slot, EntryInfo { hash: h, weight: 1, expires_at: u64::MAX });
+                        }
+                    }
+                    Op::Reads(h, m) => p.on_counted_reads(u64::from(h), u64::from(m)),
+                }
+                p.take_unquiet(&mut |_| {});
+                check(&p, &live);
+                prop_assert!(p.window_max >= 1 && p.window_max <= cap.max(1));
+            }
+        }
+    }
+
+    #[test]
+    fn a_hot_entry_goes_quiet_and_a_demoted_one_is_unmarked() {
+        let mut p = TinyLfu::new(4, 4, false);
+        let live: BTreeMap<u32, u64> = (0..4u32).map(|s| (s, u64::from(s) * 2 + 1)).collect();
+        for (&s, &h) in &live {
+            p.on_insert(
+                s,
+                EntryInfo {
+                    hash: h,
+                    weight: 1,
+                    expires_at: u64::MAX,
+                },
+            );
+        }
+        // Reads until slot 0's frequency saturates: then it is quiet.
+        let quiet = (0..40).map(|_| p.on_hit(0, 1)).last();
+        assert_eq!(quiet, Some(true));
+        assert!(p.quiet[0]);
+        let mut unmarked = Vec::new();
+        p.take_unquiet(&mut |s| unmarked.push(s));
+        assert!(unmarked.is_empty());
+        // Forced into probation (as a demotion does): no longer quiet, and
+        // the shard is told to clear its mark.
+        p.unlink(0);
+        p.push(Queue::Probation, 0);
+        assert!(!p.quiet[0]);
+        p.take_unquiet(&mut |s| unmarked.push(s));
+        assert_eq!(unmarked, [0]);
+    }
+}
