@@ -136,11 +136,11 @@ fn tinylfu_keeps_a_hot_set_through_a_scan() {
             cache.insert(k, k);
         }
     }
-    // Most of the hot set survives; a few go with the window, which the
-    // climber grew while the hot phase hit 95% of the time.
+    // The hot set survives (all 50 today; the window, which the climber
+    // grows while the hot phase hits 95% of the time, may cost a few).
     let kept = (0..50).filter(|k| cache.peek(k).is_some()).count();
     assert!(
-        kept >= 40,
+        kept >= 45,
         "the scan flushed the hot set: {kept} of 50 kept"
     );
     let lru: MemoryCache<u64, u64> = MemoryCache::builder(100)
