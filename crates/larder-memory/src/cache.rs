@@ -319,7 +319,7 @@ where
                 Padded(ShardCell {
                     reads: ReadBuffer::default(),
                     lock: RwLock::new(Shard::new(cap, weighted)),
-                    maint: Mutex::new(Maint::new(policy, 0)),
+                    maint: Mutex::new(Maint::new(policy)),
                 })
             })
             .collect();

@@ -192,18 +192,13 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher,
 {
-    let mut init = Some(init);
     let shard = cache.shard_index(cache.hash(&key));
     loop {
         match step(cache, &key, shard) {
             Step::Found(v) => return Ok(v),
-            Step::Lead(mut lead) => {
-                let Some(f) = init.take() else {
-                    // Unreachable: a leader runs init once and returns.
-                    lead.finish(State::Abandoned);
-                    continue;
-                };
-                return conclude(cache, &key, lead, catch_unwind(AssertUnwindSafe(f)));
+            // The leader runs `init` and returns: it is moved only once.
+            Step::Lead(lead) => {
+                return conclude(cache, &key, lead, catch_unwind(AssertUnwindSafe(init)));
             }
             Step::Wait(flight) => {
                 let mut st = flight.state.lock();
@@ -231,19 +226,14 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<V>>,
 {
-    let mut init = Some(init);
     let shard = cache.shard_index(cache.hash(&key));
     loop {
         match step(cache, &key, shard) {
             Step::Found(v) => return Ok(v),
             // If this future is dropped while awaiting, `lead` drops and the
             // flight is abandoned: waiters retry and one of them leads.
-            Step::Lead(mut lead) => {
-                let Some(f) = init.take() else {
-                    lead.finish(State::Abandoned);
-                    continue;
-                };
-                let mut fut = Box::pin(f());
+            Step::Lead(lead) => {
+                let mut fut = Box::pin(init());
                 let outcome = std::future::poll_fn(|cx| {
                     match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
                         Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),

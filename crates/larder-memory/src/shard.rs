@@ -106,10 +106,11 @@ pub(crate) struct Maint {
 }
 
 impl Maint {
-    pub(crate) fn new(policy: Box<dyn Policy>, now: u64) -> Self {
+    /// Upkeep for a new shard; time starts at 0 (the cache's origin).
+    pub(crate) fn new(policy: Box<dyn Policy>) -> Self {
         Maint {
             policy,
-            wheel: Wheel::new(now),
+            wheel: Wheel::new(0),
             stats: ShardStats::default(),
             quiet_seen: 0,
             misses_seen: 0,

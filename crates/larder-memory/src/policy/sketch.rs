@@ -49,7 +49,7 @@ impl Sketch {
         // Reads reach the policy with the low 32 bits of the key's hash
         // (see `reads`): count every key by those.
         let hash = u64::from(hash as u32);
-        let block = ((hash ^ (hash >> 29)).wrapping_mul(SEEDS[0]) >> 32) as usize & self.block_mask;
+        let block = self.block(hash);
         std::array::from_fn(|row| {
             let h = (hash ^ (hash >> 31)).wrapping_mul(SEEDS[row]) >> 59;
             let word = block * 8 + row * 2 + (h & 1) as usize;
@@ -57,9 +57,16 @@ impl Sketch {
         })
     }
 
+    /// The 64-byte block holding `hash`'s counters.
+    #[inline]
+    fn block(&self, hash: u64) -> usize {
+        let hash = u64::from(hash as u32);
+        ((hash ^ (hash >> 29)).wrapping_mul(SEEDS[0]) >> 32) as usize & self.block_mask
+    }
+
     /// One word of `hash`'s block (to bring it into cache early).
     pub(crate) fn warm(&self, hash: u64) -> u64 {
-        self.table[self.cells(hash)[0].0]
+        self.table[self.block(hash) * 8]
     }
 
     /// The estimated recent frequency of `hash` (0..=15).

@@ -61,8 +61,8 @@ pub(crate) struct TinyLfu {
     direction: f64,
     /// Whether the last adjustment changed the window.
     moved: bool,
-    /// Periods completed.
-    periods: u64,
+    /// Whether the first (shorter) period is over.
+    looked: bool,
     /// Per slot: reads are quiet (see [`Policy::on_hit`]).
     quiet: Vec<bool>,
     /// Quiet entries that moved to probation since the shard last asked:
@@ -103,7 +103,7 @@ impl TinyLfu {
             step: STEP_INITIAL * capacity as f64,
             direction: 1.0,
             moved: true,
-            periods: 0,
+            looked: false,
             quiet: Vec::new(),
             unquiet: Vec::new(),
         }
@@ -210,11 +210,7 @@ impl TinyLfu {
 
     fn climb(&mut self) {
         let requests = self.hits + self.misses;
-        let period = if self.periods == 0 {
-            FIRST_PERIOD
-        } else {
-            PERIOD
-        };
+        let period = if self.looked { PERIOD } else { FIRST_PERIOD };
         if requests < period * self.sample {
             return;
         }
@@ -223,7 +219,7 @@ impl TinyLfu {
         self.previous_hit_rate = hit_rate;
         self.hits = 0;
         self.misses = 0;
-        self.periods += 1;
+        self.looked = true;
         if change.abs() < DEAD_BAND {
             return;
         }
