@@ -516,7 +516,7 @@ where
         };
         if expired {
             // The entry goes now.
-            let mut removed = Vec::new();
+            let mut removed = Removed::new();
             {
                 let mut w = self.write(cell);
                 w.shard
@@ -583,7 +583,7 @@ where
             .as_ref()
             .map_or(1, |w| u64::from(w(&key, &value)));
         let now = self.now();
-        let mut removed = Vec::new();
+        let mut removed = Removed::new();
         {
             let mut w = self.write(self.shard(hash));
             // Only the expiry hook tells a create from an update: look only then.
@@ -615,7 +615,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let mut removed = Vec::new();
+        let mut removed = Removed::new();
         let gone = {
             let mut w = self.write(self.shard(hash));
             w.shard.remove(&mut w.m, hash, key, &mut removed)
@@ -624,17 +624,17 @@ where
             return None;
         }
         if self.inner.listener.is_none() {
-            return removed.pop().map(|(_, v, _)| v);
+            return removed.into_first_value();
         }
-        let value = removed[0].1.clone();
+        let value = removed.first_value().cloned();
         self.notify(removed);
-        Some(value)
+        value
     }
 
     /// Removes every entry (the listener hears [`RemovalCause::Removed`]).
     pub fn clear(&self) {
         for s in self.inner.shards.iter() {
-            let mut removed = Vec::new();
+            let mut removed = Removed::new();
             {
                 let mut w = self.write(&s.0);
                 w.shard.clear(&mut w.m, &mut removed);
@@ -652,7 +652,7 @@ where
         }
         let now = self.now();
         for s in self.inner.shards.iter() {
-            let mut removed = Vec::new();
+            let mut removed = Removed::new();
             {
                 let mut w = self.write(&s.0);
                 w.shard.expire(&mut w.m, now, &mut removed);

@@ -59,8 +59,56 @@ impl Deadline {
 }
 
 /// Entries that left the shard during one operation, with their cause, for
-/// the listener (called after the lock is released).
-pub(crate) type Removed<K, V> = Vec<(K, V, RemovalCause)>;
+/// the listener (called after the lock is released) or to be dropped there.
+/// Most operations remove at most one entry (a replaced value, one victim):
+/// the first is kept inline, so a steady-state insert does not allocate.
+pub(crate) struct Removed<K, V> {
+    first: Option<(K, V, RemovalCause)>,
+    rest: Vec<(K, V, RemovalCause)>,
+}
+
+impl<K, V> Removed<K, V> {
+    pub(crate) fn new() -> Self {
+        Removed {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, entry: (K, V, RemovalCause)) {
+        if self.first.is_none() {
+            self.first = Some(entry);
+        } else {
+            self.rest.push(entry);
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// The first removed value.
+    pub(crate) fn first_value(&self) -> Option<&V> {
+        self.first.as_ref().map(|(_, v, _)| v)
+    }
+
+    /// The first removed value, dropping the rest.
+    pub(crate) fn into_first_value(self) -> Option<V> {
+        self.first.map(|(_, v, _)| v)
+    }
+}
+
+impl<K, V> IntoIterator for Removed<K, V> {
+    type Item = (K, V, RemovalCause);
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<(K, V, RemovalCause)>,
+        std::vec::IntoIter<(K, V, RemovalCause)>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
+}
 
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct ShardStats {
