@@ -77,6 +77,7 @@ pub struct ServerBuilder {
     cluster: bool,
     tls: bool,
     args: Vec<String>,
+    first_port: Option<u16>,
 }
 
 impl ServerBuilder {
@@ -121,12 +122,24 @@ impl ServerBuilder {
         self
     }
 
+    /// The port to try first, instead of a free one drawn at random; if it
+    /// is taken, start-up draws free ones as usual. For tests of the
+    /// testkit's own collision handling.
+    pub fn first_port(mut self, port: u16) -> Self {
+        self.first_port = Some(port);
+        self
+    }
+
     /// Starts the server on a free loopback port and waits until it answers.
     pub fn start(self) -> Result<RedisServer> {
+        let port = match self.first_port {
+            Some(p) => p,
+            None => free_port()?,
+        };
         let mut server = RedisServer {
             binary: find_redis_server()?,
             dir: tempfile::Builder::new().prefix("larder-redis-").tempdir()?,
-            port: free_port()?,
+            port,
             settings: self,
             child: None,
         };
@@ -227,15 +240,26 @@ impl RedisServer {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        let ready_before = self.ready_lines();
         let child = cmd
             .spawn()
             .map_err(|e| Error::new(format!("could not run {}: {e}", self.binary.display())))?;
         self.child = Some(child);
-        self.wait_ready()
+        self.wait_ready(ready_before)
     }
 
+    /// How many times this server's own log says it is ready. A port that
+    /// answers is not enough: between `free_port` and the bind, a server of
+    /// another test may take the port, and then it is that one answering
+    /// while ours fails to bind (and the other's test later kills it).
+    fn ready_lines(&self) -> usize {
+        std::fs::read_to_string(self.log_path())
+            .map_or(0, |l| l.matches("Ready to accept connections").count())
+    }
+
+    /// Waits until this process (its log says so) serves the port.
     #[allow(clippy::disallowed_methods)] // a deadline for an external process, not cache time
-    fn wait_ready(&mut self) -> Result<()> {
+    fn wait_ready(&mut self, ready_before: usize) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut()
@@ -250,12 +274,13 @@ impl RedisServer {
                     self.log_tail(),
                 ));
             }
-            let ready = if self.settings.tls {
-                // A TLS port that accepts means the server finished starting.
-                TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok()
-            } else {
-                ping(self.addr()).is_ok()
-            };
+            let ready = self.ready_lines() > ready_before
+                && if self.settings.tls {
+                    // A TLS port that accepts means the server finished starting.
+                    TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok()
+                } else {
+                    ping(self.addr()).is_ok()
+                };
             if ready {
                 return Ok(());
             }

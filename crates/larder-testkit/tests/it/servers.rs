@@ -130,3 +130,23 @@ fn start_up_failure_carries_the_log() {
     let text = err.to_string();
     assert!(text.contains("exited at start-up"), "{text}");
 }
+
+/// A server that cannot bind its port must not be mistaken for the one
+/// already serving it: start-up waits for its own log to say it is ready,
+/// then draws another port. (Two tests can draw the same free port; before
+/// this check, the loser got a handle to the winner's server, which
+/// vanished when the winner's test ended: a flaky "connection refused".)
+#[test]
+fn a_taken_port_is_never_mistaken_for_our_server() {
+    let first = RedisServer::start().unwrap();
+    let mut second = RedisServer::builder()
+        .first_port(first.port())
+        .start()
+        .unwrap();
+    assert_ne!(second.port(), first.port(), "a handle to the other server");
+    // Each handle owns its own process: killing one leaves the other up.
+    second.kill();
+    let mut con = first.client().get_connection().unwrap();
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG");
+}
