@@ -61,6 +61,61 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// slow loader from putting an old value back over a newer write.
     async fn set_if_newer(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool>;
 
+    /// The version *ticket* of `key`: the version a value loaded from the
+    /// source of truth from now on must carry in its envelope, for
+    /// [`Store::fill`]. `0` when the store holds no version record for the
+    /// key (it was never invalidated or written through, or the record
+    /// expired together with the value).
+    ///
+    /// Versioned operations are what make the facade's invalidation safe
+    /// against a slow loader: read the ticket, load, then `fill` with the
+    /// ticket as the envelope's version; an [`Store::invalidate`] in between
+    /// raised the key's version, so the fill is refused. The default answers
+    /// [`crate::ErrorKind::Unsupported`]; stores used as the facade's L2
+    /// implement all four versioned methods.
+    async fn version(&self, key: &str) -> Result<u64> {
+        let _ = key;
+        Err(unsupported("version"))
+    }
+
+    /// Writes a loaded value (envelope bytes whose version is the ticket
+    /// from [`Store::version`]) unless the key's version record or the value
+    /// it holds is newer than the ticket, atomically; `true` if it was
+    /// written (or the identical bytes were already there). Foreign or
+    /// malformed bytes under the key are overwritten. Versions compare as
+    /// numbers, never as strings.
+    async fn fill(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        let _ = (key, value, ttl);
+        Err(unsupported("fill"))
+    }
+
+    /// Invalidates `key`, atomically: allocates a version greater than any
+    /// the key had (its version record, the version of the value it holds,
+    /// and the store's clock in microseconds, so versions never go back even
+    /// after the record expired), records it for `tombstone`, and removes
+    /// the value. Returns the new version. A loader that read its ticket
+    /// before this call can no longer [`Store::fill`] the key.
+    async fn invalidate(&self, key: &str, tombstone: Duration) -> Result<u64> {
+        let _ = (key, tombstone);
+        Err(unsupported("invalidate"))
+    }
+
+    /// Writes `value` (envelope bytes) with a newly allocated version, as
+    /// [`Store::invalidate`] allocates it, written into the envelope's
+    /// version field by the store, atomically; the version record lives for
+    /// `max(ttl, tombstone)`. Returns the version. Write-through uses it: no
+    /// fill that started earlier can overwrite the value.
+    async fn set_versioned(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        tombstone: Duration,
+    ) -> Result<u64> {
+        let _ = (key, value, ttl, tombstone);
+        Err(unsupported("set_versioned"))
+    }
+
     /// Reads many keys; the answer has one slot per key, in order.
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
         let mut out = Vec::with_capacity(keys.len());
@@ -86,6 +141,13 @@ pub trait Store: Send + Sync + fmt::Debug {
         }
         Ok(n)
     }
+}
+
+fn unsupported(what: &str) -> crate::Error {
+    crate::Error::new(
+        crate::ErrorKind::Unsupported,
+        format!("this store does not implement versioned operations ({what})"),
+    )
 }
 
 /// Reads values from the source of truth (a database, an API).

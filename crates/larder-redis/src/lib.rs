@@ -8,6 +8,7 @@ mod node;
 mod scripts;
 mod stats;
 mod store;
+mod versioned;
 pub mod structures;
 
 /// The `redis` client this crate is built against.

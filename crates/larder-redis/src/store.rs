@@ -58,7 +58,7 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn ttl_ms(ttl: Duration) -> Result<u64> {
+pub(crate) fn ttl_ms(ttl: Duration) -> Result<u64> {
     let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     if ms == 0 {
         return Err(Error::new(
@@ -500,6 +500,28 @@ impl Store for RedisStore {
             })
             .await?;
         Ok(written == 1)
+    }
+
+    async fn version(&self, key: &str) -> Result<u64> {
+        self.version_impl(key).await
+    }
+
+    async fn fill(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        self.fill_impl(key, value, ttl).await
+    }
+
+    async fn invalidate(&self, key: &str, tombstone: Duration) -> Result<u64> {
+        self.invalidate_impl(key, tombstone).await
+    }
+
+    async fn set_versioned(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        tombstone: Duration,
+    ) -> Result<u64> {
+        self.set_versioned_impl(key, value, ttl, tombstone).await
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {

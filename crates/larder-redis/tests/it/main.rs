@@ -5,6 +5,7 @@ mod faults;
 mod sharded;
 mod standalone;
 mod structures;
+mod versioned;
 
 use std::time::Duration;
 

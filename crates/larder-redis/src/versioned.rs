@@ -1,0 +1,187 @@
+//! Versioned operations (`Store::version`, `fill`, `invalidate`,
+//! `set_versioned`): what keeps a slow loader from putting an old value back
+//! after an invalidation or a write.
+//!
+//! Each data key `{ns}:{key}` has a version record `{ns}:{key}:v` in the same
+//! Cluster slot (same hash tag). Versions are integers below 2^53 (Lua's
+//! numbers are doubles); an allocated version is the largest of the record
+//! plus one, the stored value's version plus one, and the server's `TIME` in
+//! microseconds, so versions never go back, even after the record expired.
+//! Every comparison is numeric: the 8 big-endian version bytes of an
+//! envelope are read with `string.byte`, never compared as strings (Lua's
+//! string order follows the server's locale).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use larder_core::envelope::{HEADER_LEN, MAGIC};
+use larder_core::{Error, ErrorKind, Result};
+use redis::Script;
+
+use crate::stats::Cmd;
+use crate::store::{RedisStore, ttl_ms};
+
+/// Lua helpers shared by the scripts below.
+const PRELUDE: &str = r"
+local function is_env(s)
+  return s and string.len(s) >= 40 and string.byte(s, 1) == 76 and string.byte(s, 2) == 1
+end
+local function ver(s)
+  local v = 0
+  for i = 33, 40 do v = v * 256 + string.byte(s, i) end
+  return v
+end
+local function be8(v)
+  local b = {}
+  for i = 8, 1, -1 do
+    b[i] = v % 256
+    v = math.floor(v / 256)
+  end
+  return string.char(b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8])
+end
+local function allocate(data_key, ver_key)
+  local t = redis.call('TIME')
+  local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local rec = tonumber(redis.call('GET', ver_key) or '')
+  if rec and rec + 1 > v then v = rec + 1 end
+  local cur = redis.call('GET', data_key)
+  if is_env(cur) and ver(cur) + 1 > v then v = ver(cur) + 1 end
+  return v
+end
+";
+
+/// `KEYS[1]` data, `KEYS[2]` version record; `ARGV[1]` envelope whose
+/// version is the ticket; `ARGV[2]` PX. 1 if written (or already there).
+static FILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{PRELUDE}
+local t = ver(ARGV[1])
+local rec = tonumber(redis.call('GET', KEYS[2]) or '')
+if rec and rec > t then return 0 end
+local cur = redis.call('GET', KEYS[1])
+if is_env(cur) then
+  if cur == ARGV[1] then return 1 end
+  if ver(cur) > t then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"
+    ))
+});
+
+/// `KEYS[1]` data, `KEYS[2]` version record; `ARGV[1]` PX of the record.
+/// Returns the new version.
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{PRELUDE}
+local v = allocate(KEYS[1], KEYS[2])
+redis.call('SET', KEYS[2], string.format('%.0f', v), 'PX', ARGV[1])
+redis.call('DEL', KEYS[1])
+return v
+"
+    ))
+});
+
+/// `KEYS[1]` data, `KEYS[2]` version record; `ARGV[1]` envelope (its version
+/// bytes are replaced), `ARGV[2]` PX of the data, `ARGV[3]` PX of the record.
+/// Returns the version written.
+static SET_VERSIONED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{PRELUDE}
+local v = allocate(KEYS[1], KEYS[2])
+local e = string.sub(ARGV[1], 1, 32) .. be8(v) .. string.sub(ARGV[1], 41)
+redis.call('SET', KEYS[1], e, 'PX', ARGV[2])
+redis.call('SET', KEYS[2], string.format('%.0f', v), 'PX', ARGV[3])
+return v
+"
+    ))
+});
+
+/// The suffix of a key's version record.
+const VERSION_SUFFIX: &str = "v";
+
+/// The largest version a script can hold exactly (Lua numbers are doubles).
+pub(crate) const MAX_VERSION: u64 = 1 << 53;
+
+fn check_envelope(value: &[u8], what: &str) -> Result<u64> {
+    if value.len() < HEADER_LEN || value[0] != MAGIC {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("{what} takes envelope bytes (the version is in the header)"),
+        ));
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&value[larder_core::envelope::VERSION_RANGE]);
+    let v = u64::from_be_bytes(b);
+    if v >= MAX_VERSION {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("{what}: version {v} is not below 2^53"),
+        ));
+    }
+    Ok(v)
+}
+
+impl RedisStore {
+    fn versioned_keys(&self, key: &str) -> Result<(String, String)> {
+        let ks = self.keyspace();
+        Ok((ks.data_key(key)?, ks.internal_key(key, VERSION_SUFFIX)?))
+    }
+
+    pub(crate) async fn version_impl(&self, key: &str) -> Result<u64> {
+        let (data, rec) = self.versioned_keys(key)?;
+        let v: Option<u64> = self
+            .run_on(&data, Cmd::Get, true, "GET version", |mut c| {
+                let rec = &rec;
+                async move { redis::cmd("GET").arg(rec).query_async(&mut c).await }
+            })
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    pub(crate) async fn fill_impl(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        let (data, rec) = self.versioned_keys(key)?;
+        let ms = ttl_ms(ttl)?;
+        check_envelope(value, "fill")?;
+        // Retried safely: a retry after a lost reply finds its own bytes and answers 1.
+        let written: i64 = self
+            .run_on(&data, Cmd::Script, true, "fill script", |mut c| {
+                let mut inv = FILL.key(&data);
+                inv.key(&rec).arg(value).arg(ms);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(written == 1)
+    }
+
+    pub(crate) async fn invalidate_impl(&self, key: &str, tombstone: Duration) -> Result<u64> {
+        let (data, rec) = self.versioned_keys(key)?;
+        let ms = ttl_ms(tombstone)?;
+        // Retried: a second run allocates a higher version, the effect is the same.
+        self.run_on(&data, Cmd::Script, true, "invalidate script", |mut c| {
+            let mut inv = INVALIDATE.key(&data);
+            inv.key(&rec).arg(ms);
+            async move { inv.invoke_async(&mut c).await }
+        })
+        .await
+    }
+
+    pub(crate) async fn set_versioned_impl(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        tombstone: Duration,
+    ) -> Result<u64> {
+        let (data, rec) = self.versioned_keys(key)?;
+        let ms = ttl_ms(ttl)?;
+        let rec_ms = ms.max(ttl_ms(tombstone)?);
+        check_envelope(value, "set_versioned")?;
+        self.run_on(&data, Cmd::Script, true, "set-versioned script", |mut c| {
+            let mut inv = SET_VERSIONED.key(&data);
+            inv.key(&rec).arg(value).arg(ms).arg(rec_ms);
+            async move { inv.invoke_async(&mut c).await }
+        })
+        .await
+    }
+}
