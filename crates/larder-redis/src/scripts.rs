@@ -1,5 +1,10 @@
 //! The Lua scripts of the store, loaded once per process and run by
 //! EVALSHA with a transparent NOSCRIPT fallback (`redis::Script`).
+//!
+//! Rule for every script of the crate (here and in `structures/`): never
+//! order strings with `<`, `<=`, `>`, `>=`. Redis's Lua compares strings
+//! with `strcoll`, so the answer depends on the server's locale. Compare
+//! numbers (`tonumber`, `string.byte`) or test strings for equality only.
 
 use std::sync::LazyLock;
 
@@ -7,14 +12,25 @@ use redis::Script;
 
 /// `KEYS[1]` data key; `ARGV[1]` new envelope; `ARGV[2]` PX.
 /// Writes unless the current value is an envelope with a version >= the new
-/// one (versions are big-endian bytes 33..40, so string order is number order).
+/// one. Versions are big-endian u64s in bytes 33..40, compared byte by byte
+/// as numbers (`string.byte`): never with Lua's `<`/`>=` on strings, which
+/// Redis runs through `strcoll` under the server's `LC_COLLATE` (under
+/// `en_US.UTF-8`, version 1 would count as newer than 128).
 /// Foreign or short bytes are overwritten. Returns 1 if written.
 pub(crate) static SET_IF_NEWER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local cur = redis.call('GET', KEYS[1])
 if cur and string.len(cur) >= 40 and string.byte(cur, 1) == 76 and string.byte(cur, 2) == 1 then
-  if string.sub(cur, 33, 40) >= string.sub(ARGV[1], 33, 40) then
+  local newer = false
+  for i = 33, 40 do
+    local c, n = string.byte(cur, i), string.byte(ARGV[1], i)
+    if c ~= n then
+      newer = n > c
+      break
+    end
+  end
+  if not newer then
     return 0
   end
 end

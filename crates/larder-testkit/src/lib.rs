@@ -8,4 +8,7 @@ mod server;
 pub use cluster::{CLUSTER_SLOTS, RedisCluster};
 pub use error::{Error, Result};
 pub use proxy::FaultProxy;
-pub use server::{REDIS_SERVER_ENV, RedisServer, ServerBuilder, find_redis_server, start_masters};
+pub use server::{
+    REDIS_SERVER_ENV, RedisServer, ServerBuilder, find_redis_server, locale_available,
+    start_masters,
+};

@@ -77,6 +77,7 @@ pub struct ServerBuilder {
     cluster: bool,
     tls: bool,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     first_port: Option<u16>,
 }
 
@@ -120,6 +121,22 @@ impl ServerBuilder {
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_owned());
         self
+    }
+
+    /// Sets an environment variable of the server process (only the child's
+    /// environment; this process's is untouched).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Runs the server under `locale` (`LC_ALL`), for example
+    /// `en_US.UTF-8`. Redis sets `LC_COLLATE` from the environment, and Lua
+    /// string comparison (`<`, `>=`) then follows that locale's collation,
+    /// not byte order. Check [`locale_available`] first: glibc silently
+    /// falls back to `C` for a locale that is not installed.
+    pub fn locale(self, locale: &str) -> Self {
+        self.env("LC_ALL", locale)
     }
 
     /// The port to try first, instead of a free one drawn at random; if it
@@ -237,6 +254,9 @@ impl RedisServer {
             ]);
         }
         cmd.args(&self.settings.args);
+        for (k, v) in &self.settings.env {
+            cmd.env(k, v);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -470,7 +490,45 @@ fn ping(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
+/// Whether `locale` (for example `en_US.UTF-8`) is installed, by `locale -a`.
+/// Names are compared as glibc does: case and the dash of the codeset
+/// ignored (`en_US.UTF-8` = `en_US.utf8`). False when `locale` cannot run.
+pub fn locale_available(locale: &str) -> bool {
+    fn norm(name: &str) -> String {
+        let (lang, codeset) = name.split_once('.').unwrap_or((name, ""));
+        let codeset: String = codeset
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        format!("{lang}.{codeset}")
+    }
+    let want = norm(locale);
+    Command::new("locale")
+        .arg("-a")
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .is_some_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| norm(l.trim()) == want)
+        })
+}
+
 /// Starts `n` independent standalone servers (for Redlock and sharding).
 pub fn start_masters(n: usize) -> Result<Vec<RedisServer>> {
     (0..n).map(|_| RedisServer::start()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::locale_available;
+
+    #[test]
+    fn locale_names_are_compared_as_glibc_does() {
+        assert!(locale_available("C"), "`locale -a` always lists C");
+        assert!(!locale_available("xx_XX.UTF-8"));
+    }
 }

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod faults;
+mod locale;
 mod sharded;
 mod standalone;
 mod structures;
