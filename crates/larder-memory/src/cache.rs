@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use larder_core::{CacheStats, Error, ErrorKind, Result, SharedClock, SystemClock};
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 
-use crate::flight::Flights;
+use crate::flight::SingleFlight;
 use crate::policy::{self, PolicyKind};
 use crate::reads::{self, Push, ReadBuffer};
 use crate::shard::{Maint, Removed, Shard};
@@ -134,7 +134,7 @@ pub(crate) struct Inner<K, V, S> {
     listener: Option<Box<Listener<K, V>>>,
     kind: PolicyKind,
     capacity: u64,
-    pub(crate) flights: Flights<K, V>,
+    pub(crate) flights: SingleFlight<K, Result<V>>,
 }
 
 /// A concurrent, strictly bounded in-process cache. Cheap to clone (shared).
@@ -341,7 +341,7 @@ where
                 listener: self.listener,
                 kind: self.kind,
                 capacity: self.capacity,
-                flights: Flights::new(n),
+                flights: SingleFlight::with_shards(n),
             }),
         }
     }
@@ -756,6 +756,12 @@ where
         K: Clone,
     {
         crate::flight::get_or_try_insert_with(self, key, init)
+    }
+
+    /// How many callers are waiting on the running initialiser of `key`
+    /// (0 when none runs): the callers that single flight spared a load.
+    pub fn flight_waiters(&self, key: &K) -> usize {
+        self.inner.flights.waiters(key)
     }
 
     /// The async single flight: the caller whose future runs `init` is the

@@ -9,4 +9,5 @@ mod shard;
 mod wheel;
 
 pub use cache::{Builder, Expiry, MemoryCache, PolicyInfo, RemovalCause};
+pub use flight::{Join, Leader, SingleFlight, Wait};
 pub use policy::PolicyKind;

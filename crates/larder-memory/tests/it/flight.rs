@@ -42,11 +42,23 @@ fn errors_reach_every_waiter_and_are_not_cached() {
     assert_eq!(cache.get_or_try_insert_with(1, || Ok(5)).unwrap(), 5);
 }
 
+/// Spins (bounded, yielding) until `n` callers wait on the flight of `key`.
+fn until_waiting(cache: &MemoryCache<u32, u64>, key: u32, n: usize) {
+    for _ in 0..10_000_000 {
+        if cache.flight_waiters(&key) >= n {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    panic!("{n} waiters never joined the flight of {key}");
+}
+
 #[test]
 fn a_panicking_initialiser_gives_waiters_an_error() {
     let cache: MemoryCache<u32, u64> = MemoryCache::new(100);
     let started = Barrier::new(2);
     let release = Barrier::new(2);
+    let waiter_loads = AtomicUsize::new(0);
     std::thread::scope(|s| {
         let leader = s.spawn(|| {
             cache.get_or_try_insert_with(1, || {
@@ -56,17 +68,21 @@ fn a_panicking_initialiser_gives_waiters_an_error() {
             })
         });
         started.wait();
-        let waiter = s.spawn(|| cache.get_or_try_insert_with(1, || Ok(2)));
-        // The waiter is either waiting on the flight or will find it ended;
-        // let the leader panic now.
+        let waiter = s.spawn(|| {
+            cache.get_or_try_insert_with(1, || {
+                waiter_loads.fetch_add(1, Ordering::SeqCst);
+                Ok(2)
+            })
+        });
+        // The waiter is on the flight before the leader panics.
+        until_waiting(&cache, 1, 1);
         release.wait();
         assert!(leader.join().is_err(), "the leader's caller sees the panic");
-        match waiter.join().unwrap() {
-            Err(e) => assert_eq!(e.kind(), ErrorKind::SourcePanicked),
-            Ok(v) => assert_eq!(v, 2, "it arrived after the flight ended and loaded itself"),
-        }
+        let e = waiter.join().unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::SourcePanicked);
     });
-    assert_ne!(cache.get(&1), Some(0));
+    assert_eq!(waiter_loads.load(Ordering::SeqCst), 0);
+    assert_eq!(cache.get(&1), None, "nothing is cached after a panic");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,6 +116,10 @@ async fn async_waiters_share_the_leaders_value() {
             .await
         }));
     }
+    // Every waiter is on the flight before the leader finishes.
+    while cache.flight_waiters(&1) < 20 {
+        tokio::task::yield_now().await;
+    }
     tx.send(()).unwrap();
     assert_eq!(leader.await.unwrap().unwrap(), 10);
     for w in waiters {
@@ -126,7 +146,9 @@ async fn a_cancelled_leader_never_strands_its_waiters() {
     let c = cache.clone();
     let waiter =
         tokio::spawn(async move { c.get_or_try_insert_with_async(1, || async { Ok(2) }).await });
-    tokio::task::yield_now().await;
+    while cache.flight_waiters(&1) == 0 {
+        tokio::task::yield_now().await;
+    }
     leader.abort(); // the leader's future is dropped mid-load
     let got = tokio::time::timeout(Duration::from_secs(30), waiter)
         .await
@@ -155,15 +177,77 @@ async fn async_panic_becomes_an_error_for_waiters() {
     let c = cache.clone();
     let waiter =
         tokio::spawn(async move { c.get_or_try_insert_with_async(1, || async { Ok(3) }).await });
-    tokio::task::yield_now().await;
+    while cache.flight_waiters(&1) == 0 {
+        tokio::task::yield_now().await;
+    }
     go.notify_one();
     assert!(leader.await.unwrap_err().is_panic());
-    match tokio::time::timeout(Duration::from_secs(30), waiter)
+    let e = tokio::time::timeout(Duration::from_secs(30), waiter)
         .await
+        .expect("the waiter was stranded")
         .unwrap()
-        .unwrap()
-    {
-        Err(e) => assert_eq!(e.kind(), ErrorKind::SourcePanicked),
-        Ok(v) => assert_eq!(v, 3, "it arrived after the flight ended"),
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SourcePanicked);
+    assert_eq!(cache.get(&1), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_waiters_on_one_hot_key_all_get_the_value() {
+    use larder_memory::{Join, SingleFlight};
+    let flights: SingleFlight<u32, u64> = SingleFlight::new();
+    let Join::Leader(leader) = flights.join(7) else {
+        panic!("the first caller leads")
+    };
+    let mut waiters = Vec::new();
+    for _ in 0..10_000 {
+        let Join::Wait(w) = flights.join(7) else {
+            panic!("later callers wait")
+        };
+        waiters.push(tokio::spawn(w));
     }
+    assert_eq!(flights.waiters(&7), 10_000);
+    assert!(leader.finish(70));
+    for w in waiters {
+        assert_eq!(w.await.unwrap(), Some(70));
+    }
+    assert!(flights.is_empty());
+}
+
+#[test]
+fn a_forgotten_flight_does_not_publish_and_a_new_one_starts() {
+    use larder_memory::{Join, SingleFlight};
+    let flights: SingleFlight<&str, u32> = SingleFlight::new();
+    let Join::Leader(old) = flights.join("k") else {
+        panic!()
+    };
+    let Join::Wait(old_waiter) = flights.join("k") else {
+        panic!()
+    };
+    assert!(flights.forget("k"), "a flight was running");
+    let Join::Leader(new) = flights.join("k") else {
+        panic!("after forget, the next caller leads a new flight")
+    };
+    let mut published = false;
+    assert!(
+        !old.finish_with(1, |_| published = true),
+        "no longer current"
+    );
+    assert!(!published, "a forgotten flight must not publish");
+    assert_eq!(
+        old_waiter.wait_blocking(),
+        Some(1),
+        "its waiters still get its value"
+    );
+    assert!(new.finish_with(2, |_| published = true));
+    assert!(published);
+    // A dropped leader abandons its flight: waiters get None and retry.
+    let Join::Leader(l) = flights.join("k") else {
+        panic!()
+    };
+    let Join::Wait(w) = flights.join("k") else {
+        panic!()
+    };
+    drop(l);
+    assert_eq!(w.wait_blocking(), None);
+    assert!(flights.is_empty());
 }
