@@ -8,6 +8,12 @@
 //! - **Half-open**: after `open_for`, one probe call goes through (others
 //!   still fail fast); its success closes the breaker, its failure opens it
 //!   for another `open_for`.
+//! - A permit that is dropped without an outcome (the caller's future was
+//!   cancelled: a timeout around the call, a `select!`) counts as neither
+//!   success nor failure. A dropped probe releases its slot, so the next
+//!   call probes: a cancellation says nothing about the node, and a probe
+//!   slot held by a future that no longer exists would wedge the breaker
+//!   half-open, failing every call with `CircuitOpen` for good.
 //!
 //! Server error replies (wrong type, script errors) do not count: they prove
 //! the node is alive. Time comes from the core `Clock`.
@@ -86,10 +92,28 @@ pub(crate) struct Breaker {
     inner: Arc<StdMutex<Inner>>,
 }
 
-/// Permission to make one call; report its outcome.
+/// Permission to make one call; report its outcome with
+/// [`Breaker::record`]. Dropped unrecorded, it counts as neither success
+/// nor failure, and a probe's slot is freed for the next call.
 #[derive(Debug)]
 pub(crate) struct Permit {
     probe: bool,
+    inner: Arc<StdMutex<Inner>>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        // `record` clears `probe` first, so this runs only for a permit
+        // whose call was abandoned.
+        if self.probe {
+            lock(&self.inner).probe_in_flight = false;
+        }
+    }
+}
+
+fn lock(inner: &StdMutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    // The state stays consistent under a panic: every update is a plain store.
+    inner.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Breaker {
@@ -108,8 +132,7 @@ impl Breaker {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // The state stays consistent under a panic: every update is a plain store.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     pub(crate) fn state(&self) -> BreakerState {
@@ -140,10 +163,16 @@ impl Breaker {
         let mut g = self.lock();
         self.advance(&mut g);
         match g.state {
-            BreakerState::Closed => Ok(Permit { probe: false }),
+            BreakerState::Closed => Ok(Permit {
+                probe: false,
+                inner: Arc::clone(&self.inner),
+            }),
             BreakerState::HalfOpen if !g.probe_in_flight => {
                 g.probe_in_flight = true;
-                Ok(Permit { probe: true })
+                Ok(Permit {
+                    probe: true,
+                    inner: Arc::clone(&self.inner),
+                })
             }
             _ => Err(Error::new(
                 ErrorKind::CircuitOpen,
@@ -154,14 +183,16 @@ impl Breaker {
 
     /// Records the outcome of a permitted call. `failed` is true only for
     /// node failures (timeouts, connection errors).
-    pub(crate) fn record(&self, permit: Permit, failed: bool) {
+    pub(crate) fn record(&self, mut permit: Permit, failed: bool) {
+        // Taken, so that the permit's Drop has nothing left to release.
+        let probe = std::mem::take(&mut permit.probe);
         let mut g = self.lock();
-        if permit.probe {
+        if probe {
             g.probe_in_flight = false;
         }
         if failed {
             g.failures = g.failures.saturating_add(1);
-            if permit.probe
+            if probe
                 || g.state == BreakerState::HalfOpen
                 || g.failures >= self.config.failure_threshold
             {
@@ -170,7 +201,7 @@ impl Breaker {
             }
         } else {
             g.failures = 0;
-            if g.state != BreakerState::Open || permit.probe {
+            if g.state != BreakerState::Open || probe {
                 g.state = BreakerState::Closed;
                 g.opened_at = None;
             }
@@ -218,6 +249,37 @@ mod tests {
         b.record(probe, false);
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.allow().is_ok());
+    }
+
+    #[test]
+    fn a_dropped_probe_frees_its_slot() {
+        let clock = MockClock::new();
+        let b = Breaker::new(
+            "n",
+            BreakerConfig::new(1, Duration::from_secs(2)),
+            clock.shared(),
+        );
+        fail(&b);
+        clock.advance(Duration::from_secs(2));
+        let probe = b.allow().unwrap();
+        assert!(b.allow().is_err(), "one probe at a time");
+        drop(probe); // its caller was cancelled: no outcome
+        assert_eq!(
+            b.state(),
+            BreakerState::HalfOpen,
+            "neither success nor failure"
+        );
+        let probe = b.allow().expect("the next call probes");
+        b.record(probe, false);
+        assert_eq!(b.state(), BreakerState::Closed);
+        // A recorded permit's drop changes nothing.
+        let p = b.allow().unwrap();
+        b.record(p, true);
+        assert_eq!(b.state(), BreakerState::Open);
+        clock.advance(Duration::from_secs(2));
+        let probe = b.allow().unwrap();
+        b.record(probe, true);
+        assert!(b.allow().is_err(), "a failed probe re-opened it");
     }
 
     #[test]

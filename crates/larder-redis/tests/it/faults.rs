@@ -137,3 +137,63 @@ async fn a_store_can_be_built_while_redis_is_down() {
     }
     assert!(ok);
 }
+
+/// A half-open probe whose caller gives up (a timeout around the call, a
+/// `select!`) must not keep the probe slot: otherwise every later call on
+/// the node fails with `CircuitOpen` for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_probe_does_not_wedge_the_breaker() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).unwrap();
+    let clock = MockClock::new();
+    let open_for = Duration::from_secs(5);
+    // A long per-call deadline: the probe below ends only by being dropped.
+    let cfg = quick_config(Topology::Standalone(proxy.url()))
+        .response_timeout(T)
+        .breaker(BreakerConfig::new(2, open_for))
+        .build()
+        .unwrap();
+    let s = RedisStore::with_clock(cfg, clock.shared()).unwrap();
+    s.set("k", b"v", T).await.unwrap();
+
+    // Open the breaker with fast connection failures.
+    proxy.set_refusing(true);
+    proxy.cut_all();
+    for _ in 0..20 {
+        if s.breaker_states()[0].1 == BreakerState::Open {
+            break;
+        }
+        let e = s.get("k").await.unwrap_err();
+        assert!(e.is_backend_unavailable(), "{e}");
+    }
+    assert_eq!(s.breaker_states()[0].1, BreakerState::Open);
+
+    // Half-open; the probe reaches a silent link and its caller gives up.
+    clock.advance(open_for);
+    assert_eq!(s.breaker_states()[0].1, BreakerState::HalfOpen);
+    proxy.set_refusing(false);
+    proxy.set_stalled(true);
+    let abandoned = tokio::time::timeout(Duration::from_millis(200), s.get("k")).await;
+    assert!(
+        abandoned.is_err(),
+        "the probe was still in flight when dropped"
+    );
+
+    // Healed: the node serves again within one cool-down.
+    proxy.set_stalled(false);
+    let mut served = None;
+    for round in 0..2 {
+        match s.get("k").await {
+            Ok(v) => {
+                served = Some(v);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(round, 0, "still failing after one cool-down: {e}");
+                clock.advance(open_for);
+            }
+        }
+    }
+    assert_eq!(served.flatten().as_deref(), Some(&b"v"[..]));
+    assert_eq!(s.breaker_states()[0].1, BreakerState::Closed);
+}
