@@ -5,11 +5,13 @@
 //! repeats: a batch is sent as soon as the previous one has returned ("flush
 //! when the connection is free"), after one scheduler yield so that callers
 //! being polled at that moment join it. A lone caller pays one yield; many
-//! concurrent callers share round trips. The task stops when the last
-//! clone of the store is dropped; callers whose batch was in flight then get
-//! an `ErrorKind::Closed` error, never a hang.
+//! concurrent callers share round trips. The task is spawned by the first
+//! `get` (on that caller's runtime), so a store can be built outside a
+//! runtime. It stops when the last clone of the store is dropped; callers
+//! whose batch was in flight then get an `ErrorKind::Closed` error, never a
+//! hang.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 
 use larder_core::{Error, ErrorKind, Result};
 use tokio::sync::{mpsc, oneshot};
@@ -19,58 +21,83 @@ use crate::stats::Cmd;
 
 type Reply = oneshot::Sender<Result<Option<Vec<u8>>>>;
 
+type Request = (String, Reply);
+
+/// The batching task's state before it is spawned: node, queue, batch size.
+type Pending = (Arc<Node>, mpsc::Receiver<Request>, usize);
+
 #[derive(Debug)]
 pub(crate) struct Batcher {
-    tx: mpsc::Sender<(String, Reply)>,
+    tx: mpsc::Sender<Request>,
+    /// What the task needs, until the first `get` spawns it.
+    pending: StdMutex<Option<Pending>>,
+    /// Set once the task runs (one atomic load per `get` after that).
+    started: OnceLock<()>,
 }
 
 impl Batcher {
-    pub(crate) fn spawn(node: Arc<Node>, max_batch: usize) -> Batcher {
-        let (tx, mut rx) = mpsc::channel::<(String, Reply)>(max_batch.saturating_mul(16).max(64));
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(max_batch);
-            while rx.recv_many(&mut batch, max_batch).await > 0 {
-                if batch.len() < max_batch {
-                    // Let callers that are being polled right now enqueue too,
-                    // so a burst goes out as one MGET rather than 1 + the rest.
-                    tokio::task::yield_now().await;
-                    while batch.len() < max_batch {
-                        match rx.try_recv() {
-                            Ok(req) => batch.push(req),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                let (keys, replies): (Vec<String>, Vec<Reply>) = batch.drain(..).unzip();
-                let answer = node
-                    .run(Cmd::MGet, true, "batched MGET", |mut c| {
-                        let keys = &keys;
-                        async move {
-                            redis::cmd("MGET")
-                                .arg(keys)
-                                .query_async::<Vec<Option<Vec<u8>>>>(&mut c)
-                                .await
-                        }
-                    })
-                    .await;
-                match answer {
-                    Ok(values) => {
-                        for (reply, v) in replies.into_iter().zip(values) {
-                            let _ = reply.send(Ok(v));
-                        }
-                    }
-                    Err(e) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(e.clone()));
-                        }
+    /// A batcher whose task starts with the first `get`.
+    pub(crate) fn new(node: Arc<Node>, max_batch: usize) -> Batcher {
+        let (tx, rx) = mpsc::channel::<Request>(max_batch.saturating_mul(16).max(64));
+        Batcher {
+            tx,
+            pending: StdMutex::new(Some((node, rx, max_batch))),
+            started: OnceLock::new(),
+        }
+    }
+
+    fn start(&self) {
+        self.started.get_or_init(|| {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((node, rx, max_batch)) = pending.take() {
+                tokio::spawn(Self::run(node, rx, max_batch));
+            }
+        });
+    }
+
+    async fn run(node: Arc<Node>, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
+        let mut batch = Vec::with_capacity(max_batch);
+        while rx.recv_many(&mut batch, max_batch).await > 0 {
+            if batch.len() < max_batch {
+                // Let callers that are being polled right now enqueue too,
+                // so a burst goes out as one MGET rather than 1 + the rest.
+                tokio::task::yield_now().await;
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(req) => batch.push(req),
+                        Err(_) => break,
                     }
                 }
             }
-        });
-        Batcher { tx }
+            let (keys, replies): (Vec<String>, Vec<Reply>) = batch.drain(..).unzip();
+            let answer = node
+                .run(Cmd::MGet, true, "batched MGET", |mut c| {
+                    let keys = &keys;
+                    async move {
+                        redis::cmd("MGET")
+                            .arg(keys)
+                            .query_async::<Vec<Option<Vec<u8>>>>(&mut c)
+                            .await
+                    }
+                })
+                .await;
+            match answer {
+                Ok(values) => {
+                    for (reply, v) in replies.into_iter().zip(values) {
+                        let _ = reply.send(Ok(v));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) async fn get(&self, key: String) -> Result<Option<Vec<u8>>> {
+        self.start();
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((key, reply))

@@ -57,8 +57,16 @@ impl ConnectionLike for Conn {
 }
 
 enum Source {
-    Standalone(ConnectionManager),
+    Standalone(Box<LazyStandalone>),
     Cluster(Box<LazyCluster>),
+}
+
+/// A standalone endpoint's connection manager, made on first use: making
+/// one spawns a Tokio task, and a store may be built outside a runtime.
+struct LazyStandalone {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    manager: OnceCell<ConnectionManager>,
 }
 
 struct LazyCluster {
@@ -170,12 +178,14 @@ impl Node {
             .set_number_of_retries(1)
             .set_min_delay(std::time::Duration::from_millis(5))
             .set_max_delay(std::time::Duration::from_millis(50));
-        let manager = ConnectionManager::new_lazy_with_config(client, cm)
-            .map_err(|e| from_redis(e, "could not create a connection manager"))?;
         Ok(Node {
             name: redact(url),
             urls: vec![url.to_owned()],
-            source: Source::Standalone(manager),
+            source: Source::Standalone(Box::new(LazyStandalone {
+                client,
+                config: cm,
+                manager: OnceCell::new(),
+            })),
             breaker: Breaker::new(&redact(url), config.breaker, Arc::clone(&clock)),
             config,
             clock,
@@ -217,7 +227,19 @@ impl Node {
 
     async fn conn(&self) -> redis::RedisResult<Conn> {
         match &self.source {
-            Source::Standalone(m) => Ok(Conn::Standalone(m.clone())),
+            Source::Standalone(lazy) => {
+                let m = lazy
+                    .manager
+                    .get_or_try_init(|| async {
+                        // Lazy itself: connects on the first command.
+                        ConnectionManager::new_lazy_with_config(
+                            lazy.client.clone(),
+                            lazy.config.clone(),
+                        )
+                    })
+                    .await?;
+                Ok(Conn::Standalone(m.clone()))
+            }
             Source::Cluster(lazy) => {
                 let c = lazy
                     .conn

@@ -73,7 +73,8 @@ impl RedisStore {
     /// Builds a store from `config`, with the system clock. Connections are
     /// made lazily: a Redis that is down now is an error on the first
     /// command, not here, and the store recovers by itself when it returns.
-    /// Needs a Tokio runtime (auto-batching spawns a task).
+    /// Needs no Tokio runtime: connections and the auto-batching task are
+    /// made by the first command, on the caller's runtime.
     pub fn new(config: RedisConfig) -> Result<Self> {
         Self::with_clock(config, SystemClock::shared())
     }
@@ -103,7 +104,7 @@ impl RedisStore {
             }
         };
         let batcher = match (&backend, config.auto_batch) {
-            (Backend::Single(node), Some(max)) => Some(Batcher::spawn(Arc::clone(node), max)),
+            (Backend::Single(node), Some(max)) => Some(Batcher::new(Arc::clone(node), max)),
             _ => None,
         };
         Ok(RedisStore {

@@ -311,3 +311,33 @@ async fn tls_with_a_generated_certificate() {
     let plain = store(&server.url());
     assert!(plain.get("secret").await.is_err());
 }
+
+/// Building a store needs no Tokio runtime (a plain `#[test]`, a `main`
+/// before the runtime starts); the batching task starts with the first `get`.
+#[test]
+fn a_store_is_built_outside_a_runtime() {
+    let server = RedisServer::start().unwrap();
+    let url = server.url();
+    let batched = RedisStore::new(
+        quick_config(Topology::Standalone(url.clone()))
+            .auto_batch(16)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    for topology in [
+        Topology::Cluster(vec![url.clone()]),
+        Topology::Sharded(vec![url.clone()]),
+    ] {
+        RedisStore::new(quick_config(topology).auto_batch(16).build().unwrap()).unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        batched.set("k", b"v", T).await.unwrap();
+        assert_eq!(batched.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    });
+    assert_eq!(batched.stats().command("MGET").unwrap().calls, 1);
+}
