@@ -608,19 +608,22 @@ where
         }
     }
 
-    /// Removes `key`; its value if it was present.
+    /// Removes `key`; its value if it was present and not expired.
     pub fn remove<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
+        let now = self.now();
         let mut removed = Removed::new();
         let gone = {
             let mut w = self.write(self.shard(hash));
-            w.shard.remove(&mut w.m, hash, key, &mut removed)
+            w.shard.remove(&mut w.m, hash, key, now, &mut removed)
         };
         if !gone {
+            // Nothing, or an expired entry (its listener hears `Expired`).
+            self.notify(removed);
             return None;
         }
         if self.inner.listener.is_none() {

@@ -519,24 +519,30 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         self.unmark_unquiet(m);
     }
 
+    /// Removes the entry for `key`; whether it was live at `now`. An
+    /// entry whose deadline has passed (not yet cleaned up) leaves as
+    /// expired, and its value is not the caller's.
     pub(crate) fn remove<Q>(
         &mut self,
         m: &mut Maint,
         hash: u64,
         key: &Q,
+        now: u64,
         out: &mut Removed<K, V>,
     ) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        match self.find(hash, key) {
-            Some(slot) => {
-                self.remove_slot(m, slot, RemovalCause::Removed, out);
-                true
-            }
-            None => false,
+        let Some(slot) = self.find(hash, key) else {
+            return false;
+        };
+        if self.expires_at(slot) <= now {
+            self.remove_slot(m, slot, RemovalCause::Expired, out);
+            return false;
         }
+        self.remove_slot(m, slot, RemovalCause::Removed, out);
+        true
     }
 
     /// Removes everything.

@@ -205,3 +205,21 @@ fn the_listener_may_use_the_cache() {
     c.insert(2, 2);
     assert_eq!(c.entry_count(), 1);
 }
+
+#[test]
+fn remove_never_returns_an_expired_value() {
+    let clock = MockClock::new();
+    let (c, log) = cache_with(&clock, |b| b.time_to_live(10 * S));
+    c.insert(1, 10);
+    clock.advance(10 * S);
+    assert_eq!(c.remove(&1), None, "expired at 10 s: nothing to remove");
+    assert_eq!(
+        log.lock().unwrap().as_slice(),
+        [(1, 10, RemovalCause::Expired)],
+        "it left because it expired"
+    );
+    assert_eq!(
+        (c.entry_count(), c.stats().expired, c.stats().removed),
+        (0, 1, 0)
+    );
+}
