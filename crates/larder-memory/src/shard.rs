@@ -380,17 +380,9 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         if self.deadlines.is_empty() {
             return;
         }
-        let (deadline, filed) = (self.expires_at(slot), m.wheel.scheduled(slot));
-        if deadline != filed {
-            let info = self.info(slot);
-            m.policy.on_update(
-                slot,
-                EntryInfo {
-                    expires_at: filed,
-                    ..info
-                },
-                info,
-            );
+        let deadline = self.expires_at(slot);
+        if deadline != m.wheel.scheduled(slot) {
+            m.policy.on_expiry_moved(slot, deadline);
             m.wheel.schedule(slot, deadline);
         }
     }
@@ -567,7 +559,8 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 self.remove_slot(m, slot, RemovalCause::Expired, out);
             } else {
                 // A read moved the deadline and its event was lost or not
-                // yet applied: file it again.
+                // yet applied: file it again, with the policy too.
+                m.policy.on_expiry_moved(slot, deadline);
                 m.wheel.schedule(slot, deadline);
             }
         }
@@ -589,6 +582,50 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{self, PolicyKind};
+
+    const SEC: u64 = 1_000_000_000;
+
+    /// A read moves a deadline (time to idle) and its event is lost (the
+    /// ring was full and busy); the wheel then finds the entry not yet due
+    /// and files it again. Removing the entry afterwards must take it out
+    /// of the policy too: the TTL policy keyed it by the deadline it was
+    /// told, not by the one the read moved to.
+    #[test]
+    fn a_lost_read_event_leaves_the_ttl_policy_consistent() {
+        for kind in [
+            PolicyKind::Ttl,
+            PolicyKind::TinyLfu,
+            PolicyKind::Lru,
+            PolicyKind::Lfu,
+        ] {
+            let mut shard: Shard<u64, u64> = Shard::new(10, true);
+            let mut m = Maint::new(policy::make(kind, 10, 10, true));
+            let mut out = Removed::new();
+            shard.insert(&mut m, 3, 1, 1, 1, u64::MAX, 5 * SEC, &mut out);
+            shard.insert(&mut m, 5, 2, 2, 1, u64::MAX, u64::MAX, &mut out);
+            // t = 4 s: a read moves key 1's idle deadline to 9 s; its event
+            // is lost, so only the slot's deadline knows.
+            let slot = shard.find(3, &1).expect("key 1");
+            shard.touch(slot, 9 * SEC);
+            // t = 6 s: the wheel finds key 1 filed under 5 s, not yet due.
+            shard.expire(&mut m, 6 * SEC, &mut out);
+            assert!(out.is_empty(), "nothing is due at 6 s");
+            shard.remove(&mut m, 3, &1, 6 * SEC, &mut out);
+            // Slot 0 is reused; then an insert must evict twice.
+            shard.insert(&mut m, 7, 3, 3, 5, u64::MAX, u64::MAX, &mut out);
+            shard.insert(&mut m, 9, 4, 4, 10, u64::MAX, u64::MAX, &mut out);
+            assert!(shard.weight() <= 10, "{kind:?}");
+            for (hash, key) in [(3, 1), (5, 2), (7, 3), (9, 4)] {
+                shard.remove(&mut m, hash, &key, 6 * SEC, &mut out);
+            }
+            assert_eq!(shard.len(), 0);
+            assert!(
+                m.policy.victim(&|_| 0).is_none(),
+                "{kind:?}: the policy still holds a removed slot"
+            );
+        }
+    }
 
     #[test]
     fn a_node_is_its_key_its_value_and_16_bytes() {

@@ -54,6 +54,10 @@ pub(crate) trait Policy: Send + 'static {
     fn take_unquiet(&mut self, _unmark: &mut dyn FnMut(u32)) {}
     /// `slot`'s value was replaced: new weight and expiry.
     fn on_update(&mut self, slot: u32, old: EntryInfo, new: EntryInfo);
+    /// A read moved `slot`'s deadline (time to idle, the expiry hook), or
+    /// the wheel found it moved: the entry itself did not change. Only a
+    /// policy that orders by deadline cares.
+    fn on_expiry_moved(&mut self, _slot: u32, _expires_at: u64) {}
     /// `slot` was removed (explicitly, expired, or evicted by the shard
     /// after [`Policy::victim`] named it).
     fn on_remove(&mut self, slot: u32, info: EntryInfo);

@@ -1,8 +1,10 @@
 //! Model-based tests: random operations against a reference.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
-use larder_memory::{MemoryCache, PolicyKind};
+use larder_core::MockClock;
+use larder_memory::{Expiry, MemoryCache, PolicyKind};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -114,6 +116,177 @@ proptest! {
             if u64::from(w) > cap {
                 prop_assert!(cache.peek(&k).is_none(), "an entry heavier than the cache was stored");
             }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum TimedOp {
+    Get(u8),
+    Insert(u8, u16),
+    InsertWithTtl(u8, u16, u16),
+    Remove(u8),
+    /// Milliseconds.
+    Advance(u16),
+    RunPending,
+}
+
+fn timed_op() -> impl Strategy<Value = TimedOp> {
+    prop_oneof![
+        6 => any::<u8>().prop_map(|k| TimedOp::Get(k % 24)),
+        3 => (any::<u8>(), any::<u16>()).prop_map(|(k, v)| TimedOp::Insert(k % 24, v)),
+        2 => (any::<u8>(), any::<u16>(), 1u16..8_000)
+            .prop_map(|(k, v, ms)| TimedOp::InsertWithTtl(k % 24, v, ms)),
+        1 => any::<u8>().prop_map(|k| TimedOp::Remove(k % 24)),
+        3 => (0u16..1_500).prop_map(TimedOp::Advance),
+        1 => Just(TimedOp::RunPending),
+    ]
+}
+
+/// A lifetime per value: a third of the values live `500 + (v % 7) * 700`
+/// ms, the others have no limit from the hook. Updates and reads use the
+/// trait's defaults (a fresh create; unchanged).
+struct ByValue;
+
+impl ByValue {
+    fn lifetime(v: u16) -> Option<Duration> {
+        (v % 3 == 0).then(|| Duration::from_millis(500 + u64::from(v % 7) * 700))
+    }
+}
+
+impl Expiry<u8, u16> for ByValue {
+    fn expire_after_create(&self, _k: &u8, v: &u16, _now: Instant) -> Option<Duration> {
+        Self::lifetime(*v)
+    }
+}
+
+/// The reference's view of one entry: its value, its hard deadline (time
+/// to live, explicit TTL, hook) and its effective one (also time to idle),
+/// in nanoseconds since the cache was built.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    value: u16,
+    hard: u64,
+    expires_at: u64,
+}
+
+fn deadline(now: u64, after: Option<Duration>) -> u64 {
+    after.map_or(u64::MAX, |d| {
+        (now + u64::try_from(d.as_nanos()).unwrap()).max(now + 1)
+    })
+}
+
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Every policy with time to live, time to idle, per-entry TTLs and an
+    /// expiry hook, on a mock clock: capacity holds, a value returned is
+    /// the latest one inserted and not yet expired to the nanosecond, and
+    /// an entry the reference calls expired is never returned.
+    #[test]
+    fn expiry_is_exact_under_any_sequence(
+        kind in policies(),
+        cap in 1u64..16,
+        shards in 0usize..3,
+        ttl in proptest::option::of(1u64..6_000),
+        tti in proptest::option::of(1u64..3_000),
+        hook in any::<bool>(),
+        ops in proptest::collection::vec(timed_op(), 1..400),
+    ) {
+        let ttl = ttl.map(Duration::from_millis);
+        let tti = tti.map(Duration::from_millis);
+        let clock = MockClock::new();
+        let mut b = MemoryCache::builder(cap).policy(kind).shards(1 << shards).clock(clock.shared());
+        if let Some(d) = ttl {
+            b = b.time_to_live(d);
+        }
+        if let Some(d) = tti {
+            b = b.time_to_idle(d);
+        }
+        if hook {
+            b = b.expiry(ByValue);
+        }
+        let cache: MemoryCache<u8, u16> = b.build();
+        let mut model: HashMap<u8, Timed> = HashMap::new();
+        let mut now = 0u64;
+        let write = |now: u64, v: u16, explicit: Option<Duration>| {
+            let mut after = earliest(explicit, ttl);
+            if hook {
+                after = earliest(after, ByValue::lifetime(v));
+            }
+            let hard = deadline(now, after);
+            Timed { value: v, hard, expires_at: hard.min(deadline(now, tti)) }
+        };
+        for op in ops {
+            match op {
+                TimedOp::Get(k) => {
+                    let live = model.get(&k).filter(|e| e.expires_at > now).copied();
+                    match (cache.get(&k), live) {
+                        (Some(v), Some(e)) => {
+                            prop_assert_eq!(v, e.value, "stale value for {}", k);
+                            if tti.is_some() {
+                                let idle = deadline(now, tti);
+                                model.get_mut(&k).unwrap().expires_at = e.hard.min(idle);
+                            }
+                        }
+                        (Some(v), None) => {
+                            prop_assert!(false, "{} -> {} returned, expired or never inserted: {:?} at {}", k, v, model.get(&k), now);
+                        }
+                        (None, _) => {
+                            model.remove(&k);
+                        }
+                    }
+                }
+                TimedOp::Insert(k, v) => {
+                    cache.insert(k, v);
+                    model.insert(k, write(now, v, None));
+                }
+                TimedOp::InsertWithTtl(k, v, ms) => {
+                    let d = Duration::from_millis(u64::from(ms));
+                    cache.insert_with_ttl(k, v, d);
+                    model.insert(k, write(now, v, Some(d)));
+                }
+                TimedOp::Remove(k) => {
+                    let live = model.remove(&k).filter(|e| e.expires_at > now);
+                    if let Some(v) = cache.remove(&k) {
+                        prop_assert_eq!(Some(v), live.map(|e| e.value), "remove of {} at {}", k, now);
+                    }
+                }
+                TimedOp::Advance(ms) => {
+                    let d = Duration::from_millis(u64::from(ms));
+                    clock.advance(d);
+                    now += u64::try_from(d.as_nanos()).unwrap();
+                }
+                TimedOp::RunPending => cache.run_pending_tasks(),
+            }
+            prop_assert!(cache.entry_count() <= cap, "{} entries over capacity {}", cache.entry_count(), cap);
+            for (k, e) in &model {
+                if e.expires_at <= now {
+                    prop_assert!(cache.peek(k).is_none(), "{} expired at {}, now {}", k, e.expires_at, now);
+                }
+            }
+        }
+        for (k, v) in cache.iter() {
+            let e = model.get(&k).filter(|e| e.expires_at > now);
+            prop_assert_eq!(Some(v), e.map(|e| e.value));
+        }
+        // Everything expires in the end: the policy gives up every entry
+        // it held (a stale policy record would panic or be left over).
+        if ttl.is_some() {
+            clock.advance(Duration::from_secs(10));
+            cache.run_pending_tasks();
+            prop_assert_eq!(cache.entry_count(), 0);
+            for k in 0..64u8 {
+                cache.insert(k, u16::from(k) * 3);
+            }
+            prop_assert!(cache.entry_count() <= cap);
         }
     }
 }
