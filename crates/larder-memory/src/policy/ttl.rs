@@ -57,7 +57,12 @@ impl Policy for Ttl {
         self.add(slot, info.expires_at);
     }
 
-    fn on_hit(&mut self, _slot: u32, _hash: u64) -> bool {
+    /// A read makes an entry without expiry the most recent of them (the
+    /// order among entries with a deadline is the deadlines').
+    fn on_hit(&mut self, slot: u32, _hash: u64) -> bool {
+        if self.filed[slot as usize] == FOREVER {
+            self.links.move_to_front(&mut self.forever, slot);
+        }
         false
     }
 

@@ -355,3 +355,26 @@ fn policy_read_back() {
     assert_eq!(tiny.policy().shards, 2);
     assert_eq!(tiny.policy().capacity, 3);
 }
+
+/// The TTL policy evicts the entry that expires soonest; among entries
+/// without expiry, the least recently used (as documented), not the
+/// oldest insert.
+#[test]
+fn ttl_policy_is_lru_among_entries_without_expiry() {
+    let cache: MemoryCache<u32, u32> = MemoryCache::builder(3)
+        .policy(PolicyKind::Ttl)
+        .shards(1)
+        .build();
+    cache.insert(1, 1);
+    cache.insert(2, 2);
+    cache.insert_with_ttl(3, 3, Duration::from_secs(60));
+    assert_eq!(cache.get(&1), Some(1), "1 is now more recent than 2");
+    cache.insert(4, 4); // over capacity: 3 expires soonest
+    assert_eq!(cache.peek(&3), None, "the entry with a deadline goes first");
+    cache.insert(5, 5); // then the least recently used: 2
+    assert_eq!(
+        (cache.peek(&1), cache.peek(&2), cache.peek(&4), cache.peek(&5)),
+        (Some(1), None, Some(4), Some(5)),
+        "2 is the least recently used entry without expiry"
+    );
+}
