@@ -373,7 +373,12 @@ fn ttl_policy_is_lru_among_entries_without_expiry() {
     assert_eq!(cache.peek(&3), None, "the entry with a deadline goes first");
     cache.insert(5, 5); // then the least recently used: 2
     assert_eq!(
-        (cache.peek(&1), cache.peek(&2), cache.peek(&4), cache.peek(&5)),
+        (
+            cache.peek(&1),
+            cache.peek(&2),
+            cache.peek(&4),
+            cache.peek(&5)
+        ),
         (Some(1), None, Some(4), Some(5)),
         "2 is the least recently used entry without expiry"
     );

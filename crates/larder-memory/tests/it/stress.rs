@@ -191,10 +191,7 @@ fn expiry_under_contention_every_policy() {
             "{kind:?} exceeded its capacity"
         );
         let st = cache.stats();
-        assert!(
-            st.hits > 0 && st.misses > 0 && st.expired > 0,
-            "{kind:?}: {st:?}"
-        );
+        assert!(st.hits > 0 && st.misses > 0, "{kind:?}: {st:?}");
         assert_eq!(
             st.hits + st.misses,
             gets.load(Ordering::Relaxed),
@@ -204,6 +201,7 @@ fn expiry_under_contention_every_policy() {
         cache.run_pending_tasks();
         assert_eq!(cache.entry_count(), 0, "{kind:?}: everything expired");
         let st = cache.stats();
+        assert!(st.expired > 0, "{kind:?}: {st:?}");
         assert_eq!(
             st.inserts,
             st.evicted_size + st.expired + st.replaced + st.removed,
