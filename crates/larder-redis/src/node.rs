@@ -15,7 +15,11 @@ use tokio::sync::OnceCell;
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::{RedisConfig, redact};
-use crate::error::{from_redis, is_node_failure};
+use crate::error::{from_redis, is_node_failure, is_redirect, not_executed};
+
+/// `MOVED`/`ASK` answers followed per call, beyond the retry policy (the
+/// cluster client follows none itself: it is built with no retries).
+const MAX_REDIRECTS: u32 = 2;
 use crate::stats::{Cmd, Stats};
 
 /// A connection to either kind of endpoint; cheap to clone (multiplexed).
@@ -202,7 +206,11 @@ impl Node {
         let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.response_timeout)
-            .retries(2)
+            // Node::run is the only retry: it resends idempotent commands
+            // only. The client's own retries would resend anything after a
+            // lost reply (SET NX, increments, queue pushes), and would also
+            // hide failures from the breaker.
+            .retries(0)
             .build()
             .map_err(|e| from_redis(e, "invalid Redis Cluster configuration"))?;
         let name = format!(
@@ -281,17 +289,26 @@ impl Node {
     /// The breaker guarding a command on `route` (a Redis key): on a Cluster,
     /// the breaker of the master owning its slot, when known.
     fn breaker_for(&self, route: Option<&str>) -> Breaker {
-        if let (Source::Cluster(lazy), Some(key)) = (&self.source, route) {
-            let slot = larder_ring::keyslot(key.as_bytes());
-            if let Some(addr) = lazy.owner(slot) {
-                return lazy.breaker(&addr, &self.config, &self.clock);
-            }
+        if let (Source::Cluster(lazy), Some(addr)) = (&self.source, self.owner_of(route)) {
+            return lazy.breaker(&addr, &self.config, &self.clock);
         }
         self.breaker.clone()
     }
 
+    /// On a Cluster, the address of the master that owns `route`'s slot, when known.
+    fn owner_of(&self, route: Option<&str>) -> Option<String> {
+        match (&self.source, route) {
+            (Source::Cluster(lazy), Some(key)) => lazy.owner(larder_ring::keyslot(key.as_bytes())),
+            _ => None,
+        }
+    }
+
     /// Runs one command: breaker check, a per-attempt deadline, stats, and
-    /// retries with backoff for idempotent commands after node failures.
+    /// retries with backoff: idempotent commands after node failures, every
+    /// command after an error that proves it did not run
+    /// ([`not_executed`]: a refused connection, `MOVED`, `TRYAGAIN`, ...).
+    /// A command that is not idempotent is never sent again after its
+    /// reply may have been lost.
     pub(crate) async fn run<T, F, Fut>(
         &self,
         cmd: Cmd,
@@ -321,11 +338,9 @@ impl Node {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let breaker = self.breaker_for(route);
-        let attempts = if idempotent {
-            self.config.retry.max_retries + 1
-        } else {
-            1
-        };
+        let owner = self.owner_of(route);
+        let mut retries_left = self.config.retry.max_retries;
+        let mut redirects_left = MAX_REDIRECTS;
         let mut attempt = 0;
         loop {
             let permit = match breaker.allow() {
@@ -342,9 +357,31 @@ impl Node {
                 f(conn).await
             })
             .await;
+            let (mut unsent, mut redirected) = (false, false);
             let result = match outcome {
                 Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(from_redis(e, what)),
+                Ok(Err(e)) => {
+                    unsent = not_executed(&e);
+                    redirected = is_redirect(&e);
+                    let to = e.redirect_node().map(|(addr, _)| addr.to_owned());
+                    if redirected && to.is_some() && to == owner {
+                        // Redirected to the master that already owns the slot:
+                        // the client could not reach it and asked another
+                        // node, which points back. The owner is unreachable.
+                        redirected = false;
+                        Err(Error::with_source(
+                            ErrorKind::Connection,
+                            format!(
+                                "{}: {what}: master {} is unreachable",
+                                self.name,
+                                owner.as_deref().unwrap_or_default()
+                            ),
+                            e,
+                        ))
+                    } else {
+                        Err(from_redis(e, what))
+                    }
+                }
                 Err(_) => Err(Error::new(
                     ErrorKind::Timeout,
                     format!("{}: {what}: no answer within {deadline:?}", self.name),
@@ -366,7 +403,16 @@ impl Node {
                 }
             }
             match result {
-                Err(e) if failed && attempt + 1 < attempts => {
+                Err(e) if redirected && redirects_left > 0 => {
+                    // Routing, not a failure: the client has learnt the new
+                    // owner (or will on the next slot refresh).
+                    redirects_left -= 1;
+                    tokio::time::sleep(self.config.retry.backoff(attempt)).await;
+                    attempt += 1;
+                    drop(e);
+                }
+                Err(e) if (unsent || (failed && idempotent)) && retries_left > 0 => {
+                    retries_left -= 1;
                     tokio::time::sleep(self.config.retry.backoff(attempt)).await;
                     attempt += 1;
                     drop(e);

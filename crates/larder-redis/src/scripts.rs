@@ -16,11 +16,17 @@ use redis::Script;
 /// as numbers (`string.byte`): never with Lua's `<`/`>=` on strings, which
 /// Redis runs through `strcoll` under the server's `LC_COLLATE` (under
 /// `en_US.UTF-8`, version 1 would count as newer than 128).
-/// Foreign or short bytes are overwritten. Returns 1 if written.
+/// Foreign or short bytes are overwritten. Returns 1 if written, and 1 if
+/// the key already holds exactly these bytes: a retry after a lost reply
+/// finds its own write and reports it (identical bytes written by another
+/// caller are the same value, so "written" is true either way).
 pub(crate) static SET_IF_NEWER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  return 1
+end
 if cur and string.len(cur) >= 40 and string.byte(cur, 1) == 76 and string.byte(cur, 2) == 1 then
   local newer = false
   for i = 33, 40 do
@@ -41,11 +47,17 @@ return 1
 });
 
 /// `KEYS[1]`; `ARGV[1]` value; `ARGV[2]` PX. Returns `{1, value}` if it set
-/// the key, `{0, current}` if the key already held a value.
+/// the key, `{0, current}` if the key already held another value. A key
+/// that already holds exactly `value` answers `{1, value}`: a retry after a
+/// lost reply finds its own write (callers that need to tell racing writers
+/// apart offer distinct values, e.g. a token).
 pub(crate) static GET_OR_SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  return {1, cur}
+end
 if cur then
   return {0, cur}
 end

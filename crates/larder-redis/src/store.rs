@@ -264,7 +264,10 @@ impl RedisStore {
 
     /// Atomically returns the value under `key`, or sets it to `value` for
     /// `ttl` if there was none: `(true, value)` if this call set it. One
-    /// round trip (the tutorial's GET then SET raced).
+    /// round trip (the tutorial's GET then SET raced). Retried after a
+    /// lost reply: a key that already holds exactly `value` counts as set by
+    /// this call, so offer distinct values (a token) when racing callers
+    /// must be told apart.
     pub async fn get_or_set(
         &self,
         key: &str,
@@ -453,8 +456,10 @@ impl Store for RedisStore {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let k = self.data_key(key)?;
+        // Not retried after a possibly lost reply: the retry would find
+        // nothing and report "did not exist" for a key this call deleted.
         let n: i64 = self
-            .run_on(&k, Cmd::Del, true, "DEL", |mut c| {
+            .run_on(&k, Cmd::Del, false, "DEL", |mut c| {
                 let k = &k;
                 async move { redis::cmd("DEL").arg(k).query_async(&mut c).await }
             })
@@ -630,7 +635,8 @@ impl Store for RedisStore {
             }
         }
         let counts = join_all(groups.iter().map(|(node, g)| {
-            node.run(Cmd::Del, true, "DEL", move |mut c| async move {
+            // Not retried after a possibly lost reply (the count would be short).
+            node.run(Cmd::Del, false, "DEL", move |mut c| async move {
                 redis::cmd("DEL").arg(g).query_async::<u64>(&mut c).await
             })
         }))

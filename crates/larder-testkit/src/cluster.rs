@@ -1,6 +1,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::proxy::FaultProxy;
 use crate::server::RedisServer;
 
 /// Number of hash slots in a Redis Cluster.
@@ -21,12 +22,45 @@ impl RedisCluster {
     /// evenly in ranges, joins them and waits until every node reports the
     /// cluster healthy.
     pub fn start(masters: usize) -> Result<Self> {
+        Self::start_with(masters, |_| Ok(()))
+    }
+
+    /// As [`RedisCluster::start`], with a [`FaultProxy`] in front of each
+    /// master that the cluster announces as the master's address
+    /// (`cluster-announce-port`): a cluster client that follows `CLUSTER
+    /// SLOTS` talks to every master through its proxy, so faults can be
+    /// injected between the client and the cluster. Proxy `i` fronts node `i`.
+    pub fn start_proxied(masters: usize) -> Result<(Self, Vec<FaultProxy>)> {
+        let mut proxies = Vec::with_capacity(masters);
+        let cluster = Self::start_with(masters, |node| {
+            let proxy = FaultProxy::start(node.addr())?;
+            let mut con = node.client().get_connection()?;
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("cluster-announce-port")
+                .arg(proxy.addr().port())
+                .arg("cluster-announce-bus-port")
+                .arg(u32::from(node.port()) + 10_000)
+                .exec(&mut con)?;
+            proxies.push(proxy);
+            Ok(())
+        })?;
+        Ok((cluster, proxies))
+    }
+
+    fn start_with(
+        masters: usize,
+        mut prepare: impl FnMut(&RedisServer) -> Result<()>,
+    ) -> Result<Self> {
         if masters == 0 {
             return Err(Error::new("a cluster needs at least one master"));
         }
         let nodes = (0..masters)
             .map(|_| RedisServer::builder().cluster_enabled().start())
             .collect::<Result<Vec<_>>>()?;
+        for node in &nodes {
+            prepare(node)?;
+        }
         let cluster = RedisCluster { nodes };
         for (i, node) in cluster.nodes.iter().enumerate() {
             let (first, last) = slot_range(i, masters);

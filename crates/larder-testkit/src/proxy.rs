@@ -32,6 +32,8 @@ struct State {
     latency_us: AtomicU64,
     refuse: AtomicBool,
     stalled: watch::Sender<bool>,
+    replies_stalled: watch::Sender<bool>,
+    held_replies: watch::Sender<u64>,
     cut: watch::Sender<u64>,
     live: AtomicUsize,
     accepted: AtomicU64,
@@ -47,6 +49,8 @@ impl FaultProxy {
             latency_us: AtomicU64::new(0),
             refuse: AtomicBool::new(false),
             stalled: watch::channel(false).0,
+            replies_stalled: watch::channel(false).0,
+            held_replies: watch::channel(0).0,
             cut: watch::channel(0).0,
             live: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
@@ -97,6 +101,28 @@ impl FaultProxy {
     /// connection that is open but silent. Unstalling delivers what was held.
     pub fn set_stalled(&self, stalled: bool) {
         self.state.stalled.send_replace(stalled);
+    }
+
+    /// While set, requests still reach the server but its replies are held:
+    /// the server has done the work and the client has not heard of it.
+    /// Together with [`FaultProxy::wait_held_replies`] and
+    /// [`FaultProxy::cut_all`], this loses the reply of a command that ran.
+    /// Unsetting delivers what was held (unless the connection was cut).
+    pub fn set_replies_stalled(&self, stalled: bool) {
+        self.state.replies_stalled.send_replace(stalled);
+    }
+
+    /// Reply chunks held back by [`FaultProxy::set_replies_stalled`] so far.
+    pub fn held_replies(&self) -> u64 {
+        *self.state.held_replies.borrow()
+    }
+
+    /// Waits until at least `n` reply chunks have been held back (a gate,
+    /// not a sleep): the server has answered those requests.
+    pub async fn wait_held_replies(&self, n: u64) {
+        let mut rx = self.state.held_replies.subscribe();
+        // The sender lives as long as `self`.
+        let _ = rx.wait_for(|held| *held >= n).await;
     }
 
     /// Closes every open connection through the proxy now.
@@ -164,11 +190,13 @@ async fn relay(client: TcpStream, server: TcpStream, state: &State) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let mut cut = state.cut.subscribe();
+    let generation = *cut.borrow_and_update();
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = pipe(cr, sw, state);
-    let down = pipe(sr, cw, state);
+    let up = pipe(cr, sw, state, false, generation);
+    let down = pipe(sr, cw, state, true, generation);
     tokio::select! {
+        biased;
         _ = cut.changed() => {}
         _ = async { tokio::join!(up, down) } => {}
     }
@@ -176,7 +204,9 @@ async fn relay(client: TcpStream, server: TcpStream, state: &State) {
 
 /// One direction: a reader stamps chunks, a writer releases each chunk once
 /// its latency has passed and the proxy is not stalled.
-async fn pipe<R, W>(mut from: R, mut to: W, state: &State)
+/// Bytes held while stalled are never delivered once the connection has been
+/// cut (`generation` is the cut count when the connection was opened).
+async fn pipe<R, W>(mut from: R, mut to: W, state: &State, replies: bool, generation: u64)
 where
     R: AsyncReadExt + Unpin,
     W: AsyncWriteExt + Unpin,
@@ -196,11 +226,21 @@ where
         }
     };
     let mut stalled = state.stalled.subscribe();
+    let mut replies_stalled = state.replies_stalled.subscribe();
     let writer = async move {
         while let Some((read_at, chunk)) = rx.recv().await {
             let latency = Duration::from_micros(state.latency_us.load(Ordering::SeqCst));
             tokio::time::sleep_until(read_at + latency).await;
             if stalled.wait_for(|s| !*s).await.is_err() {
+                break;
+            }
+            if replies && *replies_stalled.borrow_and_update() {
+                state.held_replies.send_modify(|n| *n += 1);
+                if replies_stalled.wait_for(|s| !*s).await.is_err() {
+                    break;
+                }
+            }
+            if *state.cut.borrow() != generation {
                 break;
             }
             if to.write_all(&chunk).await.is_err() {

@@ -245,7 +245,8 @@ impl<T: Serialize + DeserializeOwned> HashObject<T> {
         let key = self.key(id)?;
         let n: i64 = self
             .store
-            .run_on(&key, Cmd::Del, true, "DEL", |mut c| {
+            // Not retried after a possibly lost reply (it would answer `false`).
+            .run_on(&key, Cmd::Del, false, "DEL", |mut c| {
                 let key = &key;
                 async move { redis::cmd("DEL").arg(key).query_async(&mut c).await }
             })

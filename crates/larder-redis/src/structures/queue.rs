@@ -298,7 +298,9 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
     pub async fn ack(&self, delivery: &Delivery<T>) -> Result<bool> {
         let n: u64 = self
             .store
-            .run_on(&self.ready, Cmd::Script, true, "queue ack", |mut c| {
+            // Not retried after a possibly lost reply: the retry would find
+            // the item gone and answer `false` for an ack that worked.
+            .run_on(&self.ready, Cmd::Script, false, "queue ack", |mut c| {
                 let mut inv = ACK.key(&self.processing);
                 inv.key(&self.leases).arg(&delivery.raw);
                 async move { inv.invoke_async(&mut c).await }

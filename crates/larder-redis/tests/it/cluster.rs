@@ -101,7 +101,8 @@ async fn a_dead_master_trips_only_its_own_breaker() {
 
     cluster.node_mut(1).kill();
     for _ in 0..2 {
-        assert!(s.get(&keys[1]).await.unwrap_err().is_backend_unavailable());
+        let e = s.get(&keys[1]).await.unwrap_err();
+        assert!(e.is_backend_unavailable(), "{e:?}");
     }
     let e = s.get(&keys[1]).await.unwrap_err();
     assert!(e.is_circuit_open(), "{e}");
@@ -123,6 +124,8 @@ async fn a_dead_master_trips_only_its_own_breaker() {
 
     // Back: after the open period the probe succeeds and the breaker closes.
     cluster.node_mut(1).restart().unwrap();
+    // Back means back in the cluster: until it has rejoined, it answers CLUSTERDOWN.
+    tokio::task::block_in_place(|| cluster.wait_healthy()).unwrap();
     let mut back = false;
     for _ in 0..30 {
         clock.advance(Duration::from_secs(10));

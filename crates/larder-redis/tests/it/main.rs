@@ -3,6 +3,7 @@
 mod cluster;
 mod faults;
 mod locale;
+mod lost_reply;
 mod sharded;
 mod standalone;
 mod structures;
