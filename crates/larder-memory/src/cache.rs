@@ -315,7 +315,7 @@ where
             .map(|i| {
                 let cap = self.capacity / n as u64 + u64::from(i < self.capacity % n as u64);
                 let weighted = self.weigher.is_some();
-                let policy = policy::make(self.kind, cap, cap, weighted);
+                let policy = policy::make(self.kind, cap, weighted);
                 Padded(ShardCell {
                     reads: ReadBuffer::default(),
                     lock: RwLock::new(Shard::new(cap, weighted)),
@@ -803,4 +803,60 @@ pub(crate) fn panicked() -> Error {
         ErrorKind::SourcePanicked,
         "the initialiser of this entry panicked",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl<K, V, S> MemoryCache<K, V, S> {
+        /// Bytes the policies of all shards hold on the heap.
+        fn policy_heap_bytes(&self) -> usize {
+            self.inner
+                .shards
+                .iter()
+                .map(|s| s.0.maint.lock().policy_heap_bytes())
+                .sum()
+        }
+    }
+
+    /// A byte budget is a weight, not an entry count: the sketch and the
+    /// per-entry arrays follow the entries held (1,000 values of 100
+    /// bytes in a 64 MiB budget), for every policy.
+    #[test]
+    fn a_byte_budget_sizes_policies_by_entries_held() {
+        for kind in [
+            PolicyKind::TinyLfu,
+            PolicyKind::Lru,
+            PolicyKind::Lfu,
+            PolicyKind::Ttl,
+        ] {
+            let cache: MemoryCache<u64, Vec<u8>> = MemoryCache::builder(64 << 20)
+                .policy(kind)
+                .weigher(|_, v: &Vec<u8>| v.len() as u32)
+                .build();
+            for k in 0..1_000 {
+                cache.insert(k, vec![0; 100]);
+            }
+            assert_eq!(cache.entry_count(), 1_000);
+            let bytes = cache.policy_heap_bytes();
+            assert!(
+                bytes <= 1_000 * 128 + cache.inner.shards.len() * 1_024,
+                "{kind:?}: {bytes} bytes of policy for 1,000 entries"
+            );
+        }
+    }
+
+    /// A 1 TiB budget (today: a 1 TiB sketch, and an abort on allocation).
+    #[test]
+    fn a_tebibyte_budget_allocates_nothing_per_unit_of_weight() {
+        let cache: MemoryCache<u64, Vec<u8>> = MemoryCache::builder(1 << 40)
+            .weigher(|_, v: &Vec<u8>| v.len() as u32)
+            .build();
+        for k in 0..100 {
+            cache.insert(k, vec![0; 1_000]);
+        }
+        assert_eq!(cache.weighted_size(), 100_000);
+        assert!(cache.policy_heap_bytes() < 64 << 10);
+    }
 }

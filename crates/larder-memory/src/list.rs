@@ -130,6 +130,12 @@ impl Links {
         let n = self.links[slot as usize].next;
         (n != NIL).then_some(n)
     }
+
+    /// Bytes of the table.
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.links.capacity() * std::mem::size_of::<Link>()
+    }
 }
 
 #[cfg(test)]

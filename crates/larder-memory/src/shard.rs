@@ -168,6 +168,12 @@ impl Maint {
     pub(crate) fn window_capacity(&self) -> Option<u64> {
         self.policy.window_capacity()
     }
+
+    /// Bytes the policy holds on the heap.
+    #[cfg(test)]
+    pub(crate) fn policy_heap_bytes(&self) -> usize {
+        self.policy.heap_bytes()
+    }
 }
 
 impl<K: Hash + Eq, V: Clone> Shard<K, V> {
@@ -600,7 +606,7 @@ mod tests {
             PolicyKind::Lfu,
         ] {
             let mut shard: Shard<u64, u64> = Shard::new(10, true);
-            let mut m = Maint::new(policy::make(kind, 10, 10, true));
+            let mut m = Maint::new(policy::make(kind, 10, true));
             let mut out = Removed::new();
             shard.insert(&mut m, 3, 1, 1, 1, u64::MAX, 5 * SEC, &mut out);
             shard.insert(&mut m, 5, 2, 2, 1, u64::MAX, u64::MAX, &mut out);

@@ -1,7 +1,7 @@
 //! Least frequently used with aging: each entry counts its hits; the
 //! victim is the least recently used entry among those with the lowest
-//! count. Every `10 x expected entries` hits all counts halve, so past
-//! popularity fades. O(1) per hit and eviction (buckets of equal count
+//! count. Every `10 x capacity` hits (with a weigher, whose capacity is a
+//! weight: `10 x entries held`) all counts halve, so past popularity fades. O(1) per hit and eviction (buckets of equal count
 //! kept in a map from count to list); the halving is O(n), amortised over
 //! the hits that triggered it.
 
@@ -17,18 +17,22 @@ pub(crate) struct Lfu {
     count: Vec<u32>,
     weight: Vec<u64>,
     hits: u64,
-    age_every: u64,
+    /// Hits between agings; `None`: `10 x len`.
+    age_every: Option<u64>,
+    /// Entries held.
+    len: u64,
 }
 
 impl Lfu {
-    pub(crate) fn new(expected_entries: u64) -> Self {
+    pub(crate) fn new(capacity: u64, weighted: bool) -> Self {
         Lfu {
             links: Links::default(),
             buckets: BTreeMap::new(),
             count: Vec::new(),
             weight: Vec::new(),
             hits: 0,
-            age_every: (10 * expected_entries).max(100),
+            age_every: (!weighted).then(|| capacity.saturating_mul(10).max(100)),
+            len: 0,
         }
     }
 
@@ -80,6 +84,7 @@ impl Policy for Lfu {
         }
         self.weight[i] = info.weight;
         self.put(slot, 1);
+        self.len += 1;
     }
 
     fn on_hit(&mut self, slot: u32, _hash: u64) -> bool {
@@ -87,7 +92,10 @@ impl Policy for Lfu {
         self.take(slot);
         self.put(slot, c.saturating_add(1));
         self.hits += 1;
-        if self.hits >= self.age_every {
+        let every = self
+            .age_every
+            .unwrap_or_else(|| self.len.saturating_mul(10).max(100));
+        if self.hits >= every {
             self.hits = 0;
             self.age();
         }
@@ -103,6 +111,7 @@ impl Policy for Lfu {
 
     fn on_remove(&mut self, slot: u32, _info: EntryInfo) {
         self.take(slot);
+        self.len -= 1;
     }
 
     fn victim(&mut self, _hash_of: &dyn Fn(u32) -> u64) -> Option<Victim> {
@@ -111,5 +120,10 @@ impl Policy for Lfu {
             slot,
             rejected_by_admission: false,
         })
+    }
+
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        self.links.heap_bytes() + self.count.capacity() * 4 + self.weight.capacity() * 8
     }
 }

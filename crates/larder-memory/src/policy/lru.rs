@@ -34,4 +34,9 @@ impl Policy for Lru {
             rejected_by_admission: false,
         })
     }
+
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        self.links.heap_bytes()
+    }
 }

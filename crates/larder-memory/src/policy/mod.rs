@@ -67,6 +67,9 @@ pub(crate) trait Policy: Send + 'static {
     /// Slots `0..slots` may be used: size per-slot arrays exactly (a full
     /// cache then wastes no growth headroom).
     fn reserve(&mut self, _slots: usize) {}
+    /// Bytes the policy holds on the heap (per-entry arrays, the sketch).
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize;
     /// Policy-specific figures for [`crate::PolicyInfo`].
     fn window_capacity(&self) -> Option<u64> {
         None
@@ -94,18 +97,14 @@ pub enum PolicyKind {
     Ttl,
 }
 
-pub(crate) fn make(
-    kind: PolicyKind,
-    capacity: u64,
-    expected_entries: u64,
-    weighted: bool,
-) -> Box<dyn Policy> {
+/// A policy for a shard of `capacity` (entries, or weight if `weighted`).
+/// Nothing is sized by a weight: per-entry structures follow the entries
+/// held.
+pub(crate) fn make(kind: PolicyKind, capacity: u64, weighted: bool) -> Box<dyn Policy> {
     match kind {
-        PolicyKind::TinyLfu => {
-            Box::new(tinylfu::TinyLfu::new(capacity, expected_entries, weighted))
-        }
+        PolicyKind::TinyLfu => Box::new(tinylfu::TinyLfu::new(capacity, weighted)),
         PolicyKind::Lru => Box::new(lru::Lru::default()),
-        PolicyKind::Lfu => Box::new(lfu::Lfu::new(expected_entries)),
+        PolicyKind::Lfu => Box::new(lfu::Lfu::new(capacity, weighted)),
         PolicyKind::Ttl => Box::new(ttl::Ttl::default()),
     }
 }

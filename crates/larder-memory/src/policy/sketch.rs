@@ -6,6 +6,12 @@
 //! `../shared/traces` the plain update ages more evenly and scores 3 to 4
 //! points of % of OPT more). Aging halves every counter after
 //! `10 x expected entries` counted accesses, so old popularity fades.
+//!
+//! The table is sized by entries, never by weight, and grows with the
+//! entries a cache actually holds (as Caffeine's `ensureCapacity`): a byte
+//! budget of 1 TiB costs nothing until entries arrive. Growing doubles the
+//! number of blocks and copies each block into its new places, so every
+//! key's estimate is exactly what it was.
 
 const MAX: u64 = 15;
 /// Every nibble's low bit, and every nibble's three low bits.
@@ -30,16 +36,49 @@ pub(crate) struct Sketch {
 }
 
 impl Sketch {
+    /// A sketch for `expected_entries` entries (at least 8, at most
+    /// [`Sketch::MAX_WORDS`]); [`Sketch::ensure_capacity`] grows it.
     pub(crate) fn new(expected_entries: u64) -> Self {
         // 16 counters (one word) per expected entry, at least one block.
-        let words = (expected_entries.max(8) as usize).next_power_of_two();
+        let entries = expected_entries.clamp(8, Self::MAX_WORDS);
+        let words = (entries as usize).next_power_of_two();
         Sketch {
             table: vec![0; words],
             block_mask: words / 8 - 1,
             additions: 0,
-            sample: 10 * expected_entries.max(8),
+            sample: 10 * entries,
             ages: 0,
         }
+    }
+
+    /// The most words (entries) a table ever has: 2^30 (8 GiB), like
+    /// Caffeine's cap.
+    pub(crate) const MAX_WORDS: u64 = 1 << 30;
+
+    /// Entries the table is sized for.
+    pub(crate) fn entries(&self) -> u64 {
+        self.table.len() as u64
+    }
+
+    /// Grows the table to cover `entries` (a power of two at least as
+    /// large, up to [`Sketch::MAX_WORDS`]), keeping every estimate, and
+    /// samples `10 x` as many accesses between agings.
+    pub(crate) fn ensure_capacity(&mut self, entries: u64) {
+        let entries = entries.min(Self::MAX_WORDS);
+        let old = self.table.len();
+        if entries <= old as u64 {
+            return;
+        }
+        let words = (entries as usize).next_power_of_two();
+        // A block's index is the low bits of a hash-derived number; the
+        // new bits above the old mask pick one of the copies, and the
+        // counters inside a block do not depend on the block.
+        self.table.reserve_exact(words - old);
+        for _ in 1..words / old {
+            self.table.extend_from_within(..old);
+        }
+        self.block_mask = words / 8 - 1;
+        self.sample = 10 * words as u64;
     }
 
     /// The four (word, shift) pairs of `hash`: one block, one word out of two
@@ -108,6 +147,12 @@ impl Sketch {
         self.ages
     }
 
+    /// Bytes of the counter table.
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.table.capacity() * 8
+    }
+
     /// Halves every counter. The count of additions halves too, less the
     /// halves lost to rounding (a quarter of the odd counters, since each
     /// access raised four).
@@ -139,6 +184,24 @@ mod tests {
             s.increment(1_000 + i);
         }
         assert!(s.frequency(42) <= 7, "{}", s.frequency(42));
+    }
+
+    #[test]
+    fn growing_keeps_every_estimate() {
+        let mut s = Sketch::new(16);
+        let key = |k: u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for k in 0..100u64 {
+            for _ in 0..k % 17 {
+                s.increment(key(k));
+            }
+        }
+        let before: Vec<u8> = (0..1_000).map(|k| s.frequency(key(k))).collect();
+        s.ensure_capacity(1_000);
+        assert_eq!(s.entries(), 1_024);
+        let after: Vec<u8> = (0..1_000).map(|k| s.frequency(key(k))).collect();
+        assert_eq!(before, after);
+        s.ensure_capacity(10);
+        assert_eq!(s.entries(), 1_024, "never shrinks");
     }
 
     #[test]

@@ -43,6 +43,9 @@ enum Queue {
 #[derive(Debug)]
 pub(crate) struct TinyLfu {
     sketch: Sketch,
+    /// The most entries the sketch needs to cover: the capacity without a
+    /// weigher (never more entries), else unbounded.
+    sketch_most: u64,
     links: Links,
     queue: Vec<Queue>,
     /// Per slot, only with a weigher.
@@ -83,11 +86,24 @@ const FIRST_PERIOD: u64 = 2;
 const PERIOD: u64 = 10;
 /// The window may grow to nearly all of the cache (pure recency).
 const MAX_WINDOW: f64 = 0.99;
+/// Without a weigher, a sketch for up to this many entries is allocated at
+/// once (as many entries as the capacity); beyond, and always with a
+/// weigher (whose capacity is a weight, not a count), the sketch starts
+/// small and grows with the entries held.
+const EAGER_ENTRIES: u64 = 1 << 16;
+/// The first sketch of a weighted cache.
+const FIRST_ENTRIES: u64 = 16;
 
 impl TinyLfu {
-    pub(crate) fn new(capacity: u64, expected_entries: u64, weighted: bool) -> Self {
+    pub(crate) fn new(capacity: u64, weighted: bool) -> Self {
+        let (expected, most) = if weighted {
+            (FIRST_ENTRIES, u64::MAX)
+        } else {
+            (capacity.min(EAGER_ENTRIES), capacity)
+        };
         TinyLfu {
-            sketch: Sketch::new(expected_entries),
+            sketch: Sketch::new(expected),
+            sketch_most: most,
             links: Links::default(),
             queue: Vec::new(),
             weights: weighted.then(Vec::new),
@@ -98,7 +114,7 @@ impl TinyLfu {
             window_max: ((capacity as f64 * INITIAL_WINDOW).round() as u64).max(1),
             hits: 0,
             misses: 0,
-            sample: expected_entries.max(10),
+            sample: expected.max(10),
             previous_hit_rate: 0.0,
             step: STEP_INITIAL * capacity as f64,
             direction: 1.0,
@@ -248,6 +264,13 @@ impl Policy for TinyLfu {
     /// Caffeine): a lookup that is never followed by an insert (a negative
     /// answer, a probe) leaves no trace.
     fn on_insert(&mut self, slot: u32, info: EntryInfo) {
+        let held = self.window.len + self.probation.len + self.protected.len + 1;
+        if held > self.sketch.entries() && self.sketch.entries() < self.sketch_most {
+            // More entries than the sketch covers: double it (each key keeps
+            // its estimate), and the climber's period follows.
+            self.sketch.ensure_capacity(held.min(self.sketch_most));
+            self.sample = self.sketch.entries();
+        }
         self.count(info.hash);
         self.set_meta(slot, Queue::Window, info);
         self.push(Queue::Window, slot);
@@ -397,6 +420,15 @@ impl Policy for TinyLfu {
     fn window_capacity(&self) -> Option<u64> {
         Some(self.window_max)
     }
+
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        self.sketch.heap_bytes()
+            + self.links.heap_bytes()
+            + self.queue.capacity()
+            + self.quiet.capacity()
+            + self.weights.as_ref().map_or(0, |w| w.capacity() * 4)
+    }
 }
 
 #[cfg(test)]
@@ -465,7 +497,7 @@ mod tests {
             cap in 1u64..24,
             ops in proptest::collection::vec(op(), 1..600),
         ) {
-            let mut p = TinyLfu::new(cap, cap, false);
+            let mut p = TinyLfu::new(cap, false);
             let mut live: BTreeMap<u32, u64> = BTreeMap::new();
             let hash = |k: u8| u64::from(k).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
             for op in ops {
@@ -517,7 +549,7 @@ mod tests {
 
     #[test]
     fn a_hot_entry_goes_quiet_and_a_demoted_one_is_unmarked() {
-        let mut p = TinyLfu::new(4, 4, false);
+        let mut p = TinyLfu::new(4, false);
         let live: BTreeMap<u32, u64> = (0..4u32).map(|s| (s, u64::from(s) * 2 + 1)).collect();
         for (&s, &h) in &live {
             p.on_insert(

@@ -101,4 +101,9 @@ impl Policy for Ttl {
             self.links.reserve(slots);
         }
     }
+
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        self.links.heap_bytes() + self.filed.capacity() * 8 + self.deadlines.len() * 16
+    }
 }

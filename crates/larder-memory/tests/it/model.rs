@@ -150,7 +150,7 @@ struct ByValue;
 
 impl ByValue {
     fn lifetime(v: u16) -> Option<Duration> {
-        (v % 3 == 0).then(|| Duration::from_millis(500 + u64::from(v % 7) * 700))
+        v.is_multiple_of(3).then(|| Duration::from_millis(500 + u64::from(v % 7) * 700))
     }
 }
 

@@ -113,7 +113,7 @@ struct ByValue;
 
 impl Expiry<u64, u64> for ByValue {
     fn expire_after_create(&self, _k: &u64, v: &u64, _now: Instant) -> Option<Duration> {
-        (v % 3 == 0).then(|| Duration::from_millis(300))
+        v.is_multiple_of(3).then(|| Duration::from_millis(300))
     }
 }
 
