@@ -1,12 +1,29 @@
 #![doc = include_str!("../README.md")]
 
+mod builder;
+mod cache;
+mod entry;
+mod key;
+mod load;
 pub mod prelude;
+mod read;
+mod source;
+mod stats;
+mod ttl;
+
+pub use builder::{CacheBuilder, DEFAULT_LOAD_TIMEOUT, DEFAULT_MEMORY_CAPACITY};
+pub use cache::{Cache, WarmReport};
+pub use key::CacheKey;
+pub use stats::Stats;
+pub use ttl::{Ttl, TtlPolicy};
 
 /// The contracts crate, for items the prelude does not list.
 pub use larder_core as core;
 /// The distributed-lock crate (`lock` feature).
 #[cfg(feature = "lock")]
 pub use larder_lock as lock;
+/// The in-process L1 crate.
+pub use larder_memory as memory;
 /// The Redis L2 crate (`redis` feature).
 #[cfg(feature = "redis")]
 pub use larder_redis as redis;

@@ -1,14 +1,16 @@
 //! Everything a typical user of Larder names, in one import:
 //! `use larder::prelude::*;`.
 
+pub use crate::{Cache, CacheBuilder, CacheKey, Stats, Ttl, WarmReport};
 #[cfg(feature = "bincode")]
 pub use larder_core::Bincode;
 #[cfg(feature = "json")]
 pub use larder_core::Json;
 pub use larder_core::envelope::{Compression, EnvelopeMeta, Freshness};
 pub use larder_core::{
-    CacheStats, Clock, Codec, CodecId, Error, ErrorKind, FnLoader, KeySpace, Loader, MockClock,
-    Result, RetryAdvice, SharedClock, Store, StoreEntry, StoreStats, SystemClock, Writer,
+    CacheStats, Clock, Codec, CodecId, DefaultCodec, Error, ErrorKind, FnLoader, KeySpace, Loader,
+    MockClock, Postcard, Result, RetryAdvice, SharedClock, Store, StoreEntry, StoreStats,
+    SystemClock, Writer,
 };
-#[cfg(feature = "postcard")]
-pub use larder_core::{DefaultCodec, Postcard};
+#[cfg(feature = "redis")]
+pub use larder_redis::{RedisConfig, RedisStore, Topology};

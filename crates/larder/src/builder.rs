@@ -1,0 +1,318 @@
+//! [`CacheBuilder`]: every setting of a [`Cache`], checked at `build()`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder_core::{
+    Codec, Compression, Error, ErrorKind, Loader, Postcard, Result, SharedClock, Store,
+    SystemClock, Writer,
+};
+use larder_memory::MemoryCache;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cache::{Cache, Config, Inner};
+use crate::key::CacheKey;
+use crate::source::{DynLoader, DynWriter};
+use crate::ttl::{Ttl, TtlPolicy};
+
+/// The L1's capacity when the builder is given none: 10,000 entries.
+pub const DEFAULT_MEMORY_CAPACITY: u64 = 10_000;
+/// How long a load may run by default before its callers get a timeout.
+pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds a [`Cache`]: `Cache::<K, V>::builder()`.
+///
+/// Levels: the L1 is on by default ([`DEFAULT_MEMORY_CAPACITY`] entries,
+/// [`CacheBuilder::memory`] to size it, [`CacheBuilder::no_memory`] for an
+/// L2-only cache); the L2 is off until [`CacheBuilder::store`] (or
+/// [`CacheBuilder::redis`] with the `redis` feature) gives one. A cache with
+/// neither level is refused at [`CacheBuilder::build`] with
+/// [`ErrorKind::InvalidConfig`], as is every out-of-range setting.
+#[must_use]
+pub struct CacheBuilder<K, V, C = Postcard> {
+    memory: Option<u64>,
+    memory_ttl_cap: Option<Duration>,
+    store: Option<Arc<dyn Store>>,
+    #[cfg(feature = "redis")]
+    redis: Option<larder_redis::RedisStore>,
+    loader: Option<Box<dyn DynLoader<K, V>>>,
+    writer: Option<Box<dyn DynWriter<K, V>>>,
+    ttl: TtlPolicy,
+    negative_ttl: Option<Duration>,
+    stale_if_error: Option<Duration>,
+    beta: f64,
+    load_timeout: Duration,
+    wait_timeout: Option<Duration>,
+    tombstone: Option<Duration>,
+    clock: Option<SharedClock>,
+    codec: C,
+    compression: Compression,
+    seed: Option<u64>,
+    _types: PhantomData<fn(K) -> V>,
+}
+
+impl<K, V, C: fmt::Debug> fmt::Debug for CacheBuilder<K, V, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("memory", &self.memory)
+            .field("store", &self.store)
+            .field("codec", &self.codec)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> CacheBuilder<K, V, Postcard> {
+    pub(crate) fn new() -> Self {
+        CacheBuilder {
+            memory: Some(DEFAULT_MEMORY_CAPACITY),
+            memory_ttl_cap: None,
+            store: None,
+            #[cfg(feature = "redis")]
+            redis: None,
+            loader: None,
+            writer: None,
+            ttl: TtlPolicy::default(),
+            negative_ttl: None,
+            stale_if_error: None,
+            beta: 1.0,
+            load_timeout: DEFAULT_LOAD_TIMEOUT,
+            wait_timeout: None,
+            tombstone: None,
+            clock: None,
+            codec: Postcard,
+            compression: Compression::None,
+            seed: None,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V, C> CacheBuilder<K, V, C>
+where
+    K: CacheKey,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// The L1: at most `entries` values in process (W-TinyLFU eviction).
+    pub fn memory(mut self, entries: u64) -> Self {
+        self.memory = Some(entries);
+        self
+    }
+
+    /// No L1: every read goes to the L2 (and the loader). Needs a store.
+    pub fn no_memory(mut self) -> Self {
+        self.memory = None;
+        self
+    }
+
+    /// The longest an L1 entry lives, whatever its L2 lifetime: the backstop
+    /// that bounds how long an instance can serve a value another instance
+    /// changed (until cross-instance invalidation). Default: none (an L1
+    /// entry lives as long as what is left of the value's lifetime).
+    pub fn memory_ttl_cap(mut self, cap: Duration) -> Self {
+        self.memory_ttl_cap = Some(cap);
+        self
+    }
+
+    /// The L2, any [`Store`] that implements the versioned operations.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The L2 on Redis (`redis` feature).
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, store: larder_redis::RedisStore) -> Self {
+        self.store = Some(Arc::new(store.clone()));
+        self.redis = Some(store);
+        self
+    }
+
+    /// The source of truth for read-through (`get_or_load`): a
+    /// [`Loader`], or a closure through [`larder_core::FnLoader`].
+    pub fn loader(mut self, loader: impl Loader<K, V>) -> Self {
+        self.loader = Some(Box::new(loader));
+        self
+    }
+
+    /// The source of truth for writes (`update`).
+    pub fn writer(mut self, writer: impl Writer<K, V>) -> Self {
+        self.writer = Some(Box::new(writer));
+        self
+    }
+
+    /// The default lifetime of loaded values (default: [`Ttl::default`],
+    /// five minutes).
+    pub fn ttl(mut self, ttl: Ttl) -> Self {
+        self.ttl.set_default(ttl);
+        self
+    }
+
+    /// The lifetime of values whose key text starts with `prefix` (the
+    /// longest matching prefix wins).
+    pub fn ttl_for_prefix(mut self, prefix: impl Into<String>, ttl: Ttl) -> Self {
+        self.ttl.add(prefix.into(), ttl);
+        self
+    }
+
+    /// Caches "not found" (a loader's `Ok(None)`) for `ttl` at both levels,
+    /// so a flood of requests for a missing key does not reach the source
+    /// (cache penetration). Off by default.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// When a load fails (error, timeout, panic), serve the value it was
+    /// refreshing if it went stale less than `max_staleness` ago
+    /// (stale-if-error). Off by default.
+    pub fn stale_if_error(mut self, max_staleness: Duration) -> Self {
+        self.stale_if_error = Some(max_staleness);
+        self
+    }
+
+    /// XFetch's `beta` (default 1.0): larger refreshes earlier; `0.0` turns
+    /// early refresh off.
+    pub fn xfetch_beta(mut self, beta: f64) -> Self {
+        self.beta = beta;
+        self
+    }
+
+    /// How long one load may run (default [`DEFAULT_LOAD_TIMEOUT`]); past
+    /// it the load counts as failed.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = timeout;
+        self
+    }
+
+    /// How long a caller waits for a load, its own or another caller's
+    /// (default: the load timeout plus 5 s for the L2 calls around it). A
+    /// caller that gives up leaves the load running for the others.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = Some(timeout);
+        self
+    }
+
+    /// How long an invalidation's version record outlives the value
+    /// (default: twice the wait timeout). A load that started before an
+    /// invalidation and finishes within this time can never put the old
+    /// value back; loads are cut at the load timeout, so keep it longer.
+    pub fn tombstone(mut self, d: Duration) -> Self {
+        self.tombstone = Some(d);
+        self
+    }
+
+    /// The clock (default: the system clock); tests use `MockClock`.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// How values are compressed in the L2 (default: not at all).
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Seeds the random draws (XFetch, TTL jitter), for reproducible tests.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The codec of values in the L2 (default [`Postcard`]).
+    pub fn codec<C2: Codec>(self, codec: C2) -> CacheBuilder<K, V, C2> {
+        CacheBuilder {
+            memory: self.memory,
+            memory_ttl_cap: self.memory_ttl_cap,
+            store: self.store,
+            #[cfg(feature = "redis")]
+            redis: self.redis,
+            loader: self.loader,
+            writer: self.writer,
+            ttl: self.ttl,
+            negative_ttl: self.negative_ttl,
+            stale_if_error: self.stale_if_error,
+            beta: self.beta,
+            load_timeout: self.load_timeout,
+            wait_timeout: self.wait_timeout,
+            tombstone: self.tombstone,
+            clock: self.clock,
+            codec,
+            compression: self.compression,
+            seed: self.seed,
+            _types: PhantomData,
+        }
+    }
+
+    /// Checks the settings and builds the cache. Needs no runtime; reads and
+    /// loads need a Tokio runtime (an [`ErrorKind::Unsupported`] error
+    /// without one, never a panic).
+    pub fn build(self) -> Result<Cache<K, V, C>> {
+        let bad = |m: String| Err(Error::new(ErrorKind::InvalidConfig, m));
+        if self.memory.is_none() && self.store.is_none() {
+            return bad("a cache needs an L1 (memory) or an L2 (store), or both".into());
+        }
+        self.ttl.check()?;
+        for (name, d) in [
+            ("negative_ttl", self.negative_ttl),
+            ("memory_ttl_cap", self.memory_ttl_cap),
+            ("tombstone", self.tombstone),
+        ] {
+            if d.is_some_and(|d| d.as_millis() == 0) {
+                return bad(format!("{name} must be at least 1 ms"));
+            }
+        }
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
+            return bad(format!(
+                "xfetch_beta must be finite and >= 0, not {}",
+                self.beta
+            ));
+        }
+        if self.load_timeout.is_zero() {
+            return bad("load_timeout must be positive".into());
+        }
+        let wait_timeout = self
+            .wait_timeout
+            .unwrap_or_else(|| self.load_timeout.saturating_add(Duration::from_secs(5)));
+        if wait_timeout.is_zero() {
+            return bad("wait_timeout must be positive".into());
+        }
+        let tombstone = self
+            .tombstone
+            .unwrap_or_else(|| wait_timeout.saturating_mul(2));
+        let clock = self.clock.unwrap_or_else(SystemClock::shared);
+        let l1 = self.memory.map(|entries| {
+            MemoryCache::builder(entries)
+                .clock(Arc::clone(&clock))
+                .build()
+        });
+        let cfg = Config {
+            codec: self.codec,
+            compression: self.compression,
+            ttl: self.ttl,
+            negative_ttl: self.negative_ttl,
+            stale_if_error: self.stale_if_error,
+            beta: self.beta,
+            load_timeout: self.load_timeout,
+            wait_timeout,
+            tombstone,
+            memory_ttl_cap: self.memory_ttl_cap,
+        };
+        Ok(Cache::from_inner(Inner::new(
+            l1,
+            self.store,
+            #[cfg(feature = "redis")]
+            self.redis,
+            self.loader,
+            self.writer,
+            cfg,
+            clock,
+            self.seed,
+        )))
+    }
+}

@@ -1,0 +1,404 @@
+//! [`Cache`]: the multi-level cache and its public operations. The read
+//! path's steps live in `read.rs`, the in-flight loads in `load.rs`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use larder_core::{Codec, Compression, Error, ErrorKind, Postcard, Result, SharedClock, Store};
+use larder_memory::{MemoryCache, SingleFlight};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::task::JoinSet;
+
+use crate::builder::CacheBuilder;
+use crate::entry::Entry;
+use crate::key::CacheKey;
+use crate::source::{DynLoader, DynWriter};
+use crate::stats::{Recorders, Stats};
+use crate::ttl::TtlPolicy;
+
+/// The settings `build()` checked.
+pub(crate) struct Config<C> {
+    pub(crate) codec: C,
+    pub(crate) compression: Compression,
+    pub(crate) ttl: TtlPolicy,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) stale_if_error: Option<Duration>,
+    pub(crate) beta: f64,
+    pub(crate) load_timeout: Duration,
+    pub(crate) wait_timeout: Duration,
+    pub(crate) tombstone: Duration,
+    pub(crate) memory_ttl_cap: Option<Duration>,
+}
+
+/// What a flight hands its waiters.
+pub(crate) type Outcome<V> = Result<Arc<Entry<V>>>;
+
+pub(crate) struct Inner<K, V, C> {
+    pub(crate) l1: Option<MemoryCache<K, Arc<Entry<V>>>>,
+    pub(crate) l2: Option<Arc<dyn Store>>,
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<larder_redis::RedisStore>,
+    pub(crate) loader: Option<Box<dyn DynLoader<K, V>>>,
+    pub(crate) writer: Option<Box<dyn DynWriter<K, V>>>,
+    pub(crate) flights: SingleFlight<K, Outcome<V>>,
+    pub(crate) cfg: Config<C>,
+    pub(crate) clock: SharedClock,
+    pub(crate) stats: Recorders,
+    /// Bumped by every invalidation: a promotion from L2 that raced one is
+    /// undone (see `Inner::promote`).
+    pub(crate) epoch: AtomicU64,
+    pub(crate) closed: AtomicBool,
+    /// Background work (loads, refreshes); `None` once closed.
+    tasks: Mutex<Option<JoinSet<()>>>,
+    rng: Option<Mutex<fastrand::Rng>>,
+}
+
+impl<K, V, C> Inner<K, V, C>
+where
+    K: CacheKey,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        l1: Option<MemoryCache<K, Arc<Entry<V>>>>,
+        l2: Option<Arc<dyn Store>>,
+        #[cfg(feature = "redis")] redis: Option<larder_redis::RedisStore>,
+        loader: Option<Box<dyn DynLoader<K, V>>>,
+        writer: Option<Box<dyn DynWriter<K, V>>>,
+        cfg: Config<C>,
+        clock: SharedClock,
+        seed: Option<u64>,
+    ) -> Self {
+        Inner {
+            l1,
+            l2,
+            #[cfg(feature = "redis")]
+            redis,
+            loader,
+            writer,
+            flights: SingleFlight::new(),
+            cfg,
+            clock,
+            stats: Recorders::default(),
+            epoch: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            tasks: Mutex::new(Some(JoinSet::new())),
+            rng: seed.map(|s| Mutex::new(fastrand::Rng::with_seed(s))),
+        }
+    }
+}
+
+impl<K, V, C> Inner<K, V, C> {
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.unix_millis()
+    }
+
+    /// A uniform draw in `[0, 1)`.
+    pub(crate) fn draw(&self) -> f64 {
+        match &self.rng {
+            Some(r) => r.lock().f64(),
+            None => fastrand::f64(),
+        }
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::new(ErrorKind::Closed, "the cache was closed"));
+        }
+        Ok(())
+    }
+
+    /// Runs `fut` in the background, owned by the cache (`close` waits for it).
+    pub(crate) fn spawn(
+        &self,
+        fut: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| no_runtime())?;
+        let mut g = self.tasks.lock();
+        let Some(set) = g.as_mut() else {
+            return Err(Error::new(ErrorKind::Closed, "the cache was closed"));
+        };
+        // Reap what finished, so the set holds only running work.
+        while set.try_join_next().is_some() {}
+        set.spawn_on(fut, &handle);
+        Ok(())
+    }
+}
+
+pub(crate) fn no_runtime() -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        "Larder's cache needs a Tokio runtime for loads (none is running on this thread)",
+    )
+}
+
+/// A multi-level cache: an in-process L1 ([`larder_memory`]) in front of an
+/// optional L2 ([`Store`], Redis with the `redis` feature) in front of your
+/// source of truth. Cheap to clone (shared).
+///
+/// Reads ([`Cache::get_or_load`]): a fresh L1 hit returns at once without
+/// I/O; otherwise the L2; otherwise one load per key across all callers
+/// (single flight), run in a task of its own so that a caller who gives up
+/// never strands the others. See the crate documentation for the whole
+/// read path, and `docs/patterns.md` for when to use which pattern.
+pub struct Cache<K, V, C = Postcard> {
+    pub(crate) inner: Arc<Inner<K, V, C>>,
+}
+
+impl<K, V, C> Clone for Cache<K, V, C> {
+    fn clone(&self) -> Self {
+        Cache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, V, C: fmt::Debug> fmt::Debug for Cache<K, V, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("l1", &self.inner.l1.is_some())
+            .field("l2", &self.inner.l2)
+            .field("codec", &self.inner.cfg.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> Cache<K, V, Postcard>
+where
+    K: CacheKey,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// A builder: L1 on by default, no L2, no loader.
+    pub fn builder() -> CacheBuilder<K, V, Postcard> {
+        CacheBuilder::new()
+    }
+}
+
+/// What [`Cache::warm`] did.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WarmReport {
+    /// Keys already cached (L1 or L2): nothing loaded.
+    pub skipped: u64,
+    /// Keys loaded from the source (found or cached as not found).
+    pub loaded: u64,
+    /// Keys whose load failed.
+    pub failed: u64,
+}
+
+impl<K, V, C> Cache<K, V, C>
+where
+    K: CacheKey,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    pub(crate) fn from_inner(inner: Inner<K, V, C>) -> Self {
+        Cache {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The value of `key` if a level holds it (no load): `Ok(None)` for a
+    /// miss or a cached "not found". L2 errors are counted and answered as a
+    /// miss.
+    pub async fn get(&self, key: &K) -> Result<Option<V>> {
+        self.inner.check_open()?;
+        let now = self.inner.now_ms();
+        if let Some(hit) = self.inner.l1_lookup(key, now) {
+            return Ok(hit);
+        }
+        self.inner.stats.l1_misses.incr();
+        let text = key.key_text()?;
+        Ok(self.inner.l2_lookup(key, &text, now).await.flatten())
+    }
+
+    /// The value of `key`: from the L1, else the L2, else the loader, with
+    /// one load per key at a time across all callers. `Ok(None)` when the
+    /// loader says "not found". Errors: an invalid key, no loader
+    /// configured, the load's error (never cached), a wait past the wait
+    /// timeout ([`ErrorKind::Timeout`]), no Tokio runtime.
+    pub async fn get_or_load(&self, key: &K) -> Result<Option<V>> {
+        self.inner.check_open()?;
+        let now = self.inner.now_ms();
+        if let Some(hit) = self.inner.l1_lookup(key, now) {
+            return Ok(hit);
+        }
+        self.inner.stats.l1_misses.incr();
+        let text = key.key_text()?;
+        if self.inner.loader.is_none() {
+            return Err(no_loader());
+        }
+        if let Some(hit) = self.inner.l2_lookup(key, &text, now).await {
+            return Ok(hit);
+        }
+        let entry = Arc::clone(&self.inner).load(key, text).await?;
+        Ok(entry.value.clone())
+    }
+
+    /// [`Cache::get`] for many keys: one result per key, in order. L1 hits
+    /// first, then one bulk L2 read (`MGET`) for the rest.
+    pub async fn get_many(&self, keys: &[K]) -> Vec<Result<Option<V>>> {
+        Arc::clone(&self.inner).get_many(keys, false).await
+    }
+
+    /// [`Cache::get_or_load`] for many keys: one result per key, in order.
+    /// L1 hits, then one bulk L2 read for the rest, then one bulk load
+    /// ([`larder_core::Loader::load_many`]) for the keys no other caller is
+    /// loading already.
+    pub async fn get_many_or_load(&self, keys: &[K]) -> Vec<Result<Option<V>>> {
+        if self.inner.loader.is_none() {
+            return keys.iter().map(|_| Err(no_loader())).collect();
+        }
+        Arc::clone(&self.inner).get_many(keys, true).await
+    }
+
+    /// Removes `key` from every level: the L1, the L2 (a versioned delete:
+    /// a load that started earlier cannot put the old value back), and the
+    /// in-flight table (a running load's result is handed to its waiters
+    /// but not cached). Cache-aside: call it after writing the source.
+    pub async fn invalidate(&self, key: &K) -> Result<()> {
+        self.inner.check_open()?;
+        let text = key.key_text()?;
+        self.inner.stats.invalidations.incr();
+        self.inner.invalidate_local(key);
+        if let Some(l2) = &self.inner.l2 {
+            l2.invalidate(&text, self.inner.cfg.tombstone).await?;
+            // A reader of this instance may have read the old value from L2
+            // between the first local invalidation and the L2's: again.
+            self.inner.invalidate_local(key);
+        }
+        Ok(())
+    }
+
+    /// [`Cache::invalidate`] for many keys; the first error, after trying all.
+    pub async fn invalidate_many(&self, keys: &[K]) -> Result<()> {
+        let results = futures_util::future::join_all(keys.iter().map(|k| self.invalidate(k))).await;
+        results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+    }
+
+    /// Cache-aside update: writes `value` to the source of truth through
+    /// the configured [`larder_core::Writer`], then [invalidates](Cache::invalidate)
+    /// the key. The next read loads the new value. If the write fails,
+    /// nothing is invalidated and the error is returned.
+    pub async fn update(&self, key: &K, value: &V) -> Result<()> {
+        self.inner.check_open()?;
+        let Some(writer) = &self.inner.writer else {
+            return Err(no_writer());
+        };
+        writer.write(key, value).await?;
+        self.invalidate(key).await
+    }
+
+    /// Cache-aside delete: deletes `key` from the source of truth through
+    /// the configured [`larder_core::Writer`], then
+    /// [invalidates](Cache::invalidate) it.
+    pub async fn delete(&self, key: &K) -> Result<()> {
+        self.inner.check_open()?;
+        let Some(writer) = &self.inner.writer else {
+            return Err(no_writer());
+        };
+        writer.delete(key).await?;
+        self.invalidate(key).await
+    }
+
+    /// Removes every entry of the L1 (other instances and the L2 keep theirs).
+    pub fn clear_local(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(l1) = &self.inner.l1 {
+            l1.clear();
+        }
+    }
+
+    /// Loads `keys` ahead of traffic, `batch` keys per bulk load with at
+    /// most `concurrency` batches at once, calling `progress(done, total)`
+    /// after each batch. Keys already cached are skipped.
+    pub async fn warm(
+        &self,
+        keys: &[K],
+        batch: usize,
+        concurrency: usize,
+        mut progress: impl FnMut(usize, usize),
+    ) -> WarmReport {
+        use futures_util::StreamExt;
+        let mut done = 0;
+        let mut report = WarmReport::default();
+        let mut batches = futures_util::stream::iter(keys.chunks(batch.max(1)))
+            .map(|chunk| self.warm_batch(chunk))
+            .buffer_unordered(concurrency.max(1));
+        while let Some((n, r)) = batches.next().await {
+            report.skipped += r.skipped;
+            report.loaded += r.loaded;
+            report.failed += r.failed;
+            done += n;
+            progress(done, keys.len());
+        }
+        report
+    }
+
+    async fn warm_batch(&self, chunk: &[K]) -> (usize, WarmReport) {
+        let mut report = WarmReport::default();
+        let cached = self.get_many(chunk).await;
+        let missing: Vec<K> = chunk
+            .iter()
+            .zip(&cached)
+            .filter(|(_, r)| !matches!(r, Ok(Some(_))))
+            .map(|(k, _)| k.clone())
+            .collect();
+        report.skipped = (chunk.len() - missing.len()) as u64;
+        for r in self.get_many_or_load(&missing).await {
+            match r {
+                Ok(_) => report.loaded += 1,
+                Err(_) => report.failed += 1,
+            }
+        }
+        (chunk.len(), report)
+    }
+
+    /// A snapshot of the cache's figures.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.inner.stats.snapshot();
+        if let Some(l1) = &self.inner.l1 {
+            s.l1 = Some(l1.stats());
+            s.l1_entries = l1.entry_count();
+        }
+        s.in_flight = self.inner.flights.len();
+        s
+    }
+
+    /// The Redis store behind the L2 (`redis` feature), for its own figures
+    /// (`stats()`, `breaker_states()`) and helpers.
+    #[cfg(feature = "redis")]
+    pub fn redis(&self) -> Option<&larder_redis::RedisStore> {
+        self.inner.redis.as_ref()
+    }
+
+    /// Stops the cache: later calls answer [`ErrorKind::Closed`], and this
+    /// waits for the background loads and refreshes still running (each
+    /// bounded by the load timeout). Nothing outlives the cache silently.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let set = self.inner.tasks.lock().take();
+        if let Some(mut set) = set {
+            while set.join_next().await.is_some() {}
+        }
+    }
+}
+
+pub(crate) fn no_loader() -> Error {
+    Error::new(
+        ErrorKind::InvalidConfig,
+        "get_or_load needs a loader (CacheBuilder::loader)",
+    )
+}
+
+fn no_writer() -> Error {
+    Error::new(
+        ErrorKind::InvalidConfig,
+        "update and delete need a writer (CacheBuilder::writer)",
+    )
+}

@@ -1,0 +1,449 @@
+//! Loads: the in-flight table's leaders, the tasks that run them, and
+//! background refreshes.
+//!
+//! A load runs in a task of its own that owns the flight's [`Leader`]; the
+//! callers (the one that started it included) wait on the flight with their
+//! own timeouts. So a caller that gives up (a timeout, a `select!`) never
+//! stops the load its waiters need, a panicking loader becomes a
+//! `SourcePanicked` error for every waiter, and a task that is aborted
+//! drops its leader, which abandons the flight: waiters retry, one leads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use larder_core::envelope::{self, EnvelopeMeta, Freshness};
+use larder_core::{Codec, Error, ErrorKind, Result};
+use larder_memory::{Join, Leader};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cache::{Inner, Outcome};
+use crate::entry::Entry;
+use crate::key::CacheKey;
+use crate::read::L2Read;
+
+/// How many times a caller joins a flight whose leader abandoned it.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Why a flight runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A caller missed: look again (L1, L2), then load.
+    Miss,
+    /// A background refresh: take a newer value from the L2 if another
+    /// instance refreshed it, else load.
+    Refresh,
+}
+
+/// What started a background refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refresh {
+    /// XFetch fired on a fresh value.
+    Early,
+    /// A stale value was served within its grace window.
+    Stale,
+}
+
+/// What a flight's work produced.
+pub(crate) struct Fetched<V> {
+    pub(crate) entry: Arc<Entry<V>>,
+    /// Whether to put it in the L1 (not for refused fills or uncached answers).
+    pub(crate) cache: bool,
+    /// Refresh right after answering (the value came from the L2 stale or
+    /// with XFetch firing).
+    pub(crate) then_refresh: bool,
+}
+
+impl<V> Fetched<V> {
+    fn new(entry: Arc<Entry<V>>, cache: bool) -> Self {
+        Fetched {
+            entry,
+            cache,
+            then_refresh: false,
+        }
+    }
+}
+
+pub(crate) fn wait_timeout(d: Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!("no answer from the load within the wait timeout ({d:?})"),
+    )
+}
+
+fn panicked() -> Error {
+    Error::new(ErrorKind::SourcePanicked, "the loader panicked")
+}
+
+fn load_timeout(d: Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!("the loader did not answer within the load timeout ({d:?})"),
+    )
+}
+
+impl<K, V, C> Inner<K, V, C>
+where
+    K: CacheKey,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// Joins the key's flight (leading it in a new task if none runs) and
+    /// waits for its outcome, within the wait timeout.
+    pub(crate) async fn load(self: Arc<Self>, key: &K, text: String) -> Outcome<V> {
+        tokio::runtime::Handle::try_current().map_err(|_| crate::cache::no_runtime())?;
+        for _ in 0..MAX_ATTEMPTS {
+            let wait = match self.flights.join(key.clone()) {
+                Join::Leader(leader) => {
+                    let wait = leader.wait();
+                    let me = Arc::clone(&self);
+                    let (k, t) = (key.clone(), text.clone());
+                    self.spawn(async move { me.run_flight(leader, k, t, Mode::Miss).await })?;
+                    wait
+                }
+                Join::Wait(w) => {
+                    self.stats.coalesced.incr();
+                    w
+                }
+            };
+            match tokio::time::timeout(self.cfg.wait_timeout, wait).await {
+                Ok(Some(outcome)) => return outcome,
+                Ok(None) => continue,
+                Err(_) => return Err(wait_timeout(self.cfg.wait_timeout)),
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Cancelled,
+            format!("the load of {text:?} was abandoned {MAX_ATTEMPTS} times"),
+        ))
+    }
+
+    /// Starts a background refresh of `key` unless one runs already.
+    pub(crate) fn refresh(self: &Arc<Self>, key: &K, why: Refresh) {
+        if self.loader.is_none() || self.check_open().is_err() {
+            return;
+        }
+        let Ok(text) = key.key_text() else { return };
+        if let Join::Leader(leader) = self.flights.join(key.clone()) {
+            if why == Refresh::Early {
+                self.stats.early_refreshes.incr();
+            }
+            self.stats.background_refreshes.incr();
+            let me = Arc::clone(self);
+            let k = key.clone();
+            // Without a runtime the leader drops here: nothing waits on it.
+            let _ = self.spawn(async move { me.run_flight(leader, k, text, Mode::Refresh).await });
+        }
+    }
+
+    /// The task of one flight: fetch, publish, and refresh right after if
+    /// the answer asked for it.
+    async fn run_flight(
+        self: Arc<Self>,
+        leader: Leader<K, Outcome<V>>,
+        key: K,
+        text: String,
+        mode: Mode,
+    ) {
+        let fetched = std::panic::AssertUnwindSafe(self.fetch(&key, &text, mode))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                self.stats.load_errors.incr();
+                Err(panicked())
+            });
+        let then_refresh = self.publish(leader, &key, fetched);
+        if then_refresh && let Join::Leader(leader) = self.flights.join(key.clone()) {
+            self.stats.background_refreshes.incr();
+            let fetched = std::panic::AssertUnwindSafe(self.fetch(&key, &text, Mode::Refresh))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    self.stats.load_errors.incr();
+                    Err(panicked())
+                });
+            self.publish(leader, &key, fetched);
+        }
+    }
+
+    /// Ends a flight; `true` if a refresh should follow.
+    fn publish(&self, leader: Leader<K, Outcome<V>>, key: &K, fetched: Result<Fetched<V>>) -> bool {
+        match fetched {
+            Ok(f) => {
+                let now = self.now_ms();
+                let entry = Arc::clone(&f.entry);
+                leader.finish_with(Ok(entry), |_| {
+                    if f.cache {
+                        self.l1_insert(key, Arc::clone(&f.entry), now);
+                    }
+                });
+                f.then_refresh
+            }
+            Err(e) => {
+                leader.finish(Err(e));
+                false
+            }
+        }
+    }
+
+    /// A flight's work: look again, then load and store.
+    async fn fetch(&self, key: &K, text: &str, mode: Mode) -> Result<Fetched<V>> {
+        let now = self.now_ms();
+        // What the L1 holds: for a miss, a value another flight put there
+        // since the caller looked; for a refresh, the value being refreshed
+        // (stale-if-error serves it when the load fails).
+        let mut current = self.l1.as_ref().and_then(|l1| l1.peek(key));
+        if mode == Mode::Miss
+            && let Some(e) = &current
+            && e.freshness(now) == Freshness::Fresh
+        {
+            return Ok(Fetched::new(Arc::clone(e), false));
+        }
+        let mut ticket = None;
+        let mut l2_up = self.l2.is_some();
+        match self.l2_read(text).await {
+            L2Read::Hit(e) => {
+                let fresh = e.freshness(now);
+                let newer = current
+                    .as_ref()
+                    .is_none_or(|c| e.version > c.version || e.fresh_until_ms > c.fresh_until_ms);
+                match (mode, fresh) {
+                    (Mode::Miss, Freshness::Fresh) => {
+                        let early = e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw());
+                        if early {
+                            self.stats.early_refreshes.incr();
+                        }
+                        return Ok(Fetched {
+                            entry: e,
+                            cache: true,
+                            then_refresh: early,
+                        });
+                    }
+                    (Mode::Miss, Freshness::Stale) => {
+                        self.stats.stale_served.incr();
+                        return Ok(Fetched {
+                            entry: e,
+                            cache: true,
+                            then_refresh: true,
+                        });
+                    }
+                    // Another instance refreshed it: take that.
+                    (Mode::Refresh, Freshness::Fresh)
+                        if newer && !e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw()) =>
+                    {
+                        return Ok(Fetched::new(e, true));
+                    }
+                    // Kept for stale-if-error while the load runs.
+                    _ => {
+                        if current.is_none() {
+                            current = Some(e);
+                        }
+                    }
+                }
+            }
+            L2Read::Corrupt => {
+                // Its version may be anything: invalidate it, and load
+                // with the version the invalidation allocated.
+                if let Some(l2) = &self.l2 {
+                    match l2.invalidate(text, self.cfg.tombstone).await {
+                        Ok(v) => ticket = Some(v),
+                        Err(_) => {
+                            self.stats.l2_errors.incr();
+                            l2_up = false;
+                        }
+                    }
+                }
+            }
+            L2Read::Failed => l2_up = false,
+            L2Read::Miss => {}
+        }
+        if l2_up
+            && ticket.is_none()
+            && let Some(l2) = &self.l2
+        {
+            match l2.version(text).await {
+                Ok(v) => ticket = Some(v),
+                Err(_) => {
+                    self.stats.l2_errors.incr();
+                    l2_up = false;
+                }
+            }
+        }
+        let loader = self.loader.as_ref().ok_or_else(crate::cache::no_loader)?;
+        let started = self.clock.now();
+        let loaded = tokio::time::timeout(self.cfg.load_timeout, loader.load(key)).await;
+        let took = self.clock.now().saturating_duration_since(started);
+        self.stats.load_time.record(took);
+        let value = match loaded {
+            Ok(Ok(v)) => {
+                self.stats.loads_ok.incr();
+                v
+            }
+            Ok(Err(e)) => return self.load_failed(e, current),
+            Err(_) => return self.load_failed(load_timeout(self.cfg.load_timeout), current),
+        };
+        self.store_loaded(text, value, took, ticket.filter(|_| l2_up))
+            .await
+    }
+
+    /// A failed load: the stale value if stale-if-error allows it, else the error.
+    fn load_failed(&self, e: Error, current: Option<Arc<Entry<V>>>) -> Result<Fetched<V>> {
+        self.stats.load_errors.incr();
+        let now = self.now_ms();
+        if let (Some(max), Some(c)) = (self.cfg.stale_if_error, current)
+            && c.value.is_some()
+            && now
+                < c.fresh_until_ms
+                    .saturating_add(u64::try_from(max.as_millis()).unwrap_or(u64::MAX))
+        {
+            self.stats.stale_if_error.incr();
+            return Ok(Fetched::new(c, false));
+        }
+        Err(e)
+    }
+
+    /// Turns a loaded value into an entry, writes it to the L2 (a fill with
+    /// `ticket`, refused if the key was invalidated since), and says whether
+    /// the L1 may hold it.
+    pub(crate) async fn store_loaded(
+        &self,
+        text: &str,
+        value: Option<V>,
+        took: Duration,
+        ticket: Option<u64>,
+    ) -> Result<Fetched<V>> {
+        let now = self.now_ms();
+        let (fresh, grace) = match (&value, self.cfg.negative_ttl) {
+            (Some(_), _) => {
+                let ttl = self.cfg.ttl.for_key(text);
+                (ttl.fresh_for(self.draw()), ttl.grace())
+            }
+            (None, Some(neg)) => (neg, Duration::ZERO),
+            (None, None) => {
+                return Ok(Fetched::new(Arc::new(Entry::uncached_none(now)), false));
+            }
+        };
+        // Kept past the grace window as long as stale-if-error may serve it.
+        let keep = match (&value, self.cfg.stale_if_error) {
+            (Some(_), Some(sie)) => grace.max(sie),
+            _ => grace,
+        };
+        let meta = EnvelopeMeta::starting_at(now, fresh, keep)
+            .with_delta(took)
+            .with_version(ticket.unwrap_or(0));
+        let entry = Arc::new(Entry::new(&meta, value, grace));
+        let (Some(l2), Some(_)) = (&self.l2, ticket) else {
+            return Ok(Fetched::new(entry, true));
+        };
+        let bytes = match envelope::encode_value(
+            &self.cfg.codec,
+            meta,
+            entry.value.as_ref(),
+            self.cfg.compression,
+        ) {
+            Ok(b) => b,
+            Err(_) => {
+                self.stats.encode_errors.incr();
+                return Ok(Fetched::new(entry, true));
+            }
+        };
+        let Some(ttl) = meta.store_ttl(now) else {
+            return Ok(Fetched::new(entry, true));
+        };
+        match l2.fill(text, &bytes, ttl).await {
+            Ok(true) => Ok(Fetched::new(entry, true)),
+            Ok(false) => {
+                // Invalidated or written while it loaded: answer the
+                // callers who asked before that, cache nothing.
+                self.stats.fills_refused.incr();
+                Ok(Fetched::new(entry, false))
+            }
+            Err(_) => {
+                self.stats.l2_errors.incr();
+                Ok(Fetched::new(entry, true))
+            }
+        }
+    }
+
+    /// The task of a bulk load (`get_many_or_load`): one L2 look, one
+    /// ticket per key, one `load_many`, then one fill per key.
+    pub(crate) async fn run_bulk(
+        self: Arc<Self>,
+        leaders: Vec<(Leader<K, Outcome<V>>, K, String)>,
+    ) {
+        let keys: Vec<K> = leaders.iter().map(|(_, k, _)| k.clone()).collect();
+        let texts: Vec<String> = leaders.iter().map(|(_, _, t)| t.clone()).collect();
+        let fetched = std::panic::AssertUnwindSafe(self.fetch_many(&keys, &texts))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                self.stats.load_errors.add(keys.len() as u64);
+                keys.iter().map(|_| Err(panicked())).collect()
+            });
+        for ((leader, key, _), f) in leaders.into_iter().zip(fetched) {
+            self.publish(leader, &key, f);
+        }
+    }
+
+    async fn fetch_many(&self, keys: &[K], texts: &[String]) -> Vec<Result<Fetched<V>>> {
+        let l2_up = self.l2.is_some();
+        let tickets: Vec<Option<u64>> = match &self.l2 {
+            Some(l2) => futures_util::future::join_all(texts.iter().map(|t| l2.version(t)))
+                .await
+                .into_iter()
+                .map(|r| match r {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        self.stats.l2_errors.incr();
+                        None
+                    }
+                })
+                .collect(),
+            None => vec![None; keys.len()],
+        };
+        let Some(loader) = self.loader.as_ref() else {
+            return keys
+                .iter()
+                .map(|_| Err(crate::cache::no_loader()))
+                .collect();
+        };
+        let started = self.clock.now();
+        let loaded = tokio::time::timeout(self.cfg.load_timeout, loader.load_many(keys)).await;
+        let took = self.clock.now().saturating_duration_since(started);
+        self.stats.load_time.record(took);
+        let values = match loaded {
+            Ok(Ok(v)) if v.len() == keys.len() => v,
+            Ok(Ok(v)) => {
+                let e = Error::new(
+                    ErrorKind::Source,
+                    format!(
+                        "load_many answered {} values for {} keys",
+                        v.len(),
+                        keys.len()
+                    ),
+                );
+                self.stats.load_errors.add(keys.len() as u64);
+                return keys.iter().map(|_| Err(e.clone())).collect();
+            }
+            Ok(Err(e)) => {
+                self.stats.load_errors.add(keys.len() as u64);
+                return keys.iter().map(|_| Err(e.clone())).collect();
+            }
+            Err(_) => {
+                self.stats.load_errors.add(keys.len() as u64);
+                let e = load_timeout(self.cfg.load_timeout);
+                return keys.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        self.stats.loads_ok.add(keys.len() as u64);
+        futures_util::future::join_all(
+            values
+                .into_iter()
+                .zip(texts)
+                .zip(tickets)
+                .map(|((v, t), ticket)| self.store_loaded(t, v, took, ticket.filter(|_| l2_up))),
+        )
+        .await
+    }
+}

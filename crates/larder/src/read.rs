@@ -1,0 +1,292 @@
+//! The read path's steps outside the in-flight table: the L1 lookup (no
+//! I/O), the L2 lookup and promotion, local invalidation, and bulk reads.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use larder_core::envelope::{self, Freshness};
+use larder_core::{Codec, Result};
+use larder_memory::Join;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cache::Inner;
+use crate::entry::Entry;
+use crate::key::CacheKey;
+use crate::load::Refresh;
+
+/// What one L2 read found.
+pub(crate) enum L2Read<V> {
+    Hit(Arc<Entry<V>>),
+    Miss,
+    /// Not a valid envelope of this cache's codec and type (counted).
+    Corrupt,
+    /// The L2 failed (counted).
+    Failed,
+}
+
+impl<K, V, C> Inner<K, V, C>
+where
+    K: CacheKey,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// The L1's answer: `Some(value)` for a fresh hit, or a stale one within
+    /// its grace window (a refresh starts in the background); `None` for a
+    /// miss. No I/O, no allocation on a hit.
+    #[inline]
+    pub(crate) fn l1_lookup(self: &Arc<Self>, key: &K, now: u64) -> Option<Option<V>> {
+        let e = self.l1.as_ref()?.get(key)?;
+        match e.freshness(now) {
+            Freshness::Fresh => {
+                if e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw()) {
+                    self.refresh(key, Refresh::Early);
+                }
+            }
+            Freshness::Stale => {
+                self.stats.stale_served.incr();
+                self.refresh(key, Refresh::Stale);
+            }
+            _ => return None,
+        }
+        self.stats.l1_hits.incr();
+        if e.value.is_none() {
+            self.stats.negative_hits.incr();
+        }
+        Some(e.value.clone())
+    }
+
+    /// Decodes L2 bytes into an entry; corrupt or foreign bytes are counted.
+    pub(crate) fn decode(&self, text: &str, bytes: &[u8]) -> Option<Arc<Entry<V>>> {
+        match envelope::decode_value::<C, V>(&self.cfg.codec, bytes) {
+            Ok((meta, value)) => {
+                let grace = self.grace_for(text, value.is_some());
+                Some(Arc::new(Entry::new(&meta, value, grace)))
+            }
+            Err(_) => {
+                self.stats.corrupt.incr();
+                None
+            }
+        }
+    }
+
+    /// One L2 read, classified.
+    pub(crate) async fn l2_read(&self, text: &str) -> L2Read<V> {
+        let Some(l2) = &self.l2 else {
+            return L2Read::Miss;
+        };
+        match l2.get(text).await {
+            Ok(Some(bytes)) => match self.decode(text, &bytes) {
+                Some(e) => L2Read::Hit(e),
+                None => L2Read::Corrupt,
+            },
+            Ok(None) => L2Read::Miss,
+            Err(_) => {
+                self.stats.l2_errors.incr();
+                L2Read::Failed
+            }
+        }
+    }
+
+    /// The L2's answer for a caller that missed the L1: `Some(value)` for a
+    /// fresh hit (or stale in its grace window), promoted to the L1; `None`
+    /// for a miss, an expired or corrupt value, or an L2 failure.
+    pub(crate) async fn l2_lookup(
+        self: &Arc<Self>,
+        key: &K,
+        text: &str,
+        now: u64,
+    ) -> Option<Option<V>> {
+        self.l2.as_ref()?;
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let L2Read::Hit(e) = self.l2_read(text).await else {
+            self.stats.l2_misses.incr();
+            return None;
+        };
+        self.serve_from_l2(key, e, now, epoch)
+    }
+
+    /// Serves an entry read from the L2: promotes it, and starts a refresh
+    /// when XFetch fires or it is stale. `None` if it is expired.
+    pub(crate) fn serve_from_l2(
+        self: &Arc<Self>,
+        key: &K,
+        e: Arc<Entry<V>>,
+        now: u64,
+        epoch: u64,
+    ) -> Option<Option<V>> {
+        match e.freshness(now) {
+            Freshness::Fresh => {
+                if e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw()) {
+                    self.refresh(key, Refresh::Early);
+                }
+            }
+            Freshness::Stale => {
+                self.stats.stale_served.incr();
+                self.refresh(key, Refresh::Stale);
+            }
+            _ => {
+                self.stats.l2_misses.incr();
+                return None;
+            }
+        }
+        self.stats.l2_hits.incr();
+        if e.value.is_none() {
+            self.stats.negative_hits.incr();
+        }
+        let value = e.value.clone();
+        self.promote(key, e, now, epoch);
+        Some(value)
+    }
+
+    /// The grace window of a key's values (none for negative entries).
+    pub(crate) fn grace_for(&self, text: &str, positive: bool) -> Duration {
+        if positive {
+            self.cfg.ttl.for_key(text).grace()
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The L1 lifetime of an entry: what is left of it, capped.
+    pub(crate) fn l1_ttl(&self, e: &Entry<V>, now: u64) -> Option<Duration> {
+        let left = Duration::from_millis(e.stale_until_ms.checked_sub(now)?);
+        let ttl = match self.cfg.memory_ttl_cap {
+            Some(cap) => left.min(cap),
+            None => left,
+        };
+        (!ttl.is_zero()).then_some(ttl)
+    }
+
+    /// Inserts into the L1 (no check: the caller holds the key's flight).
+    pub(crate) fn l1_insert(&self, key: &K, e: Arc<Entry<V>>, now: u64) {
+        if let (Some(l1), Some(ttl)) = (&self.l1, self.l1_ttl(&e, now)) {
+            l1.insert_with_ttl(key.clone(), e, ttl);
+        }
+    }
+
+    /// Puts an entry read from the L2 outside a flight into the L1, and
+    /// takes it out again if an invalidation ran since `epoch` was read
+    /// (before the L2 read): either the invalidation's L1 removal comes
+    /// after this insert, or its epoch bump is seen here.
+    pub(crate) fn promote(&self, key: &K, e: Arc<Entry<V>>, now: u64, epoch: u64) {
+        if self.l1.is_none() {
+            return;
+        }
+        self.l1_insert(key, e, now);
+        if self.epoch.load(Ordering::SeqCst) != epoch
+            && let Some(l1) = &self.l1
+        {
+            l1.remove(key);
+        }
+    }
+
+    /// Invalidates `key` in this process: a promotion that raced is undone,
+    /// a running load will not publish, the L1 entry goes.
+    pub(crate) fn invalidate_local(&self, key: &K) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.flights.forget(key);
+        if let Some(l1) = &self.l1 {
+            l1.remove(key);
+        }
+    }
+
+    /// `get_many` and `get_many_or_load`.
+    pub(crate) async fn get_many(
+        self: Arc<Self>,
+        keys: &[K],
+        load: bool,
+    ) -> Vec<Result<Option<V>>> {
+        let mut out: Vec<Option<Result<Option<V>>>> = (0..keys.len()).map(|_| None).collect();
+        if let Err(e) = self.check_open() {
+            return keys.iter().map(|_| Err(e.clone())).collect();
+        }
+        let now = self.now_ms();
+        // L1.
+        let mut missing: Vec<(usize, String)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(hit) = self.l1_lookup(key, now) {
+                out[i] = Some(Ok(hit));
+                continue;
+            }
+            self.stats.l1_misses.incr();
+            match key.key_text() {
+                Ok(t) => missing.push((i, t)),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        // L2: one bulk read.
+        if let (Some(l2), false) = (&self.l2, missing.is_empty()) {
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            let texts: Vec<&str> = missing.iter().map(|(_, t)| t.as_str()).collect();
+            match l2.get_many(&texts).await {
+                Ok(values) => {
+                    let mut still = Vec::with_capacity(missing.len());
+                    for ((i, t), v) in missing.into_iter().zip(values) {
+                        let hit = v
+                            .and_then(|b| self.decode(&t, &b))
+                            .and_then(|e| self.serve_from_l2(&keys[i], e, now, epoch));
+                        match hit {
+                            Some(h) => out[i] = Some(Ok(h)),
+                            None => still.push((i, t)),
+                        }
+                    }
+                    missing = still;
+                }
+                Err(_) => {
+                    self.stats.l2_errors.incr();
+                    self.stats.l2_misses.add(missing.len() as u64);
+                }
+            }
+        }
+        if !load {
+            for (i, _) in missing {
+                out[i] = Some(Ok(None));
+            }
+            return out.into_iter().map(|r| r.unwrap_or(Ok(None))).collect();
+        }
+        // Loads: lead the keys nobody is loading, wait for the others.
+        let mut leaders = Vec::new();
+        let mut waits = Vec::with_capacity(missing.len());
+        for (i, text) in missing {
+            match self.flights.join(keys[i].clone()) {
+                Join::Leader(l) => {
+                    waits.push((i, l.wait()));
+                    leaders.push((l, keys[i].clone(), text));
+                }
+                Join::Wait(w) => {
+                    self.stats.coalesced.incr();
+                    waits.push((i, w));
+                }
+            }
+        }
+        if !leaders.is_empty() {
+            let me = Arc::clone(&self);
+            // Without a runtime the leaders drop: their waits end as abandoned.
+            let _ = self.spawn(async move { me.run_bulk(leaders).await });
+        }
+        let timeout = self.cfg.wait_timeout;
+        let answers = futures_util::future::join_all(
+            waits
+                .into_iter()
+                .map(|(i, w)| async move { (i, tokio::time::timeout(timeout, w).await) }),
+        )
+        .await;
+        for (i, answer) in answers {
+            out[i] = Some(match answer {
+                Ok(Some(r)) => r.map(|e| e.value.clone()),
+                // Abandoned (its leader was cancelled): load this one alone.
+                Ok(None) => match keys[i].key_text() {
+                    Ok(t) => Arc::clone(&self)
+                        .load(&keys[i], t)
+                        .await
+                        .map(|e| e.value.clone()),
+                    Err(e) => Err(e),
+                },
+                Err(_) => Err(crate::load::wait_timeout(timeout)),
+            });
+        }
+        out.into_iter().map(|r| r.unwrap_or(Ok(None))).collect()
+    }
+}
