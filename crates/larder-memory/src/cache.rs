@@ -291,21 +291,30 @@ where
     }
 
     /// Number of shards, rounded up to a power of two and capped so each
-    /// holds at least one unit of capacity. The default grows with cores and
+    /// holds at least one unit of capacity (and at 65,536). The default grows with cores and
     /// capacity; 1 gives exact global policy order (the simulator uses it).
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self
     }
 
-    /// Builds the cache. A zero capacity makes a cache that stores nothing.
+    /// Builds the cache. A zero capacity makes a cache that stores nothing;
+    /// `u64::MAX` one that never evicts (it allocates nothing for its
+    /// capacity: per-entry structures grow with the entries held).
     pub fn build(self) -> MemoryCache<K, V, S> {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        // Clamp before rounding to powers of two: a capacity of u64::MAX
+        // must not overflow.
+        let units = |c: u64| c.clamp(1, MAX_SHARDS as u64) as usize;
         let auto = (cores * 4)
             .next_power_of_two()
-            .min(((self.capacity / 256).max(1) as usize).next_power_of_two());
-        let wanted = self.shards.unwrap_or(auto).max(1).next_power_of_two();
-        let mut n = wanted.min((self.capacity.max(1) as usize).next_power_of_two());
+            .min(units(self.capacity / 256).next_power_of_two());
+        let wanted = self
+            .shards
+            .unwrap_or(auto)
+            .clamp(1, MAX_SHARDS)
+            .next_power_of_two();
+        let mut n = wanted.min(units(self.capacity).next_power_of_two());
         while n > 1 && (n as u64) > self.capacity {
             n /= 2;
         }
@@ -346,6 +355,9 @@ where
         }
     }
 }
+
+/// The most shards a cache has.
+const MAX_SHARDS: usize = 1 << 16;
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

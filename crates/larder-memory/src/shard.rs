@@ -279,7 +279,9 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             // An insert places its entry before it evicts: a full shard
             // holds `max_entries + 1` for a moment.
             let want = match self.max_entries {
-                Some(max) if (len as u64) <= max => (doubled as u64).min(max + 1) as usize,
+                Some(max) if (len as u64) <= max => {
+                    (doubled as u64).min(max.saturating_add(1)) as usize
+                }
                 _ => doubled,
             };
             self.slots.reserve_exact(want - len);

@@ -150,7 +150,8 @@ struct ByValue;
 
 impl ByValue {
     fn lifetime(v: u16) -> Option<Duration> {
-        v.is_multiple_of(3).then(|| Duration::from_millis(500 + u64::from(v % 7) * 700))
+        v.is_multiple_of(3)
+            .then(|| Duration::from_millis(500 + u64::from(v % 7) * 700))
     }
 }
 
@@ -382,4 +383,61 @@ fn ttl_policy_is_lru_among_entries_without_expiry() {
         (Some(1), None, Some(4), Some(5)),
         "2 is the least recently used entry without expiry"
     );
+}
+
+/// Capacities 0 (stores nothing), 1, and u64::MAX (how users say
+/// "unbounded": nothing is ever evicted), for every policy, weighted or
+/// not, with the default shards and with one.
+#[test]
+fn capacity_edges_for_every_policy() {
+    for cap in [0, 1, u64::MAX] {
+        for kind in [
+            PolicyKind::TinyLfu,
+            PolicyKind::Lru,
+            PolicyKind::Lfu,
+            PolicyKind::Ttl,
+        ] {
+            for weighted in [false, true] {
+                for shards in [None, Some(1)] {
+                    let what = format!("cap {cap}, {kind:?}, weighted {weighted}, {shards:?}");
+                    let mut b = MemoryCache::builder(cap).policy(kind);
+                    if weighted {
+                        b = b.weigher(|_, v: &u64| (*v % 3) as u32 + 1);
+                    }
+                    if let Some(n) = shards {
+                        b = b.shards(n);
+                    }
+                    let cache: MemoryCache<u64, u64> = b.build();
+                    let p = cache.policy();
+                    assert_eq!((p.capacity, p.weighted), (cap, weighted), "{what}");
+                    assert!(p.shards >= 1, "{what}");
+                    for k in 0..200 {
+                        cache.insert(k, k);
+                        if k % 2 == 0 {
+                            let _ = cache.get(&(k / 2));
+                        }
+                        assert!(cache.weighted_size() <= cap, "{what}");
+                    }
+                    let weight: u64 = (0..200).map(|v| v % 3 + 1).sum();
+                    match cap {
+                        0 => assert_eq!(cache.entry_count(), 0, "{what}"),
+                        1 if !weighted => assert_eq!(cache.entry_count(), 1, "{what}"),
+                        1 => assert!(cache.entry_count() <= 1, "{what}"),
+                        _ => {
+                            assert_eq!(cache.entry_count(), 200, "{what}: nothing evicted");
+                            let want = if weighted { weight } else { 200 };
+                            assert_eq!(cache.weighted_size(), want, "{what}");
+                            assert!((0..200).all(|k| cache.get(&k) == Some(k)), "{what}");
+                        }
+                    }
+                    for k in 0..200 {
+                        let _ = cache.remove(&k);
+                    }
+                    assert_eq!(cache.entry_count(), 0, "{what}");
+                    let st = cache.stats();
+                    assert_eq!(st.inserts, 200, "{what}");
+                }
+            }
+        }
+    }
 }
