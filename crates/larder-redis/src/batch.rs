@@ -17,7 +17,6 @@ use larder_core::{Error, ErrorKind, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::node::Node;
-use crate::stats::Cmd;
 
 type Reply = oneshot::Sender<Result<Option<Vec<u8>>>>;
 
@@ -70,28 +69,10 @@ impl Batcher {
                 }
             }
             let (keys, replies): (Vec<String>, Vec<Reply>) = batch.drain(..).unzip();
-            let answer = node
-                .run(Cmd::MGet, true, "batched MGET", |mut c| {
-                    let keys = &keys;
-                    async move {
-                        redis::cmd("MGET")
-                            .arg(keys)
-                            .query_async::<Vec<Option<Vec<u8>>>>(&mut c)
-                            .await
-                    }
-                })
-                .await;
-            match answer {
-                Ok(values) => {
-                    for (reply, v) in replies.into_iter().zip(values) {
-                        let _ = reply.send(Ok(v));
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
+            // Split by master on a Cluster: a dead master fails only its callers.
+            let answers = node.mget(&keys, "batched MGET").await;
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
             }
         }
     }

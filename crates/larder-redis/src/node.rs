@@ -11,6 +11,7 @@ use redis::cluster_async::ClusterConnection;
 use std::collections::HashMap;
 use std::sync::{Mutex as StdMutex, RwLock as StdRwLock};
 
+use futures_util::future::join_all;
 use tokio::sync::OnceCell;
 
 use crate::breaker::{Breaker, BreakerState};
@@ -301,6 +302,80 @@ impl Node {
             (Source::Cluster(lazy), Some(key)) => lazy.owner(larder_ring::keyslot(key.as_bytes())),
             _ => None,
         }
+    }
+
+    /// Groups `keys` (Redis keys) by the master that owns them: on a Cluster,
+    /// one group per known owner plus one for keys whose owner is not known
+    /// yet (`None`: the cluster-wide breaker); elsewhere, one group. Each
+    /// group is its indices into `keys` and the key that routes it.
+    fn groups_by_owner(&self, keys: &[String]) -> Vec<(Option<String>, Vec<usize>)> {
+        let mut groups: Vec<(Option<String>, Option<String>, Vec<usize>)> = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let owner = self.owner_of(Some(k));
+            match groups.iter_mut().find(|(o, _, _)| *o == owner) {
+                Some((_, _, idx)) => idx.push(i),
+                None => {
+                    let route = owner.is_some().then(|| k.clone());
+                    groups.push((owner, route, vec![i]));
+                }
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(_, route, idx)| (route, idx))
+            .collect()
+    }
+
+    /// `MGET` of `keys`, one answer per key. On a Cluster the keys are split
+    /// by master and each part goes through that master's breaker
+    /// concurrently, so a dead master fails only its own keys.
+    pub(crate) async fn mget(
+        &self,
+        keys: &[String],
+        what: &'static str,
+    ) -> Vec<Result<Option<Vec<u8>>>> {
+        let groups = self.groups_by_owner(keys);
+        let answers = join_all(groups.iter().map(|(route, idx)| {
+            let part: Vec<&String> = idx.iter().map(|&i| &keys[i]).collect();
+            async move {
+                self.run_routed(route.as_deref(), Cmd::MGet, true, what, |mut c| {
+                    let part = &part;
+                    async move {
+                        redis::cmd("MGET")
+                            .arg(part)
+                            .query_async::<Vec<Option<Vec<u8>>>>(&mut c)
+                            .await
+                    }
+                })
+                .await
+            }
+        }))
+        .await;
+        let mut out: Vec<Result<Option<Vec<u8>>>> = (0..keys.len()).map(|_| Ok(None)).collect();
+        for ((_, idx), answer) in groups.iter().zip(answers) {
+            match answer {
+                Ok(values) if values.len() == idx.len() => {
+                    for (&i, v) in idx.iter().zip(values) {
+                        out[i] = Ok(v);
+                    }
+                }
+                Ok(values) => {
+                    let e = Error::new(
+                        ErrorKind::Backend,
+                        format!("{what}: {} answers for {} keys", values.len(), idx.len()),
+                    );
+                    for &i in idx {
+                        out[i] = Err(e.clone());
+                    }
+                }
+                Err(e) => {
+                    for &i in idx {
+                        out[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Runs one command: breaker check, a per-attempt deadline, stats, and

@@ -408,13 +408,6 @@ impl Shards {
     }
 }
 
-async fn mget(node: &Node, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-    node.run(Cmd::MGet, true, "MGET", |mut c| async move {
-        redis::cmd("MGET").arg(keys).query_async(&mut c).await
-    })
-    .await
-}
-
 #[async_trait]
 impl Store for RedisStore {
     fn name(&self) -> &str {
@@ -539,8 +532,9 @@ impl Store for RedisStore {
             .map(|k| self.data_key(k))
             .collect::<Result<Vec<_>>>()?;
         match &self.inner.backend {
-            // On a Cluster the client splits a multi-slot MGET by slot and merges the answers.
-            Backend::Single(node) => mget(node, &ks).await,
+            // On a Cluster, split by master (each through its own breaker);
+            // the client splits a part further by slot.
+            Backend::Single(node) => node.mget(&ks, "MGET").await.into_iter().collect(),
             Backend::Sharded(s) => {
                 let shards = self.shards(s);
                 let mut groups: Vec<(Arc<Node>, Vec<usize>, Vec<String>)> = Vec::new();
@@ -554,7 +548,13 @@ impl Store for RedisStore {
                         None => groups.push((node, vec![i], vec![k])),
                     }
                 }
-                let answers = join_all(groups.iter().map(|(n, _, gk)| mget(n, gk))).await;
+                let answers = join_all(groups.iter().map(|(n, _, gk)| async move {
+                    n.mget(gk, "MGET")
+                        .await
+                        .into_iter()
+                        .collect::<Result<Vec<_>>>()
+                }))
+                .await;
                 let mut out = vec![None; keys.len()];
                 for ((_, idx, _), answer) in groups.iter().zip(answers) {
                     for (i, v) in idx.iter().zip(answer?) {

@@ -141,3 +141,85 @@ async fn a_dead_master_trips_only_its_own_breaker() {
             .all(|(_, st)| *st == BreakerState::Closed)
     );
 }
+
+/// One key per master of `cluster`, by slot.
+fn key_per_master(cluster: &RedisCluster) -> Vec<String> {
+    let n = cluster.nodes().len();
+    let mut per_master: Vec<Option<String>> = vec![None; n];
+    for i in 0.. {
+        let k = format!("key:{i}");
+        let slot = larder_ring::keyslot(format!("larder:{{{k}}}").as_bytes());
+        per_master[cluster.owner_of_slot(slot)].get_or_insert(k);
+        if per_master.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    per_master.into_iter().map(Option::unwrap).collect()
+}
+
+/// Batched reads (auto-batched gets and get_many) go through the breaker of
+/// each key's master, as single gets do: a dead master fails only its keys.
+/// Current-thread runtime: the three gets below join one batch.
+#[tokio::test]
+async fn a_dead_master_fails_only_its_keys_in_batched_reads() {
+    use larder_core::MockClock;
+    use larder_redis::BreakerConfig;
+
+    let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3).unwrap())
+        .await
+        .unwrap();
+    let clock = MockClock::new();
+    let cfg = quick_config(Topology::Cluster(cluster.urls()))
+        .response_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500))
+        .breaker(BreakerConfig::new(2, Duration::from_secs(10)))
+        .auto_batch(16)
+        .build()
+        .unwrap();
+    let s = RedisStore::with_clock(cfg, clock.shared()).unwrap();
+    let keys = key_per_master(&cluster);
+    for k in &keys {
+        s.set(k, k.as_bytes(), T).await.unwrap();
+    }
+    let live = [keys[0].as_str(), keys[2].as_str()];
+
+    cluster.node_mut(1).kill();
+    let mut wrong = Vec::new();
+    for round in 0..4 {
+        let (a, b, c) = tokio::join!(s.get(&keys[0]), s.get(&keys[1]), s.get(&keys[2]));
+        for (k, r) in [(&keys[0], a), (&keys[2], c)] {
+            if r.as_ref().ok().and_then(Option::as_deref) != Some(k.as_bytes()) {
+                wrong.push(format!("round {round}: batched get {k}: {r:?}"));
+            }
+        }
+        if b.is_ok() {
+            wrong.push(format!(
+                "round {round}: the dead master's key was served: {b:?}"
+            ));
+        }
+        if let Err(e) = s
+            .get_many(&keys.iter().map(String::as_str).collect::<Vec<_>>())
+            .await
+        {
+            assert!(e.is_backend_unavailable(), "{e}");
+        } else {
+            wrong.push(format!(
+                "round {round}: get_many over the dead master succeeded"
+            ));
+        }
+        match s.get_many(&live).await {
+            Ok(v)
+                if v.iter()
+                    .zip(live)
+                    .all(|(v, k)| v.as_deref() == Some(k.as_bytes())) => {}
+            other => wrong.push(format!(
+                "round {round}: get_many over live masters: {other:?}"
+            )),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{wrong:#?}\nbreakers: {:?}",
+        s.breaker_states()
+    );
+}
