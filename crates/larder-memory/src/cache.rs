@@ -37,8 +37,9 @@ pub trait Expiry<K, V>: Send + Sync + 'static {
     /// For a new entry.
     fn expire_after_create(&self, key: &K, value: &V, now: Instant) -> Option<Duration>;
 
-    /// When a value is replaced; `current` is what was left. Default: a fresh
-    /// [`Expiry::expire_after_create`].
+    /// When a value is replaced; `current` is what was left of the old
+    /// value's lifetime (see [`Expiry::expire_after_read`]). Default: a
+    /// fresh [`Expiry::expire_after_create`].
     fn expire_after_update(
         &self,
         key: &K,
@@ -50,7 +51,11 @@ pub trait Expiry<K, V>: Send + Sync + 'static {
         self.expire_after_create(key, value, now)
     }
 
-    /// On a read; `current` is what is left. Default: unchanged.
+    /// On a read; `current` is what is left of the entry's lifetime: the
+    /// earliest of the time to live, an explicit TTL and this hook's
+    /// earlier answers, `None` if none applies. The time to idle is not
+    /// part of it (every read resets it apart). An answer can bring the
+    /// end closer, never past what the last write set. Default: unchanged.
     fn expire_after_read(
         &self,
         key: &K,
@@ -363,6 +368,11 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// What is left at `now` until `deadline` (`None`: no deadline).
+fn left(deadline: u64, now: u64) -> Option<Duration> {
+    (deadline != u64::MAX).then(|| Duration::from_nanos(deadline.saturating_sub(now)))
+}
+
 impl<K, V, S> MemoryCache<K, V, S>
 where
     K: Hash + Eq + Send + Sync + 'static,
@@ -446,13 +456,14 @@ where
     /// For a new or replaced value: the hard deadline (the earliest of the
     /// time to live, an explicit TTL and the hook) and the effective one
     /// (also bounded by the time to idle).
+    /// `replacing`: the hard deadline of the live value being replaced.
     fn write_deadline(
         &self,
         key: &K,
         value: &V,
         now: u64,
         explicit: Option<Duration>,
-        replacing: bool,
+        replacing: Option<u64>,
     ) -> (u64, u64) {
         let mut after: Option<Duration> = explicit;
         let mut min = |d: Option<Duration>| {
@@ -463,10 +474,9 @@ where
         min(self.inner.ttl);
         if let Some(e) = &self.inner.expiry {
             let at = self.instant(now);
-            min(if replacing {
-                e.expire_after_update(key, value, at, None)
-            } else {
-                e.expire_after_create(key, value, at)
+            min(match replacing {
+                Some(hard) => e.expire_after_update(key, value, at, left(hard, now)),
+                None => e.expire_after_create(key, value, at),
             });
         }
         let hard = self.deadline(now, after);
@@ -504,10 +514,8 @@ where
                     if now != 0 && shard.expires_at(slot) <= now {
                         (None, Read::Expired)
                     } else {
-                        if self.inner.touch_on_read
-                            && let Some(deadline) = self.read_deadline(&node.key, &node.value, now)
-                        {
-                            shard.touch(slot, deadline);
+                        if self.inner.touch_on_read {
+                            self.touch(&shard, slot, &node.key, &node.value, now);
                         }
                         let ev = if cell.reads.is_quiet(node.quiet.load(Ordering::Relaxed)) {
                             None
@@ -539,16 +547,17 @@ where
         value
     }
 
-    /// A read's new deadline (time to idle, the expiry hook), if any.
-    fn read_deadline(&self, key: &K, value: &V, now: u64) -> Option<u64> {
-        let mut after: Option<Duration> = self.inner.tti;
+    /// A read moves `slot`'s deadlines: time to idle, and the expiry hook,
+    /// told what is left.
+    fn touch(&self, shard: &Shard<K, V>, slot: u32, key: &K, value: &V, now: u64) {
+        let mut hard = shard.hard_deadline(slot);
         if let Some(e) = &self.inner.expiry {
-            let at = self.instant(now);
-            if let Some(d) = e.expire_after_read(key, value, at, None) {
-                after = Some(after.map_or(d, |a| a.min(d)));
+            let current = left(hard, now);
+            if let Some(d) = e.expire_after_read(key, value, self.instant(now), current) {
+                hard = hard.min(self.deadline(now, Some(d)));
             }
         }
-        after.map(|d| self.deadline(now, Some(d)))
+        shard.touch(slot, hard, self.deadline(now, self.inner.tti));
     }
 
     /// Whether `key` holds a live value; does not count as a read.
@@ -599,7 +608,11 @@ where
         {
             let mut w = self.write(self.shard(hash));
             // Only the expiry hook tells a create from an update: look only then.
-            let replacing = self.inner.expiry.is_some() && w.shard.peek(hash, &key, now).is_some();
+            let replacing = if self.inner.expiry.is_some() {
+                w.shard.live_hard_deadline(hash, &key, now)
+            } else {
+                None
+            };
             let (hard, deadline) = self.write_deadline(&key, &value, now, ttl, replacing);
             if self.inner.timed.load(Ordering::Relaxed) {
                 w.shard.expire(&mut w.m, now, &mut removed);

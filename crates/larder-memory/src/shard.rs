@@ -45,15 +45,16 @@ struct Deadline {
     /// policy learn the new value when the read's event is applied, or
     /// when the wheel finds the entry not yet due.
     expires_at: AtomicU64,
-    /// The deadline reads cannot move (time to live, explicit TTL, hook).
-    hard: u64,
+    /// The deadline reads cannot extend (time to live, explicit TTL, the
+    /// hook's answers); the expiry hook may bring it closer on a read.
+    hard: AtomicU64,
 }
 
 impl Deadline {
     fn never() -> Self {
         Deadline {
             expires_at: AtomicU64::new(u64::MAX),
-            hard: u64::MAX,
+            hard: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -243,11 +244,31 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             .map_or(u64::MAX, |d| d.expires_at.load(Ordering::Relaxed))
     }
 
-    /// A read moved `slot`'s deadline (time to idle, or the expiry hook);
-    /// it never passes the hard deadline.
-    pub(crate) fn touch(&self, slot: u32, deadline: u64) {
+    /// `slot`'s hard deadline (`u64::MAX`: none).
+    #[inline]
+    pub(crate) fn hard_deadline(&self, slot: u32) -> u64 {
+        self.deadlines
+            .get(slot as usize)
+            .map_or(u64::MAX, |d| d.hard.load(Ordering::Relaxed))
+    }
+
+    /// The hard deadline of `key`'s entry, if it is live at `now`.
+    pub(crate) fn live_hard_deadline<Q>(&self, hash: u64, key: &Q, now: u64) -> Option<u64>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let slot = self.find(hash, key)?;
+        (self.expires_at(slot) > now).then(|| self.hard_deadline(slot))
+    }
+
+    /// A read moved `slot`'s deadlines: the hard one only closer (the
+    /// expiry hook), the effective one to the earlier of the hard one and
+    /// `idle` (time to idle).
+    pub(crate) fn touch(&self, slot: u32, hard: u64, idle: u64) {
         if let Some(d) = self.deadlines.get(slot as usize) {
-            d.expires_at.store(deadline.min(d.hard), Ordering::Relaxed);
+            let hard = d.hard.fetch_min(hard, Ordering::Relaxed).min(hard);
+            d.expires_at.store(hard.min(idle), Ordering::Relaxed);
         }
     }
 
@@ -263,7 +284,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 .resize_with(self.slots.len(), Deadline::never);
         }
         let d = &mut self.deadlines[slot as usize];
-        d.hard = hard;
+        *d.hard.get_mut() = hard;
         *d.expires_at.get_mut() = expires_at;
     }
 
@@ -615,7 +636,7 @@ mod tests {
             // t = 4 s: a read moves key 1's idle deadline to 9 s; its event
             // is lost, so only the slot's deadline knows.
             let slot = shard.find(3, &1).expect("key 1");
-            shard.touch(slot, 9 * SEC);
+            shard.touch(slot, u64::MAX, 9 * SEC);
             // t = 6 s: the wheel finds key 1 filed under 5 s, not yet due.
             shard.expire(&mut m, 6 * SEC, &mut out);
             assert!(out.is_empty(), "nothing is due at 6 s");

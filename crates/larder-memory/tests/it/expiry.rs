@@ -223,3 +223,116 @@ fn remove_never_returns_an_expired_value() {
         (0, 1, 0)
     );
 }
+
+type Seen = Arc<Mutex<Vec<(&'static str, u32, Option<Duration>)>>>;
+
+/// Lives 10 s from a create or an update; records the `current` it is
+/// given on updates and reads, and leaves reads unchanged.
+struct Recording(Seen);
+
+impl Expiry<u32, u32> for Recording {
+    fn expire_after_create(&self, _k: &u32, v: &u32, _now: Instant) -> Option<Duration> {
+        (*v != 0).then_some(10 * S)
+    }
+    fn expire_after_update(
+        &self,
+        k: &u32,
+        v: &u32,
+        now: Instant,
+        current: Option<Duration>,
+    ) -> Option<Duration> {
+        self.0.lock().unwrap().push(("update", *k, current));
+        self.expire_after_create(k, v, now)
+    }
+    fn expire_after_read(
+        &self,
+        k: &u32,
+        _v: &u32,
+        _now: Instant,
+        current: Option<Duration>,
+    ) -> Option<Duration> {
+        self.0.lock().unwrap().push(("read", *k, current));
+        current
+    }
+}
+
+/// `current` is what is left of the entry's lifetime: the time to live,
+/// an explicit TTL and the hook's earlier answers (not the time to idle,
+/// which every read resets: a hook that returns `current` leaves the idle
+/// time working).
+#[test]
+fn expiry_hook_is_told_what_is_left() {
+    let clock = MockClock::new();
+    let seen: Seen = Arc::default();
+    let hook = Recording(Arc::clone(&seen));
+    let (c, _) = cache_with(&clock, |b| {
+        b.expiry(hook).time_to_live(60 * S).time_to_idle(5 * S)
+    });
+    c.insert(1, 1); // t = 0: 10 s by the hook
+    clock.advance(3 * S);
+    assert_eq!(c.get(&1), Some(1)); // 7 s left
+    clock.advance(S);
+    c.insert(1, 2); // t = 4: 6 s were left; 10 s again
+    clock.advance(2 * S);
+    assert_eq!(c.get(&1), Some(2)); // t = 6: 8 s left
+    c.insert(2, 0); // no limit from the hook: the time to live's 60 s
+    clock.advance(2 * S);
+    assert_eq!(c.get(&2), Some(0)); // t = 8: 58 s left
+    clock.advance(4 * S);
+    assert_eq!(c.get(&2), Some(0), "read 4 s ago: the idle time holds"); // t = 12
+    clock.advance(5 * S);
+    assert_eq!(c.get(&2), None, "idle for 5 s");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [
+            ("read", 1, Some(7 * S)),
+            ("update", 1, Some(6 * S)),
+            ("read", 1, Some(8 * S)),
+            ("read", 2, Some(58 * S)),
+            ("read", 2, Some(54 * S)),
+        ]
+    );
+}
+
+/// A read can shorten the lifetime for good (never extend it past what the
+/// last write set).
+#[test]
+fn expiry_hook_on_read_shortens_the_lifetime() {
+    struct Shorten;
+    impl Expiry<u32, u32> for Shorten {
+        fn expire_after_create(&self, _k: &u32, _v: &u32, _now: Instant) -> Option<Duration> {
+            Some(10 * S)
+        }
+        fn expire_after_read(
+            &self,
+            _k: &u32,
+            v: &u32,
+            _now: Instant,
+            current: Option<Duration>,
+        ) -> Option<Duration> {
+            // Value 1: at most 2 s more after a read; others: 100 s (no
+            // extension past the 10 s of the create).
+            if *v == 1 {
+                current.map(|c| c.min(2 * S))
+            } else {
+                Some(100 * S)
+            }
+        }
+    }
+    let clock = MockClock::new();
+    let (c, _) = cache_with(&clock, |b| b.expiry(Shorten));
+    c.insert(1, 1);
+    c.insert(2, 2);
+    clock.advance(S);
+    assert_eq!((c.get(&1), c.get(&2)), (Some(1), Some(2)));
+    clock.advance(2 * S); // t = 3: key 1 went at 3 s
+    assert_eq!(c.peek(&1), None, "shortened to 2 s after the read at 1 s");
+    clock.advance(7 * S - Duration::from_nanos(1));
+    assert_eq!(c.peek(&2), Some(2));
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(
+        c.peek(&2),
+        None,
+        "a read never extends past the create's 10 s"
+    );
+}
