@@ -306,6 +306,62 @@ impl RedisStore {
         .await
     }
 
+    /// Runs a command this crate does not wrap (`PUBLISH`, `SCAN`,
+    /// `UNLINK`, ...) through the same path as its own: the per-attempt
+    /// deadline, the breaker, the stats (as `OTHER`), and retries only if
+    /// `idempotent` says it is safe to send it twice.
+    ///
+    /// `route` is a Redis key as the command names it (with the namespace:
+    /// [`KeySpace::data_key`]): it picks the shard of a sharded store and the
+    /// breaker of the owning master on a Cluster. Without one, a standalone
+    /// or Cluster store runs it on its one connection (the Cluster client
+    /// routes keyless commands itself: `SCAN` then scans one node), and a
+    /// sharded store refuses it with [`ErrorKind::InvalidArgument`]. The
+    /// arguments are sent as given: keys are not namespaced for you.
+    /// Blocking commands (`BLPOP`, `SUBSCRIBE`) would hold the shared
+    /// connection and are cut by the deadline: use a connection of your own.
+    pub async fn command<T: redis::FromRedisValue>(
+        &self,
+        route: Option<&str>,
+        cmd: redis::Cmd,
+        idempotent: bool,
+    ) -> Result<T> {
+        self.node_for_route(route)?
+            .run_routed(route, Cmd::Other, idempotent, "command", |mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await
+    }
+
+    /// [`RedisStore::command`] for a pipeline (or a `MULTI` transaction with
+    /// `redis::pipe().atomic()`), counted as `PIPELINE`. On a Cluster every
+    /// key of the pipeline must be in `route`'s slot (use hash tags).
+    pub async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        route: Option<&str>,
+        pipeline: redis::Pipeline,
+        idempotent: bool,
+    ) -> Result<T> {
+        self.node_for_route(route)?
+            .run_routed(route, Cmd::Pipeline, idempotent, "pipeline", |mut c| {
+                let pipeline = &pipeline;
+                async move { pipeline.query_async(&mut c).await }
+            })
+            .await
+    }
+
+    fn node_for_route(&self, route: Option<&str>) -> Result<Arc<Node>> {
+        match (&self.inner.backend, route) {
+            (Backend::Single(n), _) => Ok(Arc::clone(n)),
+            (Backend::Sharded(_), Some(key)) => self.node_for(key),
+            (Backend::Sharded(_), None) => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "a sharded store needs a route key to pick the shard of a command",
+            )),
+        }
+    }
+
     /// Adds a standalone node to a sharded store; only keys that the new
     /// node now owns move. Errors for other topologies.
     pub fn add_shard(&self, url: &str) -> Result<()> {
