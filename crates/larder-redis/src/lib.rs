@@ -16,7 +16,7 @@ pub use redis;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use config::{RedisConfig, RedisConfigBuilder, RetryPolicy, Topology, redact};
-pub use store::RedisStore;
+pub use store::{KeyTtl, RedisStore};
 pub use structures::{
     Delivery, Feed, HashObject, Leaderboard, Ranked, RateDecision, RateLimit, RateLimiter,
     WorkQueue,

@@ -105,15 +105,13 @@ impl LazyCluster {
             .clone()
     }
 
-    /// Re-reads the slot map through the cluster connection.
-    async fn refresh_slots(&self, conn: &mut ClusterConnection) {
-        let Ok(entries) = redis::cmd("CLUSTER")
+    /// Re-reads the slot map through the cluster connection. On an error
+    /// (or an answer with no usable slot) the old map stays.
+    async fn refresh_slots(&self, conn: &mut ClusterConnection) -> redis::RedisResult<()> {
+        let entries = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query_async::<Vec<Vec<redis::Value>>>(conn)
-            .await
-        else {
-            return;
-        };
+            .await?;
         let mut map = Vec::with_capacity(entries.len());
         for e in entries {
             let (Some(a), Some(b), Some(node)) = (e.first(), e.get(1), e.get(2)) else {
@@ -139,9 +137,14 @@ impl LazyCluster {
                 map.push((a, b, format!("{ip}:{port}")));
             }
         }
-        if !map.is_empty() {
-            *self.slots.write().unwrap_or_else(|p| p.into_inner()) = map;
+        if map.is_empty() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "CLUSTER SLOTS answered no usable slot range",
+            )));
         }
+        *self.slots.write().unwrap_or_else(|p| p.into_inner()) = map;
+        Ok(())
     }
 }
 
@@ -254,13 +257,23 @@ impl Node {
                     .conn
                     .get_or_try_init(|| async {
                         let mut c = lazy.client.get_async_connection().await?;
-                        lazy.refresh_slots(&mut c).await;
+                        self.refresh_slots(lazy, &mut c).await;
                         Ok::<_, redis::RedisError>(c)
                     })
                     .await?;
                 Ok(Conn::Cluster(c.clone()))
             }
         }
+    }
+
+    /// Re-reads a Cluster's slot map, counted as `TOPOLOGY` in the stats
+    /// (an error there means the breakers route by an older map).
+    async fn refresh_slots(&self, lazy: &LazyCluster, conn: &mut ClusterConnection) {
+        let start = self.clock.now();
+        let r = lazy.refresh_slots(conn).await;
+        let took = self.clock.now().saturating_duration_since(start);
+        let timeout = r.as_ref().err().is_some_and(redis::RedisError::is_timeout);
+        self.stats.record(Cmd::Topology, took, r.is_err(), timeout);
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
@@ -474,7 +487,7 @@ impl Node {
             if failed && let Source::Cluster(lazy) = &self.source {
                 // The topology may have changed: re-read who owns what.
                 if let Ok(Conn::Cluster(mut c)) = self.conn().await {
-                    lazy.refresh_slots(&mut c).await;
+                    self.refresh_slots(lazy, &mut c).await;
                 }
             }
             match result {

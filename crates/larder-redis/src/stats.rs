@@ -15,10 +15,14 @@ pub(crate) enum Cmd {
     Pipeline,
     Script,
     Set,
+    /// Reading a Cluster's slot map (`CLUSTER SLOTS`).
+    Topology,
 }
 
 /// Snapshot names, indexed like [`Cmd`].
-const NAMES: [&str; 7] = ["DEL", "GET", "MGET", "OTHER", "PIPELINE", "SCRIPT", "SET"];
+const NAMES: [&str; 8] = [
+    "DEL", "GET", "MGET", "OTHER", "PIPELINE", "SCRIPT", "SET", "TOPOLOGY",
+];
 
 #[derive(Debug, Default)]
 struct Rec {
@@ -31,7 +35,7 @@ struct Rec {
 /// Lock-free recorders, one per command kind.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    recs: [Rec; 7],
+    recs: [Rec; 8],
     pub(crate) breaker_rejections: Counter,
     pub(crate) corrupt: Counter,
 }

@@ -58,6 +58,28 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// What [`RedisStore::ttl`] found.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyTtl {
+    /// No such key.
+    Missing,
+    /// The key exists and never expires (written without a TTL, not by this store).
+    Persistent,
+    /// The key expires after this long.
+    Expires(Duration),
+}
+
+impl KeyTtl {
+    /// The remaining time to live, if the key exists and expires.
+    pub fn remaining(&self) -> Option<Duration> {
+        match self {
+            KeyTtl::Expires(d) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
 pub(crate) fn ttl_ms(ttl: Duration) -> Result<u64> {
     let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     if ms == 0 {
@@ -250,8 +272,9 @@ impl RedisStore {
         }
     }
 
-    /// The remaining time to live of a key; `None` if it is missing or has no expiry.
-    pub async fn ttl(&self, key: &str) -> Result<Option<Duration>> {
+    /// The remaining time to live of a key, or whether it is missing or
+    /// has no expiry.
+    pub async fn ttl(&self, key: &str) -> Result<KeyTtl> {
         let k = self.data_key(key)?;
         let ms: i64 = self
             .run_on(&k, Cmd::Other, true, "PTTL", |mut c| {
@@ -259,7 +282,12 @@ impl RedisStore {
                 async move { redis::cmd("PTTL").arg(k).query_async(&mut c).await }
             })
             .await?;
-        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+        Ok(match ms {
+            -2 => KeyTtl::Missing,
+            ms => u64::try_from(ms).map_or(KeyTtl::Persistent, |ms| {
+                KeyTtl::Expires(Duration::from_millis(ms))
+            }),
+        })
     }
 
     /// Atomically returns the value under `key`, or sets it to `value` for
@@ -418,11 +446,18 @@ impl RedisStore {
             Backend::Sharded(s) => {
                 let shards = self.shards(s);
                 let node = shards.route(&k)?;
+                // `route` picks from this same snapshot, so the node is in it;
+                // an error, never a made-up index, if that ever breaks.
                 let i = shards
                     .nodes
                     .iter()
                     .position(|n| Arc::ptr_eq(n, &node))
-                    .unwrap_or(0);
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Backend,
+                            format!("{}: routed to a node outside the shard list", node.name),
+                        )
+                    })?;
                 Ok((i, node.name.clone()))
             }
         }

@@ -53,7 +53,7 @@ async fn every_operation_on_a_three_master_cluster() {
         assert_eq!(g.as_ref(), Some(v));
     }
     assert_eq!(s.get("item:7").await.unwrap().as_deref(), Some(&b"v7"[..]));
-    assert!(s.ttl("item:7").await.unwrap().is_some());
+    assert!(s.ttl("item:7").await.unwrap().remaining().is_some());
     assert_eq!(s.delete_many(&ask[..150]).await.unwrap(), 150);
     assert!(s.delete("item:200").await.unwrap());
     assert_eq!(s.get("item:0").await.unwrap(), None);
@@ -221,5 +221,35 @@ async fn a_dead_master_fails_only_its_keys_in_batched_reads() {
         wrong.is_empty(),
         "{wrong:#?}\nbreakers: {:?}",
         s.breaker_states()
+    );
+}
+
+/// Reading the slot map is counted in the stats (`TOPOLOGY`), and a failed
+/// read is an error there, not silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_map_refreshes_and_their_errors_are_counted() {
+    let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(1).unwrap())
+        .await
+        .unwrap();
+    let s = RedisStore::new(
+        quick_config(Topology::Cluster(cluster.urls()))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    s.set("k", b"v", T).await.unwrap();
+    let topology = s.stats().command("TOPOLOGY").map(|c| (c.calls, c.errors));
+    assert_eq!(
+        topology,
+        Some((1, 0)),
+        "the first connection reads the slot map"
+    );
+
+    cluster.node_mut(0).kill();
+    assert!(s.get("k").await.unwrap_err().is_backend_unavailable());
+    let t = s.stats().command("TOPOLOGY").cloned().unwrap();
+    assert!(
+        t.calls >= 2 && t.errors >= 1,
+        "the failed re-read is counted: {t:?}"
     );
 }

@@ -21,11 +21,11 @@ async fn get_set_delete_and_ttl() {
         raw_get(&server.url(), "larder:{k}").as_deref(),
         Some(&b"v1"[..])
     );
-    let ttl = s.ttl("k").await.unwrap().unwrap();
+    let ttl = s.ttl("k").await.unwrap().remaining().unwrap();
     assert!(ttl <= T && ttl > Duration::from_secs(25), "{ttl:?}");
     assert!(s.delete("k").await.unwrap());
     assert!(!s.delete("k").await.unwrap());
-    assert_eq!(s.ttl("k").await.unwrap(), None);
+    assert_eq!(s.ttl("k").await.unwrap(), larder_redis::KeyTtl::Missing);
 }
 
 #[tokio::test]
@@ -137,7 +137,7 @@ async fn set_if_newer_refuses_older_versions() {
     s.set("p", b"garbage", T).await.unwrap();
     assert!(s.set_if_newer("p", &env(1, b"one"), T).await.unwrap());
     // The TTL is set.
-    assert!(s.ttl("p").await.unwrap().is_some());
+    assert!(s.ttl("p").await.unwrap().remaining().is_some());
 }
 
 #[tokio::test]
@@ -151,7 +151,7 @@ async fn incr_with_expiry_sets_ttl_once() {
             .unwrap(),
         5
     );
-    let ttl = s.ttl("hits").await.unwrap().unwrap();
+    let ttl = s.ttl("hits").await.unwrap().remaining().unwrap();
     assert!(ttl <= T, "the first TTL stays: {ttl:?}");
 }
 
@@ -340,4 +340,27 @@ fn a_store_is_built_outside_a_runtime() {
         assert_eq!(batched.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     });
     assert_eq!(batched.stats().command("MGET").unwrap().calls, 1);
+}
+
+/// `ttl` tells a missing key from a key without expiry.
+#[tokio::test]
+async fn ttl_tells_missing_from_persistent() {
+    use larder_redis::KeyTtl;
+    let server = RedisServer::start().unwrap();
+    let s = store(&server.url());
+    assert_eq!(s.ttl("gone").await.unwrap(), KeyTtl::Missing);
+    let mut raw = server.client().get_connection().unwrap();
+    redis::cmd("SET")
+        .arg("larder:{forever}")
+        .arg("v")
+        .exec(&mut raw)
+        .unwrap();
+    assert_eq!(s.ttl("forever").await.unwrap(), KeyTtl::Persistent);
+    s.set("k", b"v", T).await.unwrap();
+    let KeyTtl::Expires(left) = s.ttl("k").await.unwrap() else {
+        panic!("a key set with a TTL expires")
+    };
+    assert!(left <= T && left > Duration::from_secs(25), "{left:?}");
+    assert!(s.ttl("k").await.unwrap().remaining().is_some());
+    assert_eq!(KeyTtl::Persistent.remaining(), None);
 }

@@ -242,7 +242,11 @@ async fn feed_is_capped_newest_first_and_expires() {
     );
     assert_eq!(f.recent("u1", 1).await.unwrap(), ["event 4"]);
     assert!(
-        s.ttl("feed:activity:u1").await.unwrap().is_some(),
+        s.ttl("feed:activity:u1")
+            .await
+            .unwrap()
+            .remaining()
+            .is_some(),
         "the list expires"
     );
     assert!(f.recent("nobody", 5).await.unwrap().is_empty());
@@ -376,7 +380,7 @@ async fn hash_object_fields() {
         ]
     );
     assert!(
-        s.ttl("obj:cart:42").await.unwrap().is_some(),
+        s.ttl("obj:cart:42").await.unwrap().remaining().is_some(),
         "field updates keep the TTL"
     );
     // Missing objects are not created by partial updates.
