@@ -9,7 +9,9 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex as StdMutex, RwLock as StdRwLock};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use tokio::sync::OnceCell;
@@ -81,6 +83,9 @@ struct LazyCluster {
     slots: StdRwLock<Vec<(u16, u16, String)>>,
     /// One breaker per master address.
     breakers: StdMutex<HashMap<String, Breaker>>,
+    /// Set by a node failure: the next attempt re-reads the slot map first,
+    /// inside its own deadline (a failed call never waits for the re-read).
+    stale: AtomicBool,
 }
 
 impl LazyCluster {
@@ -230,6 +235,7 @@ impl Node {
                 conn: OnceCell::new(),
                 slots: StdRwLock::new(Vec::new()),
                 breakers: StdMutex::new(HashMap::new()),
+                stale: AtomicBool::new(false),
             })),
             config,
             clock,
@@ -266,14 +272,68 @@ impl Node {
         }
     }
 
+    /// After a node failure on a Cluster, re-reads the slot map before the
+    /// next command, for at most half a response timeout (the command keeps
+    /// the rest of its attempt's deadline). A failed re-read stays due.
+    async fn refresh_if_stale(&self, conn: &Conn) {
+        if let (Source::Cluster(lazy), Conn::Cluster(c)) = (&self.source, conn)
+            && lazy.stale.swap(false, Ordering::Relaxed)
+        {
+            let mut c = c.clone();
+            let budget = self.config.response_timeout / 2;
+            let ok = tokio::time::timeout(budget, self.refresh_slots(lazy, &mut c))
+                .await
+                .unwrap_or(false);
+            if !ok {
+                lazy.stale.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Re-reads a Cluster's slot map, counted as `TOPOLOGY` in the stats
     /// (an error there means the breakers route by an older map).
-    async fn refresh_slots(&self, lazy: &LazyCluster, conn: &mut ClusterConnection) {
+    async fn refresh_slots(&self, lazy: &LazyCluster, conn: &mut ClusterConnection) -> bool {
         let start = self.clock.now();
         let r = lazy.refresh_slots(conn).await;
         let took = self.clock.now().saturating_duration_since(start);
         let timeout = r.as_ref().err().is_some_and(redis::RedisError::is_timeout);
         self.stats.record(Cmd::Topology, took, r.is_err(), timeout);
+        r.is_ok()
+    }
+
+    /// One attempt of a blocking command (`BLMOVE`) on a connection of its
+    /// own that `work` opens and uses: the breaker of `route`, `deadline` on
+    /// the whole of it (connecting included), the stats. Never retried.
+    pub(crate) async fn run_blocking<T>(
+        &self,
+        route: Option<&str>,
+        cmd: Cmd,
+        what: &'static str,
+        deadline: Duration,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let breaker = self.breaker_for(route);
+        let permit = match breaker.allow() {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.breaker_rejections.incr();
+                return Err(e);
+            }
+        };
+        let start = self.clock.now();
+        let result = match tokio::time::timeout(deadline, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("{}: {what}: no answer within {deadline:?}", self.name),
+            )),
+        };
+        let took = self.clock.now().saturating_duration_since(start);
+        let failed = result.as_ref().err().is_some_and(is_node_failure);
+        let timeout = result.as_ref().err().is_some_and(Error::is_timeout);
+        self.stats.record(cmd, took, result.is_err(), timeout);
+        breaker.record(permit, failed);
+        result
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
@@ -442,6 +502,7 @@ impl Node {
             let deadline = self.config.response_timeout + self.config.connect_timeout;
             let outcome = tokio::time::timeout(deadline, async {
                 let conn = self.conn().await?;
+                self.refresh_if_stale(&conn).await;
                 f(conn).await
             })
             .await;
@@ -485,10 +546,9 @@ impl Node {
             );
             breaker.record(permit, failed);
             if failed && let Source::Cluster(lazy) = &self.source {
-                // The topology may have changed: re-read who owns what.
-                if let Ok(Conn::Cluster(mut c)) = self.conn().await {
-                    self.refresh_slots(lazy, &mut c).await;
-                }
+                // The topology may have changed: the next attempt (a retry,
+                // or the next call) re-reads who owns what, in its deadline.
+                lazy.stale.store(true, Ordering::Relaxed);
             }
             match result {
                 Err(e) if redirected && redirects_left > 0 => {

@@ -154,10 +154,6 @@ impl RedisStore {
         &self.inner.config
     }
 
-    pub(crate) fn config_response_timeout(&self) -> Duration {
-        self.inner.config.response_timeout
-    }
-
     pub(crate) fn clock(&self) -> &SharedClock {
         &self.inner.clock
     }

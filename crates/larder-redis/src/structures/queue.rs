@@ -237,41 +237,45 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
             return Ok(Some(d));
         }
         let node = self.store.node_for(&self.ready)?;
-        let mut slot = self.blocking.lock().await;
-        if slot.is_none() {
-            *slot =
-                Some(dedicated(&node.urls, node.is_cluster(), wait, self.store.config()).await?);
-        }
-        let Some(conn) = slot.as_mut() else {
-            return Err(Error::new(ErrorKind::Connection, "no dedicated connection"));
-        };
+        let config = self.store.config();
         let secs = wait.as_secs_f64().max(0.001);
-        let outcome = tokio::time::timeout(
-            wait + self.store.config_response_timeout(),
-            redis::cmd("BLMOVE")
-                .arg(&self.ready)
-                .arg(&self.processing)
-                .arg("RIGHT")
-                .arg("LEFT")
-                .arg(secs)
-                .query_async::<Option<Vec<u8>>>(conn),
-        )
-        .await;
+        // Connecting, the block and the answer: one deadline, the node's
+        // breaker and stats, like every command (never retried: it moves an item).
+        let deadline = config.connect_timeout + wait + config.response_timeout;
+        let blocking = &self.blocking;
+        let outcome = node
+            .run_blocking(Some(&self.ready), Cmd::Other, "BLMOVE", deadline, async {
+                let mut slot = blocking.lock().await;
+                let conn = match slot.as_mut() {
+                    Some(conn) => conn,
+                    None => {
+                        slot.insert(dedicated(&node.urls, node.is_cluster(), wait, config).await?)
+                    }
+                };
+                let r = redis::cmd("BLMOVE")
+                    .arg(&self.ready)
+                    .arg(&self.processing)
+                    .arg("RIGHT")
+                    .arg("LEFT")
+                    .arg(secs)
+                    .query_async::<Option<Vec<u8>>>(conn)
+                    .await;
+                r.map_err(|e| {
+                    *slot = None;
+                    from_redis(e, "BLMOVE")
+                })
+            })
+            .await;
         let raw = match outcome {
-            Ok(Ok(raw)) => raw,
-            Ok(Err(e)) => {
-                *slot = None;
-                return Err(from_redis(e, "BLMOVE"));
-            }
-            Err(_) => {
-                *slot = None;
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    "BLMOVE did not return in time",
-                ));
+            Ok(raw) => raw,
+            Err(e) => {
+                if e.is_timeout() {
+                    // Abandoned mid-block: that connection is no longer ours to reuse.
+                    *self.blocking.lock().await = None;
+                }
+                return Err(e);
             }
         };
-        drop(slot);
         let Some(raw) = raw else { return Ok(None) };
         // The lease. If we die before it lands, requeue_expired gives the
         // item one on its next run, and it is re-delivered after that.
@@ -357,7 +361,8 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
 }
 
 /// A connection of its own for blocking commands, with no response timeout
-/// shorter than the block.
+/// shorter than the block; connecting is bounded by `connect_timeout`, and
+/// the client never resends (the caller's deadline bounds the whole).
 async fn dedicated(
     urls: &[String],
     cluster: bool,
@@ -366,7 +371,9 @@ async fn dedicated(
 ) -> Result<Conn> {
     if cluster {
         let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
-            .response_timeout(wait + Duration::from_secs(5))
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(wait + config.response_timeout)
+            .retries(0)
             .build()
             .map_err(|e| from_redis(e, "cluster client"))?;
         let c = client
@@ -376,7 +383,10 @@ async fn dedicated(
         Ok(Conn::Cluster(c))
     } else {
         let client = crate::node::open_client(&urls[0], config)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_number_of_retries(0)
+            .set_response_timeout(None);
         let m = redis::aio::ConnectionManager::new_with_config(client, cfg)
             .await
             .map_err(|e| from_redis(e, "connect"))?;

@@ -1,6 +1,7 @@
 //! larder-redis against real redis-server processes from larder-testkit.
 
 mod cluster;
+mod deadline;
 mod escape;
 mod faults;
 mod locale;
