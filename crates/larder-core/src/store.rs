@@ -116,6 +116,24 @@ pub trait Store: Send + Sync + fmt::Debug {
         Err(unsupported("set_versioned"))
     }
 
+    /// Takes the load lease of `key` for `ttl` with `token` (a random value
+    /// of the caller's): `true` if this caller holds it now (it was free,
+    /// or already held with this token, so a retry after a lost reply tells
+    /// the truth). The lease lives under an internal key no user key can
+    /// name. Cross-process single flight: only the lease holder loads; the
+    /// others wait for its value. Default: [`crate::ErrorKind::Unsupported`].
+    async fn acquire_lease(&self, key: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        let _ = (key, token, ttl);
+        Err(unsupported("acquire_lease"))
+    }
+
+    /// Releases the load lease of `key` if `token` still holds it
+    /// (compare-and-delete): `true` if it was released.
+    async fn release_lease(&self, key: &str, token: &[u8]) -> Result<bool> {
+        let _ = (key, token);
+        Err(unsupported("release_lease"))
+    }
+
     /// Reads many keys; the answer has one slot per key, in order.
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
         let mut out = Vec::with_capacity(keys.len());

@@ -610,6 +610,14 @@ impl Store for RedisStore {
         self.set_versioned_impl(key, value, ttl, tombstone).await
     }
 
+    async fn acquire_lease(&self, key: &str, token: &[u8], ttl: Duration) -> Result<bool> {
+        self.acquire_lease_impl(key, token, ttl).await
+    }
+
+    async fn release_lease(&self, key: &str, token: &[u8]) -> Result<bool> {
+        self.release_lease_impl(key, token).await
+    }
+
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());

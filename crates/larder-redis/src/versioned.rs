@@ -97,6 +97,34 @@ return v
     ))
 });
 
+/// `KEYS[1]` lease; `ARGV[1]` token; `ARGV[2]` PX. 1 if the caller holds it.
+static ACQUIRE_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then return 1 end
+if cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+",
+    )
+});
+
+/// `KEYS[1]` lease; `ARGV[1]` token. 1 if released.
+static RELEASE_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+});
+
+/// The suffix of a key's load lease.
+const LEASE_SUFFIX: &str = "lease";
+
 /// The suffix of a key's version record.
 const VERSION_SUFFIX: &str = "v";
 
@@ -164,6 +192,42 @@ impl RedisStore {
             async move { inv.invoke_async(&mut c).await }
         })
         .await
+    }
+
+    pub(crate) async fn acquire_lease_impl(
+        &self,
+        key: &str,
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<bool> {
+        let ks = self.keyspace();
+        let (data, lease) = (ks.data_key(key)?, ks.internal_key(key, LEASE_SUFFIX)?);
+        let ms = ttl_ms(ttl)?;
+        if token.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidArgument, "a lease token is empty"));
+        }
+        // Retried safely: the script answers 1 to the holder's own token.
+        let held: i64 = self
+            .run_on(&data, Cmd::Script, true, "lease script", |mut c| {
+                let mut inv = ACQUIRE_LEASE.key(&lease);
+                inv.arg(token).arg(ms);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(held == 1)
+    }
+
+    pub(crate) async fn release_lease_impl(&self, key: &str, token: &[u8]) -> Result<bool> {
+        let ks = self.keyspace();
+        let (data, lease) = (ks.data_key(key)?, ks.internal_key(key, LEASE_SUFFIX)?);
+        let released: i64 = self
+            .run_on(&data, Cmd::Script, true, "release-lease script", |mut c| {
+                let mut inv = RELEASE_LEASE.key(&lease);
+                inv.arg(token);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        Ok(released == 1)
     }
 
     pub(crate) async fn set_versioned_impl(

@@ -13,13 +13,15 @@ use larder_memory::MemoryCache;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::{Cache, Config, Inner};
+use crate::cache::{Cache, Config, Inner, LeaseConfig};
 use crate::key::CacheKey;
 use crate::source::{DynLoader, DynWriter};
 use crate::ttl::{Ttl, TtlPolicy};
 
 /// The L1's capacity when the builder is given none: 10,000 entries.
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 10_000;
+/// How often a process that lost a load lease looks for the winner's value.
+pub const DEFAULT_LEASE_POLL: Duration = Duration::from_millis(20);
 /// How long a load may run by default before its callers get a timeout.
 pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -51,6 +53,8 @@ pub struct CacheBuilder<K, V, C = Postcard> {
     codec: C,
     compression: Compression,
     seed: Option<u64>,
+    lease: Option<Duration>,
+    lease_poll: Duration,
     _types: PhantomData<fn(K) -> V>,
 }
 
@@ -86,6 +90,8 @@ impl<K, V> CacheBuilder<K, V, Postcard> {
             codec: Postcard,
             compression: Compression::None,
             seed: None,
+            lease: None,
+            lease_poll: DEFAULT_LEASE_POLL,
             _types: PhantomData,
         }
     }
@@ -218,6 +224,24 @@ where
         self
     }
 
+    /// Cross-process single flight (needs an L2): before loading, a process
+    /// takes the key's load lease in the L2 for `ttl` (at least the load
+    /// time; the load timeout is a good value). A process that finds the
+    /// lease taken does not load: it looks for the holder's value every
+    /// [`CacheBuilder::lease_poll`], and takes the lease over if it expires
+    /// without one. Off by default.
+    pub fn lease(mut self, ttl: Duration) -> Self {
+        self.lease = Some(ttl);
+        self
+    }
+
+    /// How often a process waiting on another's lease reads the L2
+    /// (default [`DEFAULT_LEASE_POLL`]).
+    pub fn lease_poll(mut self, every: Duration) -> Self {
+        self.lease_poll = every;
+        self
+    }
+
     /// Seeds the random draws (XFetch, TTL jitter), for reproducible tests.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -245,6 +269,8 @@ where
             codec,
             compression: self.compression,
             seed: self.seed,
+            lease: self.lease,
+            lease_poll: self.lease_poll,
             _types: PhantomData,
         }
     }
@@ -273,6 +299,19 @@ where
                 self.beta
             ));
         }
+        let lease = match self.lease {
+            None => None,
+            Some(_) if self.store.is_none() => {
+                return bad("a load lease needs an L2 (store or redis)".into());
+            }
+            Some(ttl) if ttl.as_millis() == 0 || self.lease_poll.is_zero() => {
+                return bad("the lease and its poll interval must be at least 1 ms".into());
+            }
+            Some(ttl) => Some(LeaseConfig {
+                ttl,
+                poll: self.lease_poll.min(ttl),
+            }),
+        };
         if self.load_timeout.is_zero() {
             return bad("load_timeout must be positive".into());
         }
@@ -302,6 +341,7 @@ where
             wait_timeout,
             tombstone,
             memory_ttl_cap: self.memory_ttl_cap,
+            lease,
         };
         Ok(Cache::from_inner(Inner::new(
             l1,

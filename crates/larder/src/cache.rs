@@ -32,6 +32,15 @@ pub(crate) struct Config<C> {
     pub(crate) wait_timeout: Duration,
     pub(crate) tombstone: Duration,
     pub(crate) memory_ttl_cap: Option<Duration>,
+    pub(crate) lease: Option<LeaseConfig>,
+}
+
+/// Cross-process single flight: how long a load lease lasts, and how often
+/// a process that lost the lease looks for the winner's value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseConfig {
+    pub(crate) ttl: Duration,
+    pub(crate) poll: Duration,
 }
 
 /// What a flight hands its waiters.

@@ -11,7 +11,9 @@ mod source;
 mod stats;
 mod ttl;
 
-pub use builder::{CacheBuilder, DEFAULT_LOAD_TIMEOUT, DEFAULT_MEMORY_CAPACITY};
+pub use builder::{
+    CacheBuilder, DEFAULT_LEASE_POLL, DEFAULT_LOAD_TIMEOUT, DEFAULT_MEMORY_CAPACITY,
+};
 pub use cache::{Cache, WarmReport};
 pub use key::CacheKey;
 pub use stats::Stats;

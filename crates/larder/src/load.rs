@@ -18,7 +18,7 @@ use larder_memory::{Join, Leader};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::{Inner, Outcome};
+use crate::cache::{Inner, LeaseConfig, Outcome};
 use crate::entry::Entry;
 use crate::key::CacheKey;
 use crate::read::L2Read;
@@ -43,6 +43,16 @@ pub(crate) enum Refresh {
     Early,
     /// A stale value was served within its grace window.
     Stale,
+}
+
+/// What taking a load lease came to.
+enum Lease<V> {
+    /// This process holds it (the token releases it).
+    Held(String),
+    /// Another process loaded the value (or a refresh was left to it).
+    Answered(Fetched<V>),
+    /// The L2 failed, or the lease kept being renewed: load without it.
+    Unavailable,
 }
 
 /// What a flight's work produced.
@@ -271,6 +281,39 @@ where
             }
         }
         let loader = self.loader.as_ref().ok_or_else(crate::cache::no_loader)?;
+        let lease = match (self.cfg.lease, l2_up) {
+            (Some(lc), true) => match self.take_lease(text, lc, mode, &current).await {
+                Lease::Held(token) => Some(token),
+                Lease::Answered(f) => return Ok(f),
+                Lease::Unavailable => None,
+            },
+            _ => None,
+        };
+        let result = self
+            .load_and_store(
+                key,
+                text,
+                loader.as_ref(),
+                ticket.filter(|_| l2_up),
+                current,
+            )
+            .await;
+        if let (Some(token), Some(l2)) = (lease, &self.l2) {
+            // Best effort: a lease that is not released expires.
+            let _ = l2.release_lease(text, token.as_bytes()).await;
+        }
+        result
+    }
+
+    /// Runs the loader (within the load timeout) and stores its answer.
+    async fn load_and_store(
+        &self,
+        key: &K,
+        text: &str,
+        loader: &dyn crate::source::DynLoader<K, V>,
+        ticket: Option<u64>,
+        current: Option<Arc<Entry<V>>>,
+    ) -> Result<Fetched<V>> {
         let started = self.clock.now();
         let loaded = tokio::time::timeout(self.cfg.load_timeout, loader.load(key)).await;
         let took = self.clock.now().saturating_duration_since(started);
@@ -283,8 +326,57 @@ where
             Ok(Err(e)) => return self.load_failed(e, current),
             Err(_) => return self.load_failed(load_timeout(self.cfg.load_timeout), current),
         };
-        self.store_loaded(text, value, took, ticket.filter(|_| l2_up))
-            .await
+        self.store_loaded(text, value, took, ticket).await
+    }
+
+    /// Takes the key's load lease, or waits for the holder's value.
+    async fn take_lease(
+        &self,
+        text: &str,
+        lc: LeaseConfig,
+        mode: Mode,
+        current: &Option<Arc<Entry<V>>>,
+    ) -> Lease<V> {
+        let Some(l2) = &self.l2 else {
+            return Lease::Unavailable;
+        };
+        let token = format!("{:032x}", fastrand::u128(..));
+        let polls = (lc.ttl.as_nanos() / lc.poll.as_nanos().max(1)).max(1);
+        // Bounded: a holder that keeps renewing cannot hold this task forever.
+        for round in 0..MAX_ATTEMPTS {
+            match l2.acquire_lease(text, token.as_bytes(), lc.ttl).await {
+                Ok(true) => {
+                    if round > 0 {
+                        self.stats.lease_takeovers.incr();
+                    }
+                    return Lease::Held(token);
+                }
+                Ok(false) => {}
+                Err(_) => {
+                    self.stats.l2_errors.incr();
+                    return Lease::Unavailable;
+                }
+            }
+            if round == 0 {
+                self.stats.lease_waits.incr();
+            }
+            // Another process is loading. A refresh leaves it to them and
+            // keeps serving what this instance has.
+            if mode == Mode::Refresh
+                && let Some(c) = current
+            {
+                return Lease::Answered(Fetched::new(Arc::clone(c), false));
+            }
+            for _ in 0..polls {
+                tokio::time::sleep(lc.poll).await;
+                if let L2Read::Hit(e) = self.l2_read(text).await
+                    && e.freshness(self.now_ms()) == Freshness::Fresh
+                {
+                    return Lease::Answered(Fetched::new(e, true));
+                }
+            }
+        }
+        Lease::Unavailable
     }
 
     /// A failed load: the stale value if stale-if-error allows it, else the error.

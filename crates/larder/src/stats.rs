@@ -23,6 +23,8 @@ pub(crate) struct Recorders {
     pub(crate) fills_refused: Counter,
     pub(crate) invalidations: Counter,
     pub(crate) encode_errors: Counter,
+    pub(crate) lease_waits: Counter,
+    pub(crate) lease_takeovers: Counter,
 }
 
 /// A snapshot of a [`Cache`](crate::Cache)'s figures. Subtract two
@@ -69,6 +71,11 @@ pub struct Stats {
     pub invalidations: u64,
     /// Values the codec could not encode (served, kept out of the L2).
     pub encode_errors: u64,
+    /// Loads this instance did not run because another process held the
+    /// key's load lease (it waited for that process's value instead).
+    pub lease_waits: u64,
+    /// Leases taken over after the holder's lease expired without a value.
+    pub lease_takeovers: u64,
     /// The L1's own figures (evictions, expirations, size), when it is on.
     pub l1: Option<CacheStats>,
     /// Entries in the L1.
@@ -109,6 +116,8 @@ impl Recorders {
             fills_refused: self.fills_refused.get(),
             invalidations: self.invalidations.get(),
             encode_errors: self.encode_errors.get(),
+            lease_waits: self.lease_waits.get(),
+            lease_takeovers: self.lease_takeovers.get(),
             l1: None,
             l1_entries: 0,
             in_flight: 0,

@@ -100,3 +100,19 @@ async fn versions_compare_as_numbers_and_never_go_back_after_the_record_expires(
     let e = s.invalidate("", T).await.unwrap_err();
     assert!(e.is_invalid_input(), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lease_holder_at_a_time_and_release_by_token_only() {
+    let server = RedisServer::start().unwrap();
+    let s = store(&server.url());
+    assert!(s.acquire_lease("k", b"a", T).await.unwrap());
+    assert!(s.acquire_lease("k", b"a", T).await.unwrap(), "the holder's retry");
+    assert!(!s.acquire_lease("k", b"b", T).await.unwrap());
+    assert!(!s.release_lease("k", b"b").await.unwrap(), "not b's to release");
+    assert!(s.release_lease("k", b"a").await.unwrap());
+    assert!(s.acquire_lease("k", b"b", T).await.unwrap());
+    // The lease lives under an internal key, not the data key.
+    assert_eq!(s.get("k").await.unwrap(), None);
+    assert!(raw_get(&server.url(), "larder:{k}:lease").is_some());
+    assert!(s.acquire_lease("k", b"", T).await.unwrap_err().is_invalid_input());
+}

@@ -263,3 +263,62 @@ async fn a_slow_redis_costs_a_timeout_not_a_hang() {
     );
     proxy.set_stalled(false);
 }
+
+/// Three instances (three processes' worth of caches, each with its own
+/// in-flight table) share one Redis: with the load lease, 900 concurrent
+/// misses of one key make one load in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_lease_one_load_serves_three_instances() {
+    let server = RedisServer::start().unwrap();
+    let clock = MockClock::new();
+    let (loader, gate) = TestLoader::gated();
+    let instances: Vec<Cache<u64, String>> = (0..3)
+        .map(|_| {
+            Cache::builder()
+                .redis(store(&server.url(), &clock))
+                .clock(clock.shared())
+                .loader(loader.clone())
+                .lease(Duration::from_secs(30))
+                .lease_poll(Duration::from_millis(5))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let mut callers = Vec::new();
+    for c in &instances {
+        for _ in 0..300 {
+            let c = c.clone();
+            callers.push(tokio::spawn(async move { c.get_or_load(&7).await }));
+        }
+    }
+    loader.until_entered(1).await;
+    // The two other instances lost the lease and wait for the value.
+    until("two instances wait on the lease", || {
+        instances.iter().map(|c| c.stats().lease_waits).sum::<u64>() == 2
+    })
+    .await;
+    gate.add_permits(1);
+    for h in callers {
+        assert_eq!(h.await.unwrap().unwrap().as_deref(), Some("value7.0"));
+    }
+    assert_eq!(loader.calls(), 1, "one load across the instances");
+    let held: Option<Vec<u8>> = redis::cmd("GET")
+        .arg("larder:{7}:lease")
+        .query(&mut raw(&server))
+        .unwrap();
+    assert_eq!(held, None, "the lease was released");
+
+    // The control: without the lease, each instance loads once.
+    let (plain, gate) = TestLoader::gated();
+    let mut callers = Vec::new();
+    for _ in 0..3 {
+        let c = two_levels(&server.url(), &clock, plain.clone());
+        callers.push(tokio::spawn(async move { c.get_or_load(&8).await }));
+    }
+    plain.until_entered(3).await;
+    gate.add_permits(3);
+    for h in callers {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!(plain.calls(), 3);
+}
