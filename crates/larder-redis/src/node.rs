@@ -399,6 +399,36 @@ impl Node {
             .collect()
     }
 
+    /// The address of a `MOVED`/`ASK` that points at the master our slot
+    /// map already names as the slot's owner: no news, the client could not
+    /// reach that master.
+    fn redirect_to_known_owner(&self, e: &redis::RedisError) -> Option<String> {
+        let Source::Cluster(lazy) = &self.source else {
+            return None;
+        };
+        let (addr, slot) = e.redirect_node()?;
+        (lazy.owner(slot).as_deref() == Some(addr)).then(|| addr.to_owned())
+    }
+
+    /// `DEL` of `keys`, how many existed. On a Cluster split by master, each
+    /// part through that master's breaker. Not retried after a possibly
+    /// lost reply (the count would be short).
+    pub(crate) async fn del(&self, keys: &[String]) -> Result<u64> {
+        let groups = self.groups_by_owner(keys);
+        let counts = join_all(groups.iter().map(|(route, idx)| {
+            let part: Vec<&String> = idx.iter().map(|&i| &keys[i]).collect();
+            async move {
+                self.run_routed(route.as_deref(), Cmd::Del, false, "DEL", |mut c| {
+                    let part = &part;
+                    async move { redis::cmd("DEL").arg(part).query_async::<u64>(&mut c).await }
+                })
+                .await
+            }
+        }))
+        .await;
+        counts.into_iter().sum()
+    }
+
     /// `MGET` of `keys`, one answer per key. On a Cluster the keys are split
     /// by master and each part goes through that master's breaker
     /// concurrently, so a dead master fails only its own keys.
@@ -486,7 +516,6 @@ impl Node {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let breaker = self.breaker_for(route);
-        let owner = self.owner_of(route);
         let mut retries_left = self.config.retry.max_retries;
         let mut redirects_left = MAX_REDIRECTS;
         let mut attempt = 0;
@@ -512,19 +541,14 @@ impl Node {
                 Ok(Err(e)) => {
                     unsent = not_executed(&e);
                     redirected = is_redirect(&e);
-                    let to = e.redirect_node().map(|(addr, _)| addr.to_owned());
-                    if redirected && to.is_some() && to == owner {
+                    if let Some(addr) = self.redirect_to_known_owner(&e) {
                         // Redirected to the master that already owns the slot:
                         // the client could not reach it and asked another
                         // node, which points back. The owner is unreachable.
                         redirected = false;
                         Err(Error::with_source(
                             ErrorKind::Connection,
-                            format!(
-                                "{}: {what}: master {} is unreachable",
-                                self.name,
-                                owner.as_deref().unwrap_or_default()
-                            ),
+                            format!("{}: {what}: master {addr} is unreachable", self.name),
                             e,
                         ))
                     } else {

@@ -729,13 +729,8 @@ impl Store for RedisStore {
                 None => groups.push((node, vec![k])),
             }
         }
-        let counts = join_all(groups.iter().map(|(node, g)| {
-            // Not retried after a possibly lost reply (the count would be short).
-            node.run(Cmd::Del, false, "DEL", move |mut c| async move {
-                redis::cmd("DEL").arg(g).query_async::<u64>(&mut c).await
-            })
-        }))
-        .await;
+        // Split by master on a Cluster; never resent (the count would be short).
+        let counts = join_all(groups.iter().map(|(node, g)| node.del(g))).await;
         counts.into_iter().sum()
     }
 }

@@ -157,8 +157,9 @@ fn key_per_master(cluster: &RedisCluster) -> Vec<String> {
     per_master.into_iter().map(Option::unwrap).collect()
 }
 
-/// Batched reads (auto-batched gets and get_many) go through the breaker of
-/// each key's master, as single gets do: a dead master fails only its keys.
+/// Batched reads (auto-batched gets and get_many) and delete_many go through
+/// the breaker of each key's master, as single gets do: a dead master fails
+/// only its keys.
 /// Current-thread runtime: the three gets below join one batch.
 #[tokio::test]
 async fn a_dead_master_fails_only_its_keys_in_batched_reads() {
@@ -207,6 +208,12 @@ async fn a_dead_master_fails_only_its_keys_in_batched_reads() {
                 "round {round}: get_many over the dead master succeeded"
             ));
         }
+        match s.delete_many(&[keys[1].as_str()]).await {
+            Err(e) if e.is_backend_unavailable() => {}
+            other => wrong.push(format!(
+                "round {round}: delete_many on the dead master: {other:?}"
+            )),
+        }
         match s.get_many(&live).await {
             Ok(v)
                 if v.iter()
@@ -216,6 +223,11 @@ async fn a_dead_master_fails_only_its_keys_in_batched_reads() {
                 "round {round}: get_many over live masters: {other:?}"
             )),
         }
+    }
+    // delete_many too goes by master: the live masters' keys are deleted.
+    match s.delete_many(&live).await {
+        Ok(2) => {}
+        other => wrong.push(format!("delete_many over live masters: {other:?}")),
     }
     assert!(
         wrong.is_empty(),
