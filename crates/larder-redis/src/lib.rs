@@ -8,8 +8,8 @@ mod node;
 mod scripts;
 mod stats;
 mod store;
-mod versioned;
 pub mod structures;
+mod versioned;
 
 /// The `redis` client this crate is built against.
 pub use redis;

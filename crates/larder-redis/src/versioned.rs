@@ -204,7 +204,10 @@ impl RedisStore {
         let (data, lease) = (ks.data_key(key)?, ks.internal_key(key, LEASE_SUFFIX)?);
         let ms = ttl_ms(ttl)?;
         if token.is_empty() {
-            return Err(Error::new(ErrorKind::InvalidArgument, "a lease token is empty"));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "a lease token is empty",
+            ));
         }
         // Retried safely: the script answers 1 to the holder's own token.
         let held: i64 = self
@@ -221,11 +224,18 @@ impl RedisStore {
         let ks = self.keyspace();
         let (data, lease) = (ks.data_key(key)?, ks.internal_key(key, LEASE_SUFFIX)?);
         let released: i64 = self
-            .run_on(&data, Cmd::Script, true, "release-lease script", |mut c| {
-                let mut inv = RELEASE_LEASE.key(&lease);
-                inv.arg(token);
-                async move { inv.invoke_async(&mut c).await }
-            })
+            // Not resent: a retry after a lost reply would say "not released".
+            .run_on(
+                &data,
+                Cmd::Script,
+                false,
+                "release-lease script",
+                |mut c| {
+                    let mut inv = RELEASE_LEASE.key(&lease);
+                    inv.arg(token);
+                    async move { inv.invoke_async(&mut c).await }
+                },
+            )
             .await?;
         Ok(released == 1)
     }

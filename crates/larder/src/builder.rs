@@ -55,6 +55,8 @@ pub struct CacheBuilder<K, V, C = Postcard> {
     seed: Option<u64>,
     lease: Option<Duration>,
     lease_poll: Duration,
+    hot_keys: Option<usize>,
+    hot_ahead: Option<Duration>,
     _types: PhantomData<fn(K) -> V>,
 }
 
@@ -92,6 +94,8 @@ impl<K, V> CacheBuilder<K, V, Postcard> {
             seed: None,
             lease: None,
             lease_poll: DEFAULT_LEASE_POLL,
+            hot_keys: None,
+            hot_ahead: None,
             _types: PhantomData,
         }
     }
@@ -242,6 +246,23 @@ where
         self
     }
 
+    /// Hot-key detection: a bounded sketch over a sliding window and the
+    /// top `k` keys ([`Cache::hot_keys`]). A hot key is refreshed in the
+    /// background when its fresh time left falls to the refresh-ahead time
+    /// ([`CacheBuilder::hot_refresh_ahead`]), so its readers never wait for
+    /// a load; the L1's TinyLFU admission keeps it in memory. Costs 64 KiB
+    /// and a counter increment per read. Off by default.
+    pub fn hot_keys(mut self, k: usize) -> Self {
+        self.hot_keys = Some(k);
+        self
+    }
+
+    /// When hot keys are refreshed (default: a tenth of the default TTL).
+    pub fn hot_refresh_ahead(mut self, ahead: Duration) -> Self {
+        self.hot_ahead = Some(ahead);
+        self
+    }
+
     /// Seeds the random draws (XFetch, TTL jitter), for reproducible tests.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -271,6 +292,8 @@ where
             seed: self.seed,
             lease: self.lease,
             lease_poll: self.lease_poll,
+            hot_keys: self.hot_keys,
+            hot_ahead: self.hot_ahead,
             _types: PhantomData,
         }
     }
@@ -312,6 +335,12 @@ where
                 poll: self.lease_poll.min(ttl),
             }),
         };
+        if self.hot_keys == Some(0) {
+            return bad("hot_keys needs k >= 1".into());
+        }
+        let hot_ahead = self
+            .hot_ahead
+            .unwrap_or_else(|| self.ttl.for_key("").base() / 10);
         if self.load_timeout.is_zero() {
             return bad("load_timeout must be positive".into());
         }
@@ -342,6 +371,7 @@ where
             tombstone,
             memory_ttl_cap: self.memory_ttl_cap,
             lease,
+            hot_ahead,
         };
         Ok(Cache::from_inner(Inner::new(
             l1,
@@ -353,6 +383,7 @@ where
             cfg,
             clock,
             self.seed,
+            self.hot_keys,
         )))
     }
 }

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::builder::CacheBuilder;
 use crate::entry::Entry;
+use crate::hot::HotKeys;
 use crate::key::CacheKey;
 use crate::source::{DynLoader, DynWriter};
 use crate::stats::{Recorders, Stats};
@@ -33,6 +34,8 @@ pub(crate) struct Config<C> {
     pub(crate) tombstone: Duration,
     pub(crate) memory_ttl_cap: Option<Duration>,
     pub(crate) lease: Option<LeaseConfig>,
+    /// Hot keys are refreshed when this little fresh time is left.
+    pub(crate) hot_ahead: Duration,
 }
 
 /// Cross-process single flight: how long a load lease lasts, and how often
@@ -54,6 +57,7 @@ pub(crate) struct Inner<K, V, C> {
     pub(crate) loader: Option<Box<dyn DynLoader<K, V>>>,
     pub(crate) writer: Option<Box<dyn DynWriter<K, V>>>,
     pub(crate) flights: SingleFlight<K, Outcome<V>>,
+    pub(crate) hot: Option<HotKeys<K>>,
     pub(crate) cfg: Config<C>,
     pub(crate) clock: SharedClock,
     pub(crate) stats: Recorders,
@@ -82,6 +86,7 @@ where
         cfg: Config<C>,
         clock: SharedClock,
         seed: Option<u64>,
+        hot_keys: Option<usize>,
     ) -> Self {
         Inner {
             l1,
@@ -91,6 +96,7 @@ where
             loader,
             writer,
             flights: SingleFlight::new(),
+            hot: hot_keys.map(HotKeys::new),
             cfg,
             clock,
             stats: Recorders::default(),
@@ -238,6 +244,11 @@ where
             return Ok(hit);
         }
         self.inner.stats.l1_misses.incr();
+        if let Some(hot) = &self.inner.hot
+            && HotKeys::<K>::sampled()
+        {
+            hot.record(key);
+        }
         let text = key.key_text()?;
         if self.inner.loader.is_none() {
             return Err(no_loader());
@@ -366,6 +377,13 @@ where
             }
         }
         (chunk.len(), report)
+    }
+
+    /// The hottest keys read recently (with [`CacheBuilder::hot_keys`]),
+    /// hottest first, with their estimated reads in the sliding window.
+    /// Empty when hot-key detection is off.
+    pub fn hot_keys(&self) -> Vec<(K, u64)> {
+        self.inner.hot.as_ref().map_or_else(Vec::new, HotKeys::top)
     }
 
     /// A snapshot of the cache's figures.

@@ -3,8 +3,11 @@
 mod builder;
 mod cache;
 mod entry;
+mod hot;
 mod key;
 mod load;
+#[cfg(feature = "metrics")]
+mod metrics;
 pub mod prelude;
 mod read;
 mod source;

@@ -43,6 +43,8 @@ pub(crate) enum Refresh {
     Early,
     /// A stale value was served within its grace window.
     Stale,
+    /// A hot key nears its expiry.
+    Hot,
 }
 
 /// What taking a load lease came to.
@@ -136,8 +138,10 @@ where
         }
         let Ok(text) = key.key_text() else { return };
         if let Join::Leader(leader) = self.flights.join(key.clone()) {
-            if why == Refresh::Early {
-                self.stats.early_refreshes.incr();
+            match why {
+                Refresh::Early => self.stats.early_refreshes.incr(),
+                Refresh::Hot => self.stats.hot_refreshes.incr(),
+                Refresh::Stale => {}
             }
             self.stats.background_refreshes.incr();
             let me = Arc::clone(self);
@@ -198,6 +202,10 @@ where
     }
 
     /// A flight's work: look again, then load and store.
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "larder::load::fetch", skip_all, fields(key = text, mode = ?mode))
+    )]
     async fn fetch(&self, key: &K, text: &str, mode: Mode) -> Result<Fetched<V>> {
         let now = self.now_ms();
         // What the L1 holds: for a miss, a value another flight put there
@@ -478,6 +486,10 @@ where
         }
     }
 
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "larder::load::fetch_many", skip_all, fields(keys = keys.len()))
+    )]
     async fn fetch_many(&self, keys: &[K], texts: &[String]) -> Vec<Result<Fetched<V>>> {
         let l2_up = self.l2.is_some();
         let tickets: Vec<Option<u64>> = match &self.l2 {

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::cache::Inner;
 use crate::entry::Entry;
+use crate::hot::HotKeys;
 use crate::key::CacheKey;
 use crate::load::Refresh;
 
@@ -42,6 +43,12 @@ where
             Freshness::Fresh => {
                 if e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw()) {
                     self.refresh(key, Refresh::Early);
+                } else if let Some(hot) = &self.hot
+                    && HotKeys::<K>::sampled()
+                    && hot.record(key)
+                    && e.fresh_until_ms - now <= millis(self.cfg.hot_ahead)
+                {
+                    self.refresh(key, Refresh::Hot);
                 }
             }
             Freshness::Stale => {
@@ -289,4 +296,8 @@ where
         }
         out.into_iter().map(|r| r.unwrap_or(Ok(None))).collect()
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

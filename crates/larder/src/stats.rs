@@ -24,6 +24,7 @@ pub(crate) struct Recorders {
     pub(crate) invalidations: Counter,
     pub(crate) encode_errors: Counter,
     pub(crate) lease_waits: Counter,
+    pub(crate) hot_refreshes: Counter,
     pub(crate) lease_takeovers: Counter,
 }
 
@@ -57,6 +58,8 @@ pub struct Stats {
     pub stale_if_error: u64,
     /// Refreshes started early by XFetch.
     pub early_refreshes: u64,
+    /// Refreshes of hot keys ahead of their expiry.
+    pub hot_refreshes: u64,
     /// Background refreshes run (early, stale-while-revalidate, hot keys).
     pub background_refreshes: u64,
     /// Reads answered by a cached "not found".
@@ -117,6 +120,7 @@ impl Recorders {
             invalidations: self.invalidations.get(),
             encode_errors: self.encode_errors.get(),
             lease_waits: self.lease_waits.get(),
+            hot_refreshes: self.hot_refreshes.get(),
             lease_takeovers: self.lease_takeovers.get(),
             l1: None,
             l1_entries: 0,

@@ -52,7 +52,11 @@ async fn versioned_writes_allocate_increasing_versions_and_beat_older_fills() {
     let ticket = s.version("p").await.unwrap();
     let v1 = s.set_versioned("p", &env(0, b"w1"), T, T).await.unwrap();
     let stored = raw_get(&server.url(), "larder:{p}").unwrap();
-    assert_eq!(version_of(&stored), v1, "the store wrote the version into the envelope");
+    assert_eq!(
+        version_of(&stored),
+        v1,
+        "the store wrote the version into the envelope"
+    );
     assert_eq!(envelope::decode(&stored).unwrap().payload(), b"w1");
     assert!(!s.fill("p", &env(ticket, b"slow loader"), T).await.unwrap());
 
@@ -79,15 +83,28 @@ async fn versions_compare_as_numbers_and_never_go_back_after_the_record_expires(
     assert!(s.fill("n", &env(128, b"128"), T).await.unwrap());
     assert!(!s.fill("n", &env(1, b"one again"), T).await.unwrap());
     // Every byte position matters, in number order.
-    for (older, newer) in [(255u64, 256u64), (0xFF_FF, 0x1_00_00), (1 << 40, (1 << 40) + 1)] {
+    for (older, newer) in [
+        (255u64, 256u64),
+        (0xFF_FF, 0x1_00_00),
+        (1 << 40, (1 << 40) + 1),
+    ] {
         let key = format!("n{older}");
         assert!(s.fill(&key, &env(newer, b"n"), T).await.unwrap());
-        assert!(!s.fill(&key, &env(older, b"o"), T).await.unwrap(), "{older} < {newer}");
+        assert!(
+            !s.fill(&key, &env(older, b"o"), T).await.unwrap(),
+            "{older} < {newer}"
+        );
     }
 
     // The record and the value expire; a later allocation is still higher.
-    let v = s.invalidate("gone", Duration::from_millis(1)).await.unwrap();
-    redis::cmd("DEL").arg("larder:{gone}:v").exec(&mut c).unwrap();
+    let v = s
+        .invalidate("gone", Duration::from_millis(1))
+        .await
+        .unwrap();
+    redis::cmd("DEL")
+        .arg("larder:{gone}:v")
+        .exec(&mut c)
+        .unwrap();
     assert_eq!(s.version("gone").await.unwrap(), 0);
     let again = s.invalidate("gone", T).await.unwrap();
     assert!(again > v, "{again} <= {v}: versions went back");
@@ -106,13 +123,24 @@ async fn one_lease_holder_at_a_time_and_release_by_token_only() {
     let server = RedisServer::start().unwrap();
     let s = store(&server.url());
     assert!(s.acquire_lease("k", b"a", T).await.unwrap());
-    assert!(s.acquire_lease("k", b"a", T).await.unwrap(), "the holder's retry");
+    assert!(
+        s.acquire_lease("k", b"a", T).await.unwrap(),
+        "the holder's retry"
+    );
     assert!(!s.acquire_lease("k", b"b", T).await.unwrap());
-    assert!(!s.release_lease("k", b"b").await.unwrap(), "not b's to release");
+    assert!(
+        !s.release_lease("k", b"b").await.unwrap(),
+        "not b's to release"
+    );
     assert!(s.release_lease("k", b"a").await.unwrap());
     assert!(s.acquire_lease("k", b"b", T).await.unwrap());
     // The lease lives under an internal key, not the data key.
     assert_eq!(s.get("k").await.unwrap(), None);
     assert!(raw_get(&server.url(), "larder:{k}:lease").is_some());
-    assert!(s.acquire_lease("k", b"", T).await.unwrap_err().is_invalid_input());
+    assert!(
+        s.acquire_lease("k", b"", T)
+            .await
+            .unwrap_err()
+            .is_invalid_input()
+    );
 }

@@ -368,3 +368,34 @@ fn without_a_runtime_a_load_is_an_error_not_a_panic() {
     }
     let _ = Arc::new(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_keys_are_found_and_refreshed_before_they_expire() {
+    let clock = MockClock::new();
+    let loader = TestLoader::default();
+    let c: Cache<u64, String> = Cache::builder()
+        .clock(clock.shared())
+        .ttl(Ttl::fixed(Duration::from_secs(100)))
+        .hot_keys(1)
+        .loader(loader.clone())
+        .build()
+        .unwrap();
+    for _ in 0..1000 {
+        c.get_or_load(&1).await.unwrap();
+    }
+    c.get_or_load(&2).await.unwrap();
+    let hot: Vec<u64> = c.hot_keys().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(hot, vec![1]);
+    // 9 s left (under a tenth of the TTL): the hot key refreshes, the cold one does not.
+    clock.advance(Duration::from_secs(91));
+    for _ in 0..64 {
+        c.get_or_load(&2).await.unwrap();
+    }
+    assert_eq!(c.stats().hot_refreshes, 0);
+    for _ in 0..64 {
+        c.get_or_load(&1).await.unwrap();
+    }
+    assert!(c.stats().hot_refreshes >= 1);
+    until("the hot key reloaded", || c.stats().loads_ok == 3).await;
+    assert_eq!(loader.calls(), 3, "1, 2, then 1 again ahead of expiry");
+}

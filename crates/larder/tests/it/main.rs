@@ -4,6 +4,8 @@
 mod l1;
 #[cfg(feature = "redis")]
 mod l2;
+#[cfg(feature = "metrics")]
+mod metrics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
