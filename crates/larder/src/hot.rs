@@ -50,7 +50,7 @@ impl<K: Hash + Eq + Clone> HotKeys<K> {
         TICK.with(|t| {
             let n = t.get().wrapping_add(1);
             t.set(n);
-            n % SAMPLE == 0
+            n.is_multiple_of(SAMPLE)
         })
     }
 
@@ -66,7 +66,7 @@ impl<K: Hash + Eq + Clone> HotKeys<K> {
             est = est.min(c);
         }
         let n = self.counted.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % (10 * WIDTH as u64) == 0 {
+        if n.is_multiple_of(10 * WIDTH as u64) {
             self.age();
         }
         if est < self.floor.load(Ordering::Relaxed) {
