@@ -215,6 +215,13 @@ where
         self.shard(key).lock().remove(key).is_some()
     }
 
+    /// Forgets every running flight (see [`SingleFlight::forget`]).
+    pub fn forget_all(&self) {
+        for shard in self.shared.shards.iter() {
+            shard.lock().clear();
+        }
+    }
+
     /// How many callers joined the running flight of `key` as waiters.
     pub fn waiters<Q>(&self, key: &Q) -> usize
     where

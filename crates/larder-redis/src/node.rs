@@ -410,6 +410,79 @@ impl Node {
         (lazy.owner(slot).as_deref() == Some(addr)).then(|| addr.to_owned())
     }
 
+    /// Removes every key matching `pattern`, a `SCAN` batch at a time (never
+    /// `KEYS`), each batch by `UNLINK`; on a Cluster, on every master. How
+    /// many keys were removed. Each call has its deadline and breaker.
+    pub(crate) async fn scan_unlink(&self, pattern: &str) -> Result<u64> {
+        let targets: Vec<Option<(String, u16)>> = match &self.source {
+            Source::Standalone(_) => vec![None],
+            Source::Cluster(lazy) => {
+                // The first command loads the slot map.
+                self.run(Cmd::Other, true, "PING", |mut c| async move {
+                    redis::cmd("PING").query_async::<String>(&mut c).await
+                })
+                .await?;
+                let slots = lazy.slots.read().unwrap_or_else(|p| p.into_inner());
+                let mut masters: Vec<String> = slots.iter().map(|(_, _, a)| a.clone()).collect();
+                masters.sort();
+                masters.dedup();
+                masters
+                    .into_iter()
+                    .filter_map(|a| {
+                        let (host, port) = a.rsplit_once(':')?;
+                        Some(Some((host.to_owned(), port.parse().ok()?)))
+                    })
+                    .collect()
+            }
+        };
+        let mut removed = 0;
+        for target in &targets {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = self
+                    .run(Cmd::Other, true, "SCAN", |c| async move {
+                        let mut cmd = redis::cmd("SCAN");
+                        cmd.arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(1000);
+                        match (c, target) {
+                            (Conn::Cluster(mut cc), Some((host, port))) => {
+                                let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+                                    redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                                        host: host.clone(),
+                                        port: *port,
+                                    },
+                                );
+                                let v = cc.route_command(cmd, routing).await?;
+                                Ok(redis::from_redis_value(v)?)
+                            }
+                            (mut c, _) => cmd.query_async(&mut c).await,
+                        }
+                    })
+                    .await?;
+                if !keys.is_empty() {
+                    let keys = &keys;
+                    // Not resent: the count would be short after a lost reply.
+                    removed += self
+                        .run(Cmd::Del, false, "UNLINK", |mut c| async move {
+                            redis::cmd("UNLINK")
+                                .arg(keys)
+                                .query_async::<u64>(&mut c)
+                                .await
+                        })
+                        .await?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// `DEL` of `keys`, how many existed. On a Cluster split by master, each
     /// part through that master's breaker. Not retried after a possibly
     /// lost reply (the count would be short).

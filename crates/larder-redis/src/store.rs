@@ -375,6 +375,24 @@ impl RedisStore {
             .await
     }
 
+    /// Removes every key of this store's namespace (data, version records,
+    /// leases, helpers' keys), with `SCAN MATCH {namespace}:*` and `UNLINK`
+    /// batch by batch on every node (never `KEYS`, which blocks the
+    /// server). Keys written while it runs may survive. How many keys were
+    /// removed.
+    pub async fn clear_namespace(&self) -> Result<u64> {
+        let pattern = format!("{}*", glob_escape(self.keyspace().prefix()));
+        let nodes = match &self.inner.backend {
+            Backend::Single(n) => vec![Arc::clone(n)],
+            Backend::Sharded(s) => self.shards(s).nodes.clone(),
+        };
+        let mut removed = 0;
+        for n in nodes {
+            removed += n.scan_unlink(&pattern).await?;
+        }
+        Ok(removed)
+    }
+
     fn node_for_route(&self, route: Option<&str>) -> Result<Arc<Node>> {
         match (&self.inner.backend, route) {
             (Backend::Single(n), _) => Ok(Arc::clone(n)),
@@ -733,4 +751,17 @@ impl Store for RedisStore {
         let counts = join_all(groups.iter().map(|(node, g)| node.del(g))).await;
         counts.into_iter().sum()
     }
+}
+
+/// Escapes glob characters (`SCAN MATCH`): a namespace cannot hold `*`, `?`
+/// or `[`, but may hold a backslash.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

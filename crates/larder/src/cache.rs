@@ -326,12 +326,37 @@ where
         self.invalidate(key).await
     }
 
-    /// Removes every entry of the L1 (other instances and the L2 keep theirs).
+    /// Removes every entry of this instance's L1; running loads will not
+    /// publish (other instances and the L2 keep theirs).
     pub fn clear_local(&self) {
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        self.inner.flights.forget_all();
         if let Some(l1) = &self.inner.l1 {
             l1.clear();
         }
+    }
+
+    /// Removes everything this cache holds: its L1, and (`redis` feature,
+    /// with a Redis L2) every key of the store's namespace, by `SCAN` and
+    /// `UNLINK` on every node, never `KEYS`. Other instances' L1s keep
+    /// their entries until they expire. With an L2 that is not a
+    /// `RedisStore`: [`ErrorKind::Unsupported`] after the L1 is cleared.
+    pub async fn clear(&self) -> Result<()> {
+        self.inner.check_open()?;
+        self.clear_local();
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.inner.redis {
+            redis.clear_namespace().await?;
+            self.clear_local();
+            return Ok(());
+        }
+        if self.inner.l2.is_some() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "clear needs a Redis L2 (the Store trait has no namespace scan)",
+            ));
+        }
+        Ok(())
     }
 
     /// Loads `keys` ahead of traffic, `batch` keys per bulk load with at

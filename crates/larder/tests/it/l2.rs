@@ -322,3 +322,20 @@ async fn with_the_lease_one_load_serves_three_instances() {
     }
     assert_eq!(plain.calls(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_empties_both_levels_of_this_namespace() {
+    let server = RedisServer::start().unwrap();
+    let clock = MockClock::new();
+    let loader = TestLoader::default();
+    let c = two_levels(&server.url(), &clock, loader.clone());
+    for k in 0..50 {
+        c.get_or_load(&k).await.unwrap();
+    }
+    c.clear().await.unwrap();
+    assert_eq!(c.get(&1).await.unwrap(), None);
+    let n: u64 = redis::cmd("DBSIZE").query(&mut raw(&server)).unwrap();
+    assert_eq!(n, 0);
+    c.get_or_load(&1).await.unwrap();
+    assert_eq!(loader.calls(), 51);
+}
