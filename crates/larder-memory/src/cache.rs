@@ -720,22 +720,18 @@ where
             .flat_map(move |s| s.0.lock.read().snapshot(now))
     }
 
-    /// The settings the cache runs with.
+    /// The settings the cache runs with. Takes no shard's lock: readers
+    /// never wait for it.
     pub fn policy(&self) -> PolicyInfo {
         let window: Option<u64> = self
             .inner
             .shards
             .iter()
-            .map(|s| self.write(&s.0).m.window_capacity())
+            .map(|s| s.0.maint.lock().window_capacity())
             .sum();
         PolicyInfo {
             kind: self.inner.kind,
-            capacity: self
-                .inner
-                .shards
-                .iter()
-                .map(|s| s.0.lock.read().capacity())
-                .sum(),
+            capacity: self.inner.capacity,
             weighted: self.inner.weigher.is_some(),
             time_to_live: self.inner.ttl,
             time_to_idle: self.inner.tti,
@@ -745,12 +741,16 @@ where
     }
 
     /// Hits, misses, inserts, evictions by cause and admission rejections.
+    ///
+    /// Takes each shard's upkeep lock in turn, never a shard's lock: a
+    /// metrics scrape never stalls readers (a writer of the shard waits for
+    /// it briefly). Reads in flight meanwhile may be counted or not; once
+    /// they return, every one is.
     pub fn stats(&self) -> CacheStats {
         let mut s = CacheStats::default();
         for shard in self.inner.shards.iter() {
-            let st = self.write(&shard.0).m.stats;
-            let reads = &shard.0.reads;
-            s.hits += st.hits + reads.lost_hits.load(Ordering::Relaxed);
+            let st = shard.0.maint.lock().stats_with(&shard.0.reads);
+            s.hits += st.hits;
             s.misses += st.misses;
             s.inserts += st.inserts;
             s.evicted_size += st.evicted;

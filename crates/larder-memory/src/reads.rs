@@ -167,6 +167,16 @@ impl ReadBuffer {
         taken
     }
 
+    /// Events recorded and not yet taken (exact while nobody pushes; call
+    /// with the upkeep lock held, so nobody takes them meanwhile).
+    pub(crate) fn pending(&self) -> u64 {
+        let n = self.head.load(Ordering::Acquire).min(CAPACITY);
+        self.events[..n]
+            .iter()
+            .filter(|e| e.load(Ordering::Acquire) != 0)
+            .count() as u64
+    }
+
     /// Counts a read of a quiet entry.
     #[inline]
     pub(crate) fn count_quiet_hit(&self) {

@@ -170,6 +170,21 @@ impl Maint {
         self.policy.window_capacity()
     }
 
+    /// The statistics with the reads not yet applied: counted hits and
+    /// misses since the last application, events waiting in the ring and
+    /// events the ring dropped. Needs only this lock (readers never wait
+    /// for it), and counts each read once: an event is applied only under
+    /// this lock.
+    pub(crate) fn stats_with(&self, buf: &ReadBuffer) -> ShardStats {
+        let (quiet, misses) = buf.counted();
+        let mut st = self.stats;
+        st.hits += quiet.wrapping_sub(self.quiet_seen)
+            + buf.pending()
+            + buf.lost_hits.load(Ordering::Relaxed);
+        st.misses += misses.wrapping_sub(self.misses_seen);
+        st
+    }
+
     /// Bytes the policy holds on the heap.
     #[cfg(test)]
     pub(crate) fn policy_heap_bytes(&self) -> usize {
@@ -198,10 +213,6 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
 
     pub(crate) fn weight(&self) -> u64 {
         self.weight
-    }
-
-    pub(crate) fn capacity(&self) -> u64 {
-        self.capacity
     }
 
     pub(crate) fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>

@@ -3,6 +3,7 @@
 //! for the statistics).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use larder_core::MockClock;
@@ -214,4 +215,70 @@ fn expiry_under_contention_every_policy() {
         }
         assert!(cache.entry_count() <= 300);
     }
+}
+
+/// Parks a read of key 7 inside the shard's read lock (the hook runs
+/// there) until the test lets it go.
+struct Park {
+    armed: Arc<AtomicBool>,
+    entered: Arc<Barrier>,
+    release: Arc<Barrier>,
+}
+
+impl Expiry<u64, u64> for Park {
+    fn expire_after_create(&self, _k: &u64, _v: &u64, _now: Instant) -> Option<Duration> {
+        None
+    }
+    fn expire_after_read(
+        &self,
+        k: &u64,
+        _v: &u64,
+        _now: Instant,
+        current: Option<Duration>,
+    ) -> Option<Duration> {
+        if *k == 7 && self.armed.load(Ordering::SeqCst) {
+            self.entered.wait();
+            self.release.wait();
+        }
+        current
+    }
+}
+
+/// A metrics scrape never waits for a reader: `stats()` and `policy()`
+/// complete while a read holds its shard's lock (the barrier makes the
+/// order certain; before, they took every shard's write lock and this
+/// deadlocked). The figures are complete once the reader is done.
+#[test]
+fn stats_and_policy_never_wait_for_a_reader() {
+    let armed = Arc::new(AtomicBool::new(false));
+    let entered = Arc::new(Barrier::new(2));
+    let release = Arc::new(Barrier::new(2));
+    let cache: MemoryCache<u64, u64> = MemoryCache::builder(100)
+        .shards(1)
+        .expiry(Park {
+            armed: Arc::clone(&armed),
+            entered: Arc::clone(&entered),
+            release: Arc::clone(&release),
+        })
+        .build();
+    for k in 0..10 {
+        cache.insert(k, k);
+    }
+    for k in 0..20 {
+        let _ = cache.get(&k); // 10 hits, 10 misses
+    }
+    armed.store(true, Ordering::SeqCst);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| cache.get(&7));
+        entered.wait(); // the reader holds the shard's read lock
+        let st = cache.stats();
+        let p = cache.policy();
+        assert_eq!((st.hits, st.misses, st.inserts), (10, 10, 10), "{st:?}");
+        assert_eq!((p.capacity, p.shards), (100, 1));
+        assert!(p.window_capacity.is_some());
+        release.wait();
+        assert_eq!(reader.join().unwrap(), Some(7));
+    });
+    let st = cache.stats();
+    assert_eq!((st.hits, st.misses), (11, 10), "{st:?}");
 }
