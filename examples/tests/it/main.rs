@@ -7,6 +7,8 @@ use std::process::Command;
 
 use larder_testkit::RedisServer;
 
+mod patterns;
+
 /// The built example `name`, beside this test binary's directory
 /// (`target/<profile>/deps/it-*` -> `target/<profile>/examples/name`).
 fn example(name: &str) -> Command {
