@@ -80,3 +80,19 @@ impl<T: Clone> FencedResource<T> {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_equal_token_from_an_unknown_holder_is_refused() {
+        let r = FencedResource::new(0u32);
+        r.write(5, |v| *v += 1).unwrap();
+        // Another client presenting the same token (fencing off: every
+        // token is 0; or a fence that was reset) is not provably the holder.
+        let e = r.write(5, |v| *v += 100).unwrap_err();
+        assert_eq!((e.presented, e.highest), (5, 5));
+        assert_eq!(r.read(), 1);
+    }
+}

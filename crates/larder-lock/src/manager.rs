@@ -493,6 +493,13 @@ impl LockManager {
     /// Runs `f` while holding the lock (waiting up to `max_wait` for it),
     /// then releases it. `f` gets the guard to check
     /// [`LockGuard::is_valid_for`] or pass its fencing token on.
+    ///
+    /// `Ok` only if the lock was still held when `f` finished. If it was
+    /// lost on the way (the lease ran out, a renewal failed), another client
+    /// may have run its own section meanwhile: the result is an
+    /// [`ErrorKind::Lock`] error, and `f`'s output is dropped. Whatever `f`
+    /// did to a shared resource was not protected by the lock alone: only a
+    /// resource that checks fencing tokens refuses such late writes.
     pub async fn with_lock<T, F, Fut>(&self, name: &str, max_wait: Duration, f: F) -> Result<T>
     where
         F: FnOnce(&LockGuard) -> Fut,
@@ -500,8 +507,16 @@ impl LockManager {
     {
         let guard = self.acquire_wait(name, max_wait).await?;
         let out = f(&guard).await;
-        guard.release().await?;
-        Ok(out)
+        if guard.release().await? {
+            Ok(out)
+        } else {
+            Err(Error::new(
+                ErrorKind::Lock,
+                format!(
+                    "lock {name:?} was lost before the section ended: it may not have been exclusive"
+                ),
+            ))
+        }
     }
 }
 

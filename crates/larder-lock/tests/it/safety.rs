@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use larder_lock::{FencedResource, LockManager};
-use larder_testkit::{RedisServer, start_masters};
+use futures_util::FutureExt;
+use larder_lock::{FencedResource, LockConfig, LockManager};
+use larder_testkit::{FaultProxy, RedisServer, start_masters};
 
 use crate::workload::{self, Verdict};
-use crate::{cfg, manager};
+use crate::{bounded, cfg, manager};
 
 /// `clients` independent managers (own connections) running the shared
 /// workload at once; the referee's verdict.
@@ -70,22 +71,127 @@ async fn redlock_tokens_grow_across_majorities() {
     let masters = tokio::task::spawn_blocking(|| start_masters(3).unwrap())
         .await
         .unwrap();
+    // Each master behind a proxy that can cut it off: requests to a cut
+    // master never arrive (a SIGSTOP would queue them and replay them on
+    // SIGCONT, letting a naive per-node INCR catch up).
+    let proxies: Vec<FaultProxy> = masters
+        .iter()
+        .map(|m| FaultProxy::start(m.addr()).unwrap())
+        .collect();
+    let urls: Vec<String> = proxies.iter().map(FaultProxy::url).collect();
+    let m = manager(&urls, cfg(5_000));
+    let mut last = 0;
+    for _ in 0..2 {
+        for cut in &proxies {
+            // Each round, another master is cut off: the majorities differ.
+            cut.set_refusing(true);
+            cut.cut_all();
+            let g = m.acquire("fenced").await.unwrap();
+            assert!(
+                g.fencing_token() > last,
+                "token {} after {last}",
+                g.fencing_token()
+            );
+            last = g.fencing_token();
+            assert!(g.release().await.unwrap());
+            cut.set_refusing(false);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_go_backwards_across_a_restart_without_persistence() {
+    let mut server = tokio::task::spawn_blocking(|| RedisServer::start().unwrap())
+        .await
+        .unwrap();
+    let m = manager(&[server.url()], cfg(5_000));
+    let mut last = 0;
+    for _ in 0..3 {
+        let g = m.acquire("t").await.unwrap();
+        assert!(g.fencing_token() > last);
+        last = g.fencing_token();
+        assert!(g.release().await.unwrap());
+    }
+    server.kill();
+    server.restart().unwrap();
+    let fresh = manager(&[server.url()], cfg(5_000));
+    let g = fresh.acquire("t").await.unwrap();
+    assert!(
+        g.fencing_token() > last,
+        "token {} after {last}: the fence went backwards",
+        g.fencing_token()
+    );
+    assert!(g.release().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_tokens_never_go_backwards_after_every_master_restarts() {
+    let mut masters = tokio::task::spawn_blocking(|| start_masters(3).unwrap())
+        .await
+        .unwrap();
     let urls: Vec<String> = masters.iter().map(|m| m.url()).collect();
     let m = manager(&urls, cfg(5_000));
     let mut last = 0;
-    for paused in &masters {
-        // Each round, another master is paused: the majorities differ.
-        paused.pause().unwrap();
-        let g = m.acquire("fenced").await.unwrap();
-        assert!(
-            g.fencing_token() > last,
-            "token {} after {last}",
-            g.fencing_token()
-        );
+    for _ in 0..3 {
+        let g = m.acquire("t").await.unwrap();
+        assert!(g.fencing_token() > last);
         last = g.fencing_token();
         assert!(g.release().await.unwrap());
-        paused.resume().unwrap();
     }
+    // A rolling restart of every master while the name is idle.
+    for s in &mut masters {
+        s.kill();
+        s.restart().unwrap();
+    }
+    let fresh = manager(&urls, cfg(5_000));
+    let g = fresh.acquire("t").await.unwrap();
+    assert!(
+        g.fencing_token() > last,
+        "token {} after {last}: the fence went backwards",
+        g.fencing_token()
+    );
+    assert!(g.release().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_release_still_releases() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).unwrap();
+    let m = manager(&[proxy.url()], cfg(60_000));
+    let g = m.acquire("r").await.unwrap();
+    // The release is started, then dropped before its request gets
+    // through: the link holds it, then the connection is cut.
+    proxy.set_stalled(true);
+    assert!(g.release().now_or_never().is_none(), "released at once");
+    proxy.cut_all();
+    proxy.set_stalled(false);
+    // Only a release frees the key before its 60 s TTL.
+    let other = manager(&[server.url()], cfg(60_000));
+    let g = bounded(
+        "the lock after a cancelled release",
+        other.acquire_wait("r", Duration::from_secs(10)),
+    )
+    .await
+    .expect("a cancelled release left the key held for its TTL");
+    assert!(g.release().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durations_at_their_maximum_do_not_overflow() {
+    let server = RedisServer::start().unwrap();
+    let mut c = cfg(60_000);
+    c.wait_poll = Duration::MAX;
+    let m = manager(&[server.url()], c);
+    let g = m.acquire_wait("max", Duration::MAX).await.unwrap();
+    assert!(!g.is_valid_for(Duration::MAX));
+    assert!(g.is_valid_for(Duration::from_secs(1)));
+    assert!(g.release().await.unwrap());
+    let e = LockManager::new(
+        &[server.url().as_str()],
+        LockConfig::with_ttl(Duration::MAX),
+    )
+    .unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,24 +273,6 @@ async fn crash_restart_quarantine_prevents_a_double_grant() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_acquire_futures_leave_no_orphan_beyond_the_ttl() {
-    let server = RedisServer::start().unwrap();
-    let m = manager(&[server.url()], cfg(400));
-    for i in 0..40u64 {
-        // Cancel acquisitions at varying points.
-        let fut = m.try_acquire("racy");
-        let _ = tokio::time::timeout(Duration::from_micros(50 * (i % 8)), fut).await;
-    }
-    // Whatever a cancelled attempt set expires by its TTL: a fresh client gets the lock.
-    let other = manager(&[server.url()], cfg(5_000));
-    let g = other
-        .acquire_wait("racy", Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert!(g.release().await.unwrap());
-}
-
 #[tokio::test]
 async fn bad_configuration_is_typed() {
     let e = LockManager::new(&[], cfg(1_000)).unwrap_err();
@@ -193,4 +281,13 @@ async fn bad_configuration_is_typed() {
     assert!(e.is_invalid_input());
     let e = LockManager::new(&["not a url"], cfg(1_000)).unwrap_err();
     assert!(e.is_invalid_input());
+    // A node timeout that leaves a renewal no time before the deadline.
+    let mut c = cfg(1_000);
+    c.node_timeout = Duration::from_millis(400);
+    let e = LockManager::new(&["redis://127.0.0.1:1"], c).unwrap_err();
+    assert!(e.is_invalid_input(), "node_timeout 400 ms with a 1 s TTL");
+    let mut c = cfg(1_000);
+    c.node_timeout = Duration::ZERO;
+    let e = LockManager::new(&["redis://127.0.0.1:1"], c).unwrap_err();
+    assert!(e.is_invalid_input(), "a zero node timeout");
 }

@@ -115,3 +115,62 @@ async fn with_lock_runs_and_releases() {
         "released afterwards"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_reports_a_section_that_was_not_exclusive() {
+    let server = RedisServer::start().unwrap();
+    let mut c = cfg(300);
+    c.watchdog = false; // a fixed lease the section outlives
+    let a = manager(&[server.url()], c);
+    let b = manager(&[server.url()], cfg(5_000));
+    let out = a
+        .with_lock("section", Duration::from_secs(5), |_| async move {
+            // Gate: the section ends only once another client holds the lock.
+            b.acquire_wait("section", Duration::from_secs(10))
+                .await
+                .unwrap()
+        })
+        .await;
+    let e = out.expect_err("a section another client entered returned Ok");
+    assert_eq!(e.kind(), larder_core::ErrorKind::Lock, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncontended_waits_open_no_connection() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).unwrap();
+    let m = manager(&[proxy.url()], cfg(5_000));
+    for i in 0..50u64 {
+        let v = m
+            .with_lock("calm", Duration::from_secs(5), |_| async move { i })
+            .await
+            .unwrap();
+        assert_eq!(v, i);
+    }
+    assert_eq!(
+        proxy.accepted_connections(),
+        1,
+        "50 uncontended with_lock calls opened connections of their own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_does_not_stretch_a_short_wait() {
+    let server = RedisServer::start().unwrap();
+    let mut c = cfg(60_000);
+    // A paused node answers nothing: any wait not bounded by max_wait
+    // would last this long.
+    c.node_timeout = Duration::from_secs(15);
+    let m = manager(&[server.url()], c);
+    let g = m.acquire("p").await.unwrap();
+    drop(g);
+    server.pause().unwrap();
+    let e = crate::bounded(
+        "acquire_wait(20 ms) on a paused node",
+        m.acquire_wait("p2", Duration::from_millis(20)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), larder_core::ErrorKind::Timeout, "{e}");
+    server.resume().unwrap();
+}
