@@ -8,6 +8,9 @@ use larder_core::Result;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+#[cfg(doc)]
+use crate::FencedResource;
+use crate::fenced::Fence;
 use crate::manager::LockManager;
 
 struct Shared {
@@ -17,6 +20,8 @@ struct Shared {
     channel: String,
     token: String,
     fence: u64,
+    /// A random identity of this grant, for [`Fence`].
+    holder: u128,
     /// Until when the lock is ours for sure (monotonic, taken before the
     /// acquiring requests were sent, minus drift).
     deadline: Mutex<Instant>,
@@ -66,6 +71,7 @@ impl LockGuard {
             channel,
             token,
             fence,
+            holder: fastrand::u128(..),
             deadline: Mutex::new(deadline),
             lost,
         });
@@ -83,10 +89,19 @@ impl LockGuard {
     }
 
     /// The fencing token: larger than every token issued before for this
-    /// lock. Pass it to the resource you protect and have it refuse smaller
-    /// ones ([`crate::FencedResource`]). 0 when fencing is off.
+    /// lock, also across restarts of the nodes (it is at least the server's
+    /// clock in microseconds). Pass it to the resource you protect and have
+    /// it refuse older ones ([`crate::FencedResource`]). 0 when fencing is
+    /// off.
     pub fn fencing_token(&self) -> u64 {
         self.shared.fence
+    }
+
+    /// The fencing token with this grant's identity, for a resource that
+    /// accepts several writes under one grant ([`FencedResource::write`]):
+    /// an equal token is accepted again only from the same guard.
+    pub fn fence(&self) -> Fence {
+        Fence::of_holder(self.shared.fence, self.shared.holder)
     }
 
     /// Until when the lock is certainly held (a monotonic instant).

@@ -8,6 +8,6 @@ mod scripts;
 /// The `redis` client this crate is built against.
 pub use redis;
 
-pub use fenced::{FencedResource, StaleToken};
+pub use fenced::{Fence, FencedResource, StaleToken};
 pub use guard::LockGuard;
 pub use manager::{LockConfig, LockManager};

@@ -327,29 +327,30 @@ impl LockManager {
         join_all(extends).await.into_iter().filter(|r| *r).count()
     }
 
-    /// Redlock fencing: read the fence of every node, take the maximum of a
-    /// majority's answers, write max+1 to a majority (a max-register write).
-    /// Any two majorities intersect, so tokens only grow.
+    /// Redlock fencing: read the fence and the clock (`TIME`, in
+    /// microseconds) of every node, take the maximum of a majority's
+    /// answers, and write `max(fence + 1, time)` to a majority (a
+    /// max-register write). Any two majorities intersect, so tokens grow
+    /// while nodes keep their state; the clock floor keeps them growing
+    /// after a majority lost its fence keys (restarts without persistence,
+    /// evictions), as long as server clocks do not step back.
     async fn quorum_fence(&self, fence_key: &str) -> Option<u64> {
         let t = self.inner.config.node_timeout;
         let reads = self.inner.nodes.iter().map(|n| async move {
             let mut c = n.conn.clone();
-            tokio::time::timeout(
-                t,
-                redis::cmd("GET")
-                    .arg(fence_key)
-                    .query_async::<Option<u64>>(&mut c),
-            )
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|v| v.unwrap_or(0))
+            let inv = scripts::FENCE_READ.key(fence_key);
+            tokio::time::timeout(t, inv.invoke_async::<(u64, u64)>(&mut c))
+                .await
+                .ok()
+                .and_then(Result::ok)
         });
-        let seen: Vec<u64> = join_all(reads).await.into_iter().flatten().collect();
+        let seen: Vec<(u64, u64)> = join_all(reads).await.into_iter().flatten().collect();
         if seen.len() < self.quorum() {
             return None;
         }
-        let next = seen.into_iter().max().unwrap_or(0) + 1;
+        let fence = seen.iter().map(|s| s.0).max().unwrap_or(0);
+        let time = seen.iter().map(|s| s.1).max().unwrap_or(0);
+        let next = fence.saturating_add(1).max(time);
         let writes = self.inner.nodes.iter().map(|n| async move {
             let mut c = n.conn.clone();
             let mut inv = scripts::FENCE_MAX.key(fence_key);

@@ -6,12 +6,22 @@ use redis::Script;
 
 /// KEYS lock, fence; ARGV token, ttl ms, use_fence (1/0).
 /// Returns the new fence value (or 0 without a fence) if acquired, else -1.
+///
+/// The fence is `max(previous + 1, server TIME in microseconds)`: it grows
+/// by one per grant, and never falls back below the server's clock, so a
+/// fence key lost to a restart without persistence, a failover or an
+/// eviction starts again above every token issued before (as long as the
+/// server's wall clock does not step back).
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if ARGV[3] == '1' then
-    return redis.call('INCR', KEYS[2])
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local new = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)
+    redis.call('SET', KEYS[2], string.format('%.0f', new))
+    return new
   end
   return 0
 end
@@ -42,6 +52,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+",
+    )
+});
+
+/// KEYS fence. The fence value and the server's TIME in microseconds.
+pub(crate) static FENCE_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(t[1]) * 1000000 + tonumber(t[2])}
 ",
     )
 });
