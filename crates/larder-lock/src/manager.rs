@@ -16,7 +16,8 @@ use crate::scripts;
 #[non_exhaustive]
 #[derive(Debug, Clone)]
 pub struct LockConfig {
-    /// Key namespace (default `larder`): a lock `name` lives at `{ns}:{lock:name}`.
+    /// Key namespace (default `larder`): a lock `name` lives at
+    /// `{ns}:{name}:lock` (with `{ns}:{name}:fence`), never at a data key.
     pub namespace: String,
     /// Lease time (default 10 s). A holder that stops renewing loses the lock
     /// after this long.
@@ -192,8 +193,13 @@ impl LockManager {
         &self.inner.config
     }
 
+    /// The lock key, fence key and release channel of `name`:
+    /// `{ns}:{name}:lock`, `{ns}:{name}:fence`, `{ns}:{name}:released`.
+    /// They are internal keys ([`KeySpace::internal_key`]): a data key
+    /// `{ns}:{key}` always ends with the closing brace, so no user key of
+    /// the cache can land on them, and they share the hash tag `{name}`
+    /// (one Cluster slot). Names are user keys without braces.
     pub(crate) fn lock_keys(&self, name: &str) -> Result<(String, String, String)> {
-        let base = format!("lock:{name}");
         if name.contains(['{', '}']) {
             return Err(Error::new(
                 ErrorKind::InvalidKey,
@@ -201,9 +207,9 @@ impl LockManager {
             ));
         }
         Ok((
-            self.inner.keys.data_key(&base)?,
-            self.inner.keys.internal_key(&base, "fence")?,
-            self.inner.keys.internal_key(&base, "released")?,
+            self.inner.keys.internal_key(name, "lock")?,
+            self.inner.keys.internal_key(name, "fence")?,
+            self.inner.keys.internal_key(name, "released")?,
         ))
     }
 

@@ -54,7 +54,7 @@ async fn waiters_all_get_it(
     }
     // Wait until Redis counts every waiter's subscription, then (optionally)
     // cut them.
-    wait_for_subscribers(server_url, "larder:{lock:queue}:released", waiters).await;
+    wait_for_subscribers(server_url, "larder:{queue}:released", waiters).await;
     if let Some(p) = cut {
         p.cut_all();
     }
