@@ -196,10 +196,9 @@ async fn keep(shared: Weak<Shared>) {
         let start = s.manager.inner.now();
         let extended = s.manager.extend_everywhere(&s.key, &s.token).await;
         let elapsed = s.manager.inner.now().saturating_duration_since(start);
-        match cfg.ttl.checked_sub(elapsed + cfg.drift()) {
-            Some(v) if extended >= s.manager.quorum() && !v.is_zero() => {
-                *lock(&s.deadline) = start + v;
-            }
+        let lease = cfg.ttl.saturating_sub(cfg.drift());
+        match extended >= s.manager.quorum() && elapsed < lease {
+            true => *lock(&s.deadline) = start + lease,
             _ => {
                 s.lost.send_replace(true);
                 return;

@@ -403,17 +403,20 @@ impl LockManager {
                 None => ok = false,
             }
         }
+        // Redlock's validity, TTL - elapsed - drift, counts from the end of
+        // the acquisition (start + elapsed): the lock is ours until
+        // start + TTL - drift, if that is still ahead.
         let elapsed = self.inner.clock.now().saturating_duration_since(start);
-        let validity = cfg.ttl.checked_sub(elapsed + cfg.drift());
-        match (ok, validity) {
-            (true, Some(validity)) if !validity.is_zero() => Ok(Some(LockGuard::start(
+        let lease = cfg.ttl.saturating_sub(cfg.drift());
+        match ok {
+            true if elapsed < lease => Ok(Some(LockGuard::start(
                 self.clone(),
                 name.to_owned(),
                 key,
                 channel,
                 token,
                 fence,
-                start + validity,
+                start + lease,
             ))),
             _ => {
                 self.release_everywhere(&key, &channel, &token).await;
