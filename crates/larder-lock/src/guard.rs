@@ -109,15 +109,24 @@ impl LockGuard {
         *lock(&self.shared.deadline)
     }
 
-    /// Whether the lock is still certainly held `d` from now. Check it
-    /// before a side effect that must not happen without the lock.
+    /// Whether the lock is still certainly held `d` from now (by the
+    /// manager's clock). Check it before a side effect that must not happen
+    /// without the lock. False for a `d` too large to add to the clock.
     pub fn is_valid_for(&self, d: Duration) -> bool {
-        !self.is_lost() && self.shared.manager.inner.now() + d < self.valid_until()
+        !self.is_lost()
+            && self
+                .shared
+                .manager
+                .inner
+                .now()
+                .checked_add(d)
+                .is_some_and(|t| t < self.valid_until())
     }
 
-    /// Whether the lock has been lost (renewal failed or validity passed).
+    /// Whether the lock has been lost: a renewal failed, it was released,
+    /// or the validity deadline has passed on the manager's clock.
     pub fn is_lost(&self) -> bool {
-        *self.shared.lost.borrow()
+        *self.shared.lost.borrow() || self.shared.manager.inner.now() >= self.valid_until()
     }
 
     /// Completes when the lock is lost. Use it to cancel work:
@@ -129,23 +138,27 @@ impl LockGuard {
         }
     }
 
-    /// Releases the lock on every node. `Ok(true)` if a quorum still held
-    /// it; `Ok(false)` if it had already expired or been lost (another
-    /// client may have held it since: whatever was done under it was not
-    /// protected).
+    /// Releases the lock on every node. `Ok(true)` if it was still held
+    /// (valid, and a quorum still had it); `Ok(false)` if it had already
+    /// expired or been lost (another client may have held it since:
+    /// whatever was done under it was not protected).
+    ///
+    /// Cancel-safe: if this future is dropped before the release finished,
+    /// the guard's `Drop` sends it again in the background.
     pub async fn release(mut self) -> Result<bool> {
-        self.released = true;
         if let Some(w) = self.watchdog.take() {
             w.abort();
         }
-        let s = &self.shared;
+        let held = !self.is_lost();
+        let s = Arc::clone(&self.shared);
         let n = s
             .manager
             .release_everywhere(&s.key, &s.channel, &s.token)
             .await;
-        let was_lost = self.is_lost();
+        // Only now: a release dropped before this point is finished by Drop.
+        self.released = true;
         s.lost.send_replace(true);
-        Ok(!was_lost && n >= s.manager.quorum())
+        Ok(held && n >= s.manager.quorum())
     }
 }
 
@@ -170,35 +183,66 @@ impl Drop for LockGuard {
     }
 }
 
-/// The watchdog: renews at TTL/3 (if enabled) and reports the loss of the
-/// lock. Holds the guard's state weakly: it never keeps a lock alive.
+/// The longest the watchdog sleeps without reading the clock again. Time
+/// is the manager's clock (which a test may drive by hand): Tokio's timer
+/// only wakes the watchdog up to look at it, so an injected clock that
+/// jumps ahead is seen within this long, and a frozen one costs one
+/// wake-up per tick, never a busy loop.
+const CLOCK_TICK: Duration = Duration::from_millis(100);
+
+/// Sleeps until `at` on the manager's clock (reading it at least every
+/// [`CLOCK_TICK`]).
+pub(crate) async fn sleep_until(manager: &LockManager, at: Instant) {
+    loop {
+        let now = manager.inner.now();
+        if now >= at {
+            return;
+        }
+        tokio::time::sleep((at - now).min(CLOCK_TICK)).await;
+    }
+}
+
+/// The watchdog: reports the loss of the lock when its validity deadline
+/// passes, and (if enabled) renews it at TTL/3, each renewal raced against
+/// the deadline: `lost()` fires by the deadline whatever a hung node does.
+/// Holds the guard's state weakly while it sleeps: it never keeps a lock
+/// alive.
 async fn keep(shared: Weak<Shared>) {
     loop {
         let Some(s) = shared.upgrade() else { return };
         let cfg = s.manager.config().clone();
+        let lease = cfg.ttl.saturating_sub(cfg.drift());
         let deadline = *lock(&s.deadline);
         let now = s.manager.inner.now();
-        let wake = if cfg.watchdog {
-            (now + cfg.ttl / 3).min(deadline)
-        } else {
-            deadline
-        };
-        drop(s);
-        tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
-        let Some(s) = shared.upgrade() else { return };
-        if s.manager.inner.now() >= *lock(&s.deadline) {
+        if now >= deadline {
             s.lost.send_replace(true);
             return;
         }
-        if !cfg.watchdog {
+        // The current lease started at deadline - lease; renew a third of
+        // the TTL after that.
+        let renew_at = deadline
+            .checked_sub(lease.saturating_sub(cfg.ttl / 3))
+            .unwrap_or(now);
+        if !cfg.watchdog || now < renew_at {
+            let wake = if cfg.watchdog {
+                renew_at.min(deadline)
+            } else {
+                deadline
+            };
+            drop(s);
+            tokio::time::sleep((wake - now).min(CLOCK_TICK)).await;
             continue;
         }
-        let start = s.manager.inner.now();
-        let extended = s.manager.extend_everywhere(&s.key, &s.token).await;
+        let start = now;
+        let extended = tokio::select! {
+            n = s.manager.extend_everywhere(&s.key, &s.token) => Some(n),
+            () = sleep_until(&s.manager, deadline) => None,
+        };
         let elapsed = s.manager.inner.now().saturating_duration_since(start);
-        let lease = cfg.ttl.saturating_sub(cfg.drift());
-        match extended >= s.manager.quorum() && elapsed < lease {
-            true => *lock(&s.deadline) = start + lease,
+        match extended {
+            Some(n) if n >= s.manager.quorum() && elapsed < lease => {
+                *lock(&s.deadline) = start + lease;
+            }
             _ => {
                 s.lost.send_replace(true);
                 return;

@@ -12,6 +12,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::guard::LockGuard;
 use crate::scripts;
 
+/// The longest lock TTL accepted.
+const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Lock settings.
 #[non_exhaustive]
 #[derive(Debug, Clone)]
@@ -23,7 +26,8 @@ pub struct LockConfig {
     /// after this long.
     pub ttl: Duration,
     /// How long one node may take to answer (default 50 ms); keep it small
-    /// against the TTL so a dead node cannot eat the validity.
+    /// against the TTL so a dead node cannot eat the validity. Must be
+    /// below a third of `ttl - drift` (checked when the manager is made).
     pub node_timeout: Duration,
     /// Attempts after the first in [`LockManager::acquire`] (default 3).
     pub retry_count: u32,
@@ -146,10 +150,24 @@ impl LockManager {
                 "a lock manager needs at least one node",
             ));
         }
-        if config.ttl < Duration::from_millis(10) {
+        if config.ttl < Duration::from_millis(10) || config.ttl > MAX_TTL {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
-                "the lock TTL must be at least 10 ms",
+                "the lock TTL must be between 10 ms and 30 days",
+            ));
+        }
+        // Each phase of an acquisition (votes, fence read, fence write) and
+        // each renewal waits at most one node timeout: three of them must
+        // fit in the lease, and a renewal started at TTL/3 ends before the
+        // deadline.
+        let lease = config.ttl.saturating_sub(config.drift());
+        if config.node_timeout.is_zero() || config.node_timeout.saturating_mul(3) >= lease {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "node_timeout {:?} must be non-zero and below a third of TTL - drift ({:?})",
+                    config.node_timeout, lease
+                ),
             ));
         }
         let keys = KeySpace::new(&config.namespace)?;
@@ -434,8 +452,8 @@ impl LockManager {
                 return Ok(g);
             }
             if attempt < cfg.retry_count {
-                let base = cfg.retry_delay.as_millis() as u64;
-                let jitter = fastrand::u64(base / 2..=base + base / 2);
+                let base = u64::try_from(cfg.retry_delay.as_millis()).unwrap_or(u64::MAX);
+                let jitter = fastrand::u64(base / 2..=base.saturating_add(base / 2));
                 tokio::time::sleep(Duration::from_millis(jitter)).await;
             }
         }
@@ -451,7 +469,8 @@ impl LockManager {
     /// [`ErrorKind::Timeout`] error when the wait ends without the lock.
     pub async fn acquire_wait(&self, name: &str, max_wait: Duration) -> Result<LockGuard> {
         let (_, _, channel) = self.lock_keys(name)?;
-        let deadline = tokio::time::Instant::now() + max_wait;
+        // Time is the manager's clock; `None`: a wait too long to represent.
+        let deadline = self.inner.now().checked_add(max_wait);
         let mut messages = if self.inner.config.pubsub_wakeup {
             self.subscribe(&channel).await
         } else {
@@ -461,22 +480,31 @@ impl LockManager {
             if let Some(g) = self.try_acquire(name).await? {
                 return Ok(g);
             }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
+            let now = self.inner.now();
+            if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!("lock {name:?} not acquired within {max_wait:?}"),
                 ));
             }
-            let wake = (now + self.inner.config.wait_poll).min(deadline);
+            let wake = match (now.checked_add(self.inner.config.wait_poll), deadline) {
+                (Some(w), Some(d)) => Some(w.min(d)),
+                (w, d) => w.or(d),
+            };
+            let sleep = async {
+                match wake {
+                    Some(w) => crate::guard::sleep_until(self, w).await,
+                    None => std::future::pending().await,
+                }
+            };
             match messages.as_mut() {
                 Some(stream) => {
                     tokio::select! {
                         m = stream.next() => if m.is_none() { messages = None; },
-                        _ = tokio::time::sleep_until(wake) => {}
+                        () = sleep => {}
                     }
                 }
-                None => tokio::time::sleep_until(wake).await,
+                None => sleep.await,
             }
         }
     }
