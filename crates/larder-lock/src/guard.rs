@@ -61,6 +61,7 @@ impl LockGuard {
         channel: String,
         token: String,
         fence: u64,
+        holder: u128,
         deadline: Instant,
     ) -> Self {
         let (lost, _) = watch::channel(false);
@@ -71,7 +72,7 @@ impl LockGuard {
             channel,
             token,
             fence,
-            holder: fastrand::u128(..),
+            holder,
             deadline: Mutex::new(deadline),
             lost,
         });
