@@ -523,7 +523,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     match run(args).await {
-        Ok(wrong) if wrong == 0 => std::process::ExitCode::SUCCESS,
+        Ok(0) => std::process::ExitCode::SUCCESS,
         Ok(_) => std::process::ExitCode::from(2),
         Err(e) => {
             eprintln!("flash_sale: {e}");

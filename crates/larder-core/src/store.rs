@@ -78,6 +78,14 @@ pub trait Store: Send + Sync + fmt::Debug {
         Err(unsupported("version"))
     }
 
+    /// [`Store::get`] and [`Store::version`] of `key` at once (one round
+    /// trip where the store can): what a reader about to load on a miss
+    /// needs. The default makes the two calls.
+    async fn get_with_version(&self, key: &str) -> Result<(Option<Vec<u8>>, u64)> {
+        let value = self.get(key).await?;
+        Ok((value, self.version(key).await?))
+    }
+
     /// Writes a loaded value (envelope bytes whose version is the ticket
     /// from [`Store::version`]) unless the key's version record or the value
     /// it holds is newer than the ticket, atomically; `true` if it was

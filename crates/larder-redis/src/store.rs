@@ -610,6 +610,10 @@ impl Store for RedisStore {
         self.version_impl(key).await
     }
 
+    async fn get_with_version(&self, key: &str) -> Result<(Option<Vec<u8>>, u64)> {
+        self.get_with_version_impl(key).await
+    }
+
     async fn fill(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
         self.fill_impl(key, value, ttl).await
     }

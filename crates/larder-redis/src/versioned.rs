@@ -167,6 +167,24 @@ impl RedisStore {
         Ok(v.unwrap_or(0))
     }
 
+    pub(crate) async fn get_with_version_impl(&self, key: &str) -> Result<(Option<Vec<u8>>, u64)> {
+        let (data, rec) = self.versioned_keys(key)?;
+        // One MGET: the data key and its record share a hash tag (one slot).
+        let (value, v): (Option<Vec<u8>>, Option<u64>) = self
+            .run_on(&data, Cmd::MGet, true, "MGET value and version", |mut c| {
+                let (data, rec) = (&data, &rec);
+                async move {
+                    redis::cmd("MGET")
+                        .arg(data)
+                        .arg(rec)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok((value, v.unwrap_or(0)))
+    }
+
     pub(crate) async fn fill_impl(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
         let (data, rec) = self.versioned_keys(key)?;
         let ms = ttl_ms(ttl)?;

@@ -50,7 +50,7 @@ pub(crate) struct LeaseConfig {
 pub(crate) type Outcome<V> = Result<Arc<Entry<V>>>;
 
 pub(crate) struct Inner<K, V, C> {
-    pub(crate) l1: Option<MemoryCache<K, Arc<Entry<V>>>>,
+    pub(crate) l1: Option<MemoryCache<K, Entry<V>>>,
     pub(crate) l2: Option<Arc<dyn Store>>,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<larder_redis::RedisStore>,
@@ -78,7 +78,7 @@ where
 {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        l1: Option<MemoryCache<K, Arc<Entry<V>>>>,
+        l1: Option<MemoryCache<K, Entry<V>>>,
         l2: Option<Arc<dyn Store>>,
         #[cfg(feature = "redis")] redis: Option<larder_redis::RedisStore>,
         loader: Option<Box<dyn DynLoader<K, V>>>,
@@ -229,7 +229,12 @@ where
         }
         self.inner.stats.l1_misses.incr();
         let text = key.key_text()?;
-        Ok(self.inner.l2_lookup(key, &text, now).await.flatten())
+        Ok(self
+            .inner
+            .l2_lookup(key, &text, now, false)
+            .await
+            .ok()
+            .flatten())
     }
 
     /// The value of `key`: from the L1, else the L2, else the loader, with
@@ -253,10 +258,11 @@ where
         if self.inner.loader.is_none() {
             return Err(no_loader());
         }
-        if let Some(hit) = self.inner.l2_lookup(key, &text, now).await {
-            return Ok(hit);
-        }
-        let entry = Arc::clone(&self.inner).load(key, text).await?;
+        let checked = match self.inner.l2_lookup(key, &text, now, true).await {
+            Ok(hit) => return Ok(hit),
+            Err(ticket) => ticket,
+        };
+        let entry = Arc::clone(&self.inner).load(key, text, checked).await?;
         Ok(entry.value.clone())
     }
 

@@ -5,9 +5,10 @@ use std::time::Duration;
 use larder_core::envelope::{EnvelopeMeta, Freshness};
 
 /// A cached value and when it stops being fresh and servable. The L1 holds
-/// `Arc<Entry<V>>`, so a hit clones one pointer, and the L1 can serve stale,
-/// know a value's version and XFetch's load time without asking Redis.
-#[derive(Debug)]
+/// entries by value (a hit clones the value once, as a bare L1 get does), so
+/// it can serve stale, know a value's version and XFetch's load time
+/// without asking Redis; flights hand out `Arc<Entry<V>>`.
+#[derive(Debug, Clone)]
 pub(crate) struct Entry<V> {
     /// `None`: a negative entry (the source said "not found").
     pub(crate) value: Option<V>,

@@ -29,8 +29,11 @@ const MAX_ATTEMPTS: usize = 3;
 /// Why a flight runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// A caller missed: look again (L1, L2), then load.
-    Miss,
+    /// A caller missed: look again, then load. `Some(ticket)`: the caller
+    /// read the L2 (empty) and the key's version just before joining, so
+    /// with an L1 the leader does not read the L2 again (a flight that
+    /// ended in between put its value in the L1, which the leader checks).
+    Miss(Option<u64>),
     /// A background refresh: take a newer value from the L2 if another
     /// instance refreshed it, else load.
     Refresh,
@@ -103,7 +106,12 @@ where
 {
     /// Joins the key's flight (leading it in a new task if none runs) and
     /// waits for its outcome, within the wait timeout.
-    pub(crate) async fn load(self: Arc<Self>, key: &K, text: String) -> Outcome<V> {
+    pub(crate) async fn load(
+        self: Arc<Self>,
+        key: &K,
+        text: String,
+        checked: Option<u64>,
+    ) -> Outcome<V> {
         tokio::runtime::Handle::try_current().map_err(|_| crate::cache::no_runtime())?;
         for _ in 0..MAX_ATTEMPTS {
             let wait = match self.flights.join(key.clone()) {
@@ -111,7 +119,8 @@ where
                     let wait = leader.wait();
                     let me = Arc::clone(&self);
                     let (k, t) = (key.clone(), text.clone());
-                    self.spawn(async move { me.run_flight(leader, k, t, Mode::Miss).await })?;
+                    let mode = Mode::Miss(checked);
+                    self.spawn(async move { me.run_flight(leader, k, t, mode).await })?;
                     wait
                 }
                 Join::Wait(w) => {
@@ -189,7 +198,7 @@ where
                 let entry = Arc::clone(&f.entry);
                 leader.finish_with(Ok(entry), |_| {
                     if f.cache {
-                        self.l1_insert(key, Arc::clone(&f.entry), now);
+                        self.l1_insert(key, &f.entry, now);
                     }
                 });
                 f.then_refresh
@@ -211,8 +220,8 @@ where
         // What the L1 holds: for a miss, a value another flight put there
         // since the caller looked; for a refresh, the value being refreshed
         // (stale-if-error serves it when the load fails).
-        let mut current = self.l1.as_ref().and_then(|l1| l1.peek(key));
-        if mode == Mode::Miss
+        let mut current = self.l1.as_ref().and_then(|l1| l1.peek(key)).map(Arc::new);
+        if matches!(mode, Mode::Miss(_))
             && let Some(e) = &current
             && e.freshness(now) == Freshness::Fresh
         {
@@ -220,14 +229,21 @@ where
         }
         let mut ticket = None;
         let mut l2_up = self.l2.is_some();
-        match self.l2_read(text).await {
+        let read = match mode {
+            Mode::Miss(Some(t)) if self.l1.is_some() => {
+                ticket = Some(t);
+                L2Read::Miss
+            }
+            _ => self.l2_read(text).await,
+        };
+        match read {
             L2Read::Hit(e) => {
                 let fresh = e.freshness(now);
                 let newer = current
                     .as_ref()
                     .is_none_or(|c| e.version > c.version || e.fresh_until_ms > c.fresh_until_ms);
                 match (mode, fresh) {
-                    (Mode::Miss, Freshness::Fresh) => {
+                    (Mode::Miss(_), Freshness::Fresh) => {
                         let early = e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw());
                         if early {
                             self.stats.early_refreshes.incr();
@@ -238,7 +254,7 @@ where
                             then_refresh: early,
                         });
                     }
-                    (Mode::Miss, Freshness::Stale) => {
+                    (Mode::Miss(_), Freshness::Stale) => {
                         self.stats.stale_served.incr();
                         return Ok(Fetched {
                             entry: e,
@@ -354,6 +370,14 @@ where
         for round in 0..MAX_ATTEMPTS {
             match l2.acquire_lease(text, token.as_bytes(), lc.ttl).await {
                 Ok(true) => {
+                    // The last holder may have filled and released since
+                    // this flight looked: look once more before loading.
+                    if let L2Read::Hit(e) = self.l2_read(text).await
+                        && e.freshness(self.now_ms()) == Freshness::Fresh
+                    {
+                        let _ = l2.release_lease(text, token.as_bytes()).await;
+                        return Lease::Answered(Fetched::new(e, true));
+                    }
                     if round > 0 {
                         self.stats.lease_takeovers.incr();
                     }

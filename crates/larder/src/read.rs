@@ -38,7 +38,8 @@ where
     /// miss. No I/O, no allocation on a hit.
     #[inline]
     pub(crate) fn l1_lookup(self: &Arc<Self>, key: &K, now: u64) -> Option<Option<V>> {
-        let e = self.l1.as_ref()?.get(key)?;
+        let l1 = self.l1.as_ref()?;
+        let e = l1.get(key)?;
         match e.freshness(now) {
             Freshness::Fresh => {
                 if e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw()) {
@@ -55,13 +56,19 @@ where
                 self.stats.stale_served.incr();
                 self.refresh(key, Refresh::Stale);
             }
-            _ => return None,
+            _ => {
+                // Kept for stale-if-error until `stale_until`; then gone.
+                if now >= e.stale_until_ms {
+                    l1.remove(key);
+                }
+                return None;
+            }
         }
         self.stats.l1_hits.incr();
         if e.value.is_none() {
             self.stats.negative_hits.incr();
         }
-        Some(e.value.clone())
+        Some(e.value)
     }
 
     /// Decodes L2 bytes into an entry; corrupt or foreign bytes are counted.
@@ -84,11 +91,7 @@ where
             return L2Read::Miss;
         };
         match l2.get(text).await {
-            Ok(Some(bytes)) => match self.decode(text, &bytes) {
-                Some(e) => L2Read::Hit(e),
-                None => L2Read::Corrupt,
-            },
-            Ok(None) => L2Read::Miss,
+            Ok(bytes) => self.classify(text, bytes),
             Err(_) => {
                 self.stats.l2_errors.incr();
                 L2Read::Failed
@@ -96,22 +99,60 @@ where
         }
     }
 
-    /// The L2's answer for a caller that missed the L1: `Some(value)` for a
-    /// fresh hit (or stale in its grace window), promoted to the L1; `None`
-    /// for a miss, an expired or corrupt value, or an L2 failure.
+    fn classify(&self, text: &str, bytes: Option<Vec<u8>>) -> L2Read<V> {
+        match bytes {
+            Some(b) => match self.decode(text, &b) {
+                Some(e) => L2Read::Hit(e),
+                None => L2Read::Corrupt,
+            },
+            None => L2Read::Miss,
+        }
+    }
+
+    /// The L2's answer for a caller that missed the L1: `Ok(value)` for a
+    /// fresh hit (or stale in its grace window), promoted to the L1;
+    /// otherwise what a load needs to know: `Err(Some(ticket))` when the L2
+    /// answered that it holds nothing servable (and, with `for_load`, the
+    /// key's version ticket in the same round trip), `Err(None)` when it
+    /// was not asked, failed or held corrupt bytes.
     pub(crate) async fn l2_lookup(
         self: &Arc<Self>,
         key: &K,
         text: &str,
         now: u64,
-    ) -> Option<Option<V>> {
-        self.l2.as_ref()?;
-        let epoch = self.epoch.load(Ordering::SeqCst);
-        let L2Read::Hit(e) = self.l2_read(text).await else {
-            self.stats.l2_misses.incr();
-            return None;
+        for_load: bool,
+    ) -> std::result::Result<Option<V>, Option<u64>> {
+        let Some(l2) = &self.l2 else {
+            return Err(None);
         };
-        self.serve_from_l2(key, e, now, epoch)
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let (read, ticket) = if for_load {
+            match l2.get_with_version(text).await {
+                Ok((bytes, ticket)) => (self.classify(text, bytes), Some(ticket)),
+                Err(_) => {
+                    self.stats.l2_errors.incr();
+                    (L2Read::Failed, None)
+                }
+            }
+        } else {
+            (self.l2_read(text).await, None)
+        };
+        let e = match read {
+            L2Read::Hit(e) => e,
+            L2Read::Miss => {
+                self.stats.l2_misses.incr();
+                return Err(ticket);
+            }
+            L2Read::Corrupt | L2Read::Failed => {
+                self.stats.l2_misses.incr();
+                return Err(None);
+            }
+        };
+        match self.serve_from_l2(key, e, now, epoch) {
+            Some(v) => Ok(v),
+            // Expired: nothing servable, but the ticket holds.
+            None => Err(ticket),
+        }
     }
 
     /// Serves an entry read from the L2: promotes it, and starts a refresh
@@ -156,20 +197,24 @@ where
         }
     }
 
-    /// The L1 lifetime of an entry: what is left of it, capped.
-    pub(crate) fn l1_ttl(&self, e: &Entry<V>, now: u64) -> Option<Duration> {
-        let left = Duration::from_millis(e.stale_until_ms.checked_sub(now)?);
-        let ttl = match self.cfg.memory_ttl_cap {
-            Some(cap) => left.min(cap),
-            None => left,
-        };
-        (!ttl.is_zero()).then_some(ttl)
-    }
-
     /// Inserts into the L1 (no check: the caller holds the key's flight).
-    pub(crate) fn l1_insert(&self, key: &K, e: Arc<Entry<V>>, now: u64) {
-        if let (Some(l1), Some(ttl)) = (&self.l1, self.l1_ttl(&e, now)) {
-            l1.insert_with_ttl(key.clone(), e, ttl);
+    ///
+    /// An entry carries its own deadlines, checked on every hit, so the L1
+    /// needs no timer of its own: an entry past its lifetime is removed by
+    /// the read that finds it, or evicted as a cold entry, and L1 hits skip
+    /// the timer wheel. With `memory_ttl_cap`, the L1 also expires the
+    /// entry after the cap.
+    pub(crate) fn l1_insert(&self, key: &K, e: &Entry<V>, now: u64) {
+        let Some(l1) = &self.l1 else { return };
+        if e.stale_until_ms <= now {
+            return;
+        }
+        match self.cfg.memory_ttl_cap {
+            Some(cap) => {
+                let left = Duration::from_millis(e.stale_until_ms - now);
+                l1.insert_with_ttl(key.clone(), e.clone(), left.min(cap));
+            }
+            None => l1.insert(key.clone(), e.clone()),
         }
     }
 
@@ -181,7 +226,7 @@ where
         if self.l1.is_none() {
             return;
         }
-        self.l1_insert(key, e, now);
+        self.l1_insert(key, &e, now);
         if self.epoch.load(Ordering::SeqCst) != epoch
             && let Some(l1) = &self.l1
         {
@@ -286,7 +331,7 @@ where
                 // Abandoned (its leader was cancelled): load this one alone.
                 Ok(None) => match keys[i].key_text() {
                     Ok(t) => Arc::clone(&self)
-                        .load(&keys[i], t)
+                        .load(&keys[i], t, None)
                         .await
                         .map(|e| e.value.clone()),
                     Err(e) => Err(e),

@@ -144,3 +144,17 @@ async fn one_lease_holder_at_a_time_and_release_by_token_only() {
             .is_invalid_input()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_with_version_reads_both_in_one_round_trip() {
+    let server = RedisServer::start().unwrap();
+    let s = store(&server.url());
+    assert_eq!(s.get_with_version("k").await.unwrap(), (None, 0));
+    let v = s.set_versioned("k", &env(0, b"x"), T, T).await.unwrap();
+    let mgets = s.stats().command("MGET").map_or(0, |c| c.calls);
+    let (bytes, ticket) = s.get_with_version("k").await.unwrap();
+    assert_eq!(ticket, v);
+    assert_eq!(version_of(&bytes.unwrap()), v);
+    assert_eq!(s.stats().command("MGET").unwrap().calls, mgets + 1);
+    assert!(s.get_with_version("").await.unwrap_err().is_invalid_input());
+}

@@ -48,13 +48,11 @@ impl TestLoader {
 
     /// Waits (bounded, yielding) until `n` loads have entered the loader.
     pub(crate) async fn until_entered(&self, n: usize) {
-        for _ in 0..1_000_000 {
-            if self.entered.load(Ordering::SeqCst) >= n {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-        panic!("{n} loads never started");
+        let entered = Arc::clone(&self.entered);
+        until(&format!("{n} loads started"), || {
+            entered.load(Ordering::SeqCst) >= n
+        })
+        .await;
     }
 }
 
@@ -83,13 +81,20 @@ impl Loader<u64, String> for TestLoader {
     }
 }
 
-/// Waits (bounded, yielding) until `f()` holds.
+/// Waits until `f()` holds, checking after every yield. Bounded by a count
+/// of yields and short naps (about a minute in all), so a state that never
+/// comes fails the test instead of hanging it; a busy machine (other tests
+/// on two cores) only makes it check less often.
 pub(crate) async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..1_000_000 {
+    for i in 0..2_000_000u32 {
         if f() {
             return;
         }
-        tokio::task::yield_now().await;
+        if i % 64 == 63 {
+            tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
     }
     panic!("never: {what}");
 }
