@@ -4,6 +4,7 @@ mod fenced;
 mod guard;
 mod manager;
 mod scripts;
+mod wakeup;
 
 /// The `redis` client this crate is built against.
 pub use redis;

@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
 use larder_core::{Error, ErrorKind, KeySpace, Result, SharedClock, SystemClock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::guard::LockGuard;
 use crate::scripts;
+use crate::wakeup::Subscriber;
 
 /// The longest lock TTL accepted.
 const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -86,7 +88,7 @@ impl LockConfig {
 
 pub(crate) struct Node {
     pub(crate) name: String,
-    url: String,
+    client: redis::Client,
     pub(crate) conn: ConnectionManager,
     last_run_id: Mutex<Option<String>>,
 }
@@ -96,6 +98,7 @@ pub(crate) struct Inner {
     pub(crate) config: LockConfig,
     pub(crate) keys: KeySpace,
     pub(crate) clock: SharedClock,
+    subscriber: Subscriber,
 }
 
 /// Acquires locks on one Redis server, or on N independent masters with
@@ -119,6 +122,59 @@ impl std::fmt::Debug for LockManager {
             )
             .field("ttl", &self.inner.config.ttl)
             .finish()
+    }
+}
+
+/// Runs one request per node and collects answers until `quorum` of them
+/// pass `ok`, or until so many failed that `quorum` cannot be reached: a
+/// minority of slow or dead nodes is never waited for. Requests still in
+/// flight are dropped (one that already reached its node is harmless: it
+/// holds our token, released with the rest).
+async fn until_quorum<T, F: Future<Output = T>>(
+    requests: impl IntoIterator<Item = F>,
+    quorum: usize,
+    ok: impl Fn(&T) -> bool,
+) -> Vec<T> {
+    let mut pending: FuturesUnordered<F> = requests.into_iter().collect();
+    let mut answers = Vec::with_capacity(pending.len());
+    let mut passed = 0;
+    while passed < quorum && passed + pending.len() >= quorum {
+        let Some(a) = pending.next().await else { break };
+        if ok(&a) {
+            passed += 1;
+        }
+        answers.push(a);
+    }
+    answers
+}
+
+/// An acquisition in progress: if it is dropped (cancelled) before it
+/// handed its token to a guard, whatever it took is released in the
+/// background, not left for its TTL.
+struct Attempt<'a> {
+    manager: &'a LockManager,
+    key: &'a str,
+    channel: &'a str,
+    token: &'a str,
+    armed: bool,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let m = self.manager.clone();
+            let (key, channel, token) = (
+                self.key.to_owned(),
+                self.channel.to_owned(),
+                self.token.to_owned(),
+            );
+            rt.spawn(async move {
+                m.release_everywhere(&key, &channel, &token).await;
+            });
+        }
     }
 }
 
@@ -195,12 +251,13 @@ impl LockManager {
                 .set_response_timeout(None)
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(50));
-            let conn = ConnectionManager::new_lazy_with_config(client, cfg).map_err(|e| {
-                Error::with_source(ErrorKind::InvalidConfig, "connection manager", e)
-            })?;
+            let conn =
+                ConnectionManager::new_lazy_with_config(client.clone(), cfg).map_err(|e| {
+                    Error::with_source(ErrorKind::InvalidConfig, "connection manager", e)
+                })?;
             nodes.push(Node {
                 name: redacted(url),
-                url: (*url).to_owned(),
+                client,
                 conn,
                 last_run_id: Mutex::new(None),
             });
@@ -211,6 +268,7 @@ impl LockManager {
                 config,
                 keys,
                 clock,
+                subscriber: Subscriber::default(),
             }),
         })
     }
@@ -382,7 +440,11 @@ impl LockManager {
                 .ok()
                 .and_then(Result::ok)
         });
-        let seen: Vec<(u64, u64)> = join_all(reads).await.into_iter().flatten().collect();
+        let seen: Vec<(u64, u64)> = until_quorum(reads, self.quorum(), Option::is_some)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         if seen.len() < self.quorum() {
             return None;
         }
@@ -398,11 +460,10 @@ impl LockManager {
                 .ok()
                 .and_then(Result::ok)
         });
-        let acks = join_all(writes)
+        let acks = until_quorum(writes, self.quorum(), |a| *a == Some(next))
             .await
             .into_iter()
-            .flatten()
-            .filter(|&v| v == next)
+            .filter(|a| *a == Some(next))
             .count();
         (acks >= self.quorum()).then_some(next)
     }
@@ -418,13 +479,21 @@ impl LockManager {
         // The clock is read before the first request: validity is measured
         // from the moment any node could have granted the lock.
         let start = self.inner.clock.now();
-        // If this future is dropped now, a key we set expires by its TTL:
-        // no orphan lives longer, and no one else can hold it meanwhile.
-        let votes = join_all(
+        // From here on, a cancelled attempt releases what it took.
+        let mut attempt = Attempt {
+            manager: self,
+            key: &key,
+            channel: &channel,
+            token: &token,
+            armed: true,
+        };
+        let votes = until_quorum(
             self.inner
                 .nodes
                 .iter()
                 .map(|n| self.vote(n, &key, &fence_key, &token, single && cfg.fencing)),
+            self.quorum(),
+            |v| v.acquired,
         )
         .await;
         let granted = votes.iter().filter(|v| v.acquired).count();
@@ -441,22 +510,24 @@ impl LockManager {
         // start + TTL - drift, if that is still ahead.
         let elapsed = self.inner.clock.now().saturating_duration_since(start);
         let lease = cfg.ttl.saturating_sub(cfg.drift());
-        match ok {
-            true if elapsed < lease => Ok(Some(LockGuard::start(
-                self.clone(),
-                name.to_owned(),
-                key,
-                channel,
-                token,
-                fence,
-                holder,
-                start + lease,
-            ))),
-            _ => {
-                self.release_everywhere(&key, &channel, &token).await;
-                Ok(None)
-            }
+        if !(ok && elapsed < lease) {
+            self.release_everywhere(&key, &channel, &token).await;
+            attempt.armed = false;
+            return Ok(None);
         }
+        // The guard takes the token over.
+        attempt.armed = false;
+        drop(attempt);
+        Ok(Some(LockGuard::start(
+            self.clone(),
+            name.to_owned(),
+            key,
+            channel,
+            token,
+            fence,
+            holder,
+            start + lease,
+        )))
     }
 
     /// Tries up to `1 + retry_count` times with jittered delays; an
@@ -479,44 +550,75 @@ impl LockManager {
         ))
     }
 
-    /// Waits up to `max_wait` for the lock: woken by the holder's release
-    /// message (pub/sub), and polling every `wait_poll` as well, because
-    /// messages can be lost (and the subscriber connection can drop). An
-    /// [`ErrorKind::Timeout`] error when the wait ends without the lock.
+    /// Waits up to `max_wait` for the lock: tries at once; if it is taken,
+    /// waits to be woken by the holder's release message (pub/sub, on one
+    /// subscriber connection per manager, opened on the first contended
+    /// wait) and polls every `wait_poll` as well, because messages can be
+    /// lost (and the subscriber connection can drop). Every network wait
+    /// inside is bounded by what is left of `max_wait`, measured on the
+    /// manager's clock. An [`ErrorKind::Timeout`] error when the wait ends
+    /// without the lock.
     pub async fn acquire_wait(&self, name: &str, max_wait: Duration) -> Result<LockGuard> {
         let (_, _, channel) = self.lock_keys(name)?;
         // Time is the manager's clock; `None`: a wait too long to represent.
         let deadline = self.inner.now().checked_add(max_wait);
-        let mut messages = if self.inner.config.pubsub_wakeup {
-            self.subscribe(&channel).await
-        } else {
-            None
+        let timeout = || {
+            Error::new(
+                ErrorKind::Timeout,
+                format!("lock {name:?} not acquired within {max_wait:?}"),
+            )
         };
+        // What is left of max_wait, for bounding network waits (`None`: unbounded).
+        let left = || deadline.map(|d| d.saturating_duration_since(self.inner.now()));
+        let mut wake: Option<crate::wakeup::Wake> = None;
         loop {
-            if let Some(g) = self.try_acquire(name).await? {
+            // Messages from now on wake the sleep below.
+            if let Some(w) = wake.as_mut() {
+                w.messages.borrow_and_update();
+            }
+            // Try first: an uncontended wait costs one attempt, no subscription.
+            let attempt = match left() {
+                Some(l) => tokio::time::timeout(l, self.try_acquire(name))
+                    .await
+                    .map_err(|_| timeout())?,
+                None => self.try_acquire(name).await,
+            };
+            if let Some(g) = attempt? {
                 return Ok(g);
             }
-            let now = self.inner.now();
-            if deadline.is_some_and(|d| now >= d) {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!("lock {name:?} not acquired within {max_wait:?}"),
-                ));
+            if deadline.is_some_and(|d| self.inner.now() >= d) {
+                return Err(timeout());
             }
-            let wake = match (now.checked_add(self.inner.config.wait_poll), deadline) {
+            if wake.is_none() && self.inner.config.pubsub_wakeup {
+                let clients: Vec<redis::Client> =
+                    self.inner.nodes.iter().map(|n| n.client.clone()).collect();
+                let within = left().unwrap_or(Duration::MAX).min(self.connect_timeout());
+                wake = self
+                    .inner
+                    .subscriber
+                    .wake_on(&clients, &channel, within)
+                    .await;
+                // Subscribed now: try again before sleeping, a release may
+                // have come in between.
+                if wake.is_some() {
+                    continue;
+                }
+            }
+            let now = self.inner.now();
+            let until = match (now.checked_add(self.inner.config.wait_poll), deadline) {
                 (Some(w), Some(d)) => Some(w.min(d)),
                 (w, d) => w.or(d),
             };
             let sleep = async {
-                match wake {
+                match until {
                     Some(w) => crate::guard::sleep_until(self, w).await,
                     None => std::future::pending().await,
                 }
             };
-            match messages.as_mut() {
-                Some(stream) => {
+            match wake.as_mut() {
+                Some(w) => {
                     tokio::select! {
-                        m = stream.next() => if m.is_none() { messages = None; },
+                        _ = w.messages.changed() => {}
                         () = sleep => {}
                     }
                 }
@@ -525,23 +627,12 @@ impl LockManager {
         }
     }
 
-    async fn subscribe(
-        &self,
-        channel: &str,
-    ) -> Option<futures_util::stream::BoxStream<'static, redis::Msg>> {
-        for n in &self.inner.nodes {
-            let Ok(client) = redis::Client::open(n.url.as_str()) else {
-                continue;
-            };
-            let connect =
-                tokio::time::timeout(Duration::from_millis(500), client.get_async_pubsub()).await;
-            if let Ok(Ok(mut ps)) = connect
-                && ps.subscribe(channel).await.is_ok()
-            {
-                return Some(ps.into_on_message().boxed());
-            }
-        }
-        None
+    /// How long a connection may take to open.
+    fn connect_timeout(&self) -> Duration {
+        self.inner
+            .config
+            .node_timeout
+            .max(Duration::from_millis(100))
     }
 
     /// Runs `f` while holding the lock (waiting up to `max_wait` for it),
