@@ -13,6 +13,18 @@ use crate::FencedResource;
 use crate::fenced::Fence;
 use crate::manager::LockManager;
 
+/// What an acquisition hands to its guard.
+pub(crate) struct Grant {
+    pub(crate) name: String,
+    pub(crate) key: String,
+    pub(crate) channel: String,
+    pub(crate) token: String,
+    pub(crate) fence: u64,
+    pub(crate) holder: u128,
+    /// Until when the lock is ours (on the manager's clock).
+    pub(crate) deadline: Instant,
+}
+
 struct Shared {
     manager: LockManager,
     name: String,
@@ -54,16 +66,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl LockGuard {
-    pub(crate) fn start(
-        manager: LockManager,
-        name: String,
-        key: String,
-        channel: String,
-        token: String,
-        fence: u64,
-        holder: u128,
-        deadline: Instant,
-    ) -> Self {
+    pub(crate) fn start(manager: LockManager, grant: Grant) -> Self {
+        let Grant {
+            name,
+            key,
+            channel,
+            token,
+            fence,
+            holder,
+            deadline,
+        } = grant;
         let (lost, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             manager,

@@ -10,7 +10,7 @@ use futures_util::stream::FuturesUnordered;
 use larder_core::{Error, ErrorKind, KeySpace, Result, SharedClock, SystemClock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::guard::LockGuard;
+use crate::guard::{Grant, LockGuard};
 use crate::scripts;
 use crate::wakeup::Subscriber;
 
@@ -520,13 +520,15 @@ impl LockManager {
         drop(attempt);
         Ok(Some(LockGuard::start(
             self.clone(),
-            name.to_owned(),
-            key,
-            channel,
-            token,
-            fence,
-            holder,
-            start + lease,
+            Grant {
+                name: name.to_owned(),
+                key,
+                channel,
+                token,
+                fence,
+                holder,
+                deadline: start + lease,
+            },
         )))
     }
 

@@ -21,11 +21,14 @@ async fn in_process(
     resource: &RedisServer,
     clients: usize,
     locking: bool,
+    fencing: bool,
 ) -> Verdict {
     let client = resource.client();
     workload::reset(&client).await;
+    let mut c = cfg(2_000);
+    c.fencing = fencing;
     let runs = (0..clients)
-        .map(|_| workload::client(manager(urls, cfg(2_000)), client.clone(), 3, 3, locking));
+        .map(|_| workload::client(manager(urls, c.clone()), client.clone(), 3, 3, locking));
     futures_util::future::join_all(runs).await;
     workload::verdict(&client).await
 }
@@ -35,12 +38,17 @@ async fn redlock_mutual_exclusion_and_its_negative_control() {
     let (_masters, resource, urls) = workload::servers().await;
 
     // 4 clients x 3 tasks x 3 sections.
-    let v = in_process(&urls, &resource, 4, true).await;
+    let v = in_process(&urls, &resource, 4, true, true).await;
     workload::assert_protected(v, 36);
 
     // Negative control: without the lock the same referee sees the damage.
-    let v = in_process(&urls, &resource, 4, false).await;
+    let v = in_process(&urls, &resource, 4, false, true).await;
     workload::assert_caught(v, 36);
+
+    // Negative control of the stale-token check: locked, but without
+    // fencing every token is 0, which must be flagged.
+    let v = in_process(&urls, &resource, 4, true, false).await;
+    workload::assert_stale_caught(v);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,13 +14,15 @@ use larder_lock::LockManager;
 use larder_testkit::{RedisServer, start_masters};
 use redis::Script;
 
-/// Entry: KEYS occupied, overlaps, last_token, stale; ARGV token (0 = none).
+/// Entry: KEYS occupied, overlaps, last_token, stale; ARGV token ('' when
+/// the run holds no lock). Every locked entry is checked, token 0 included:
+/// its first entry sets `last_token`, so 0 is stale from the second on.
 const ENTER: &str = r"
 if not redis.call('SET', KEYS[1], '1', 'NX') then redis.call('INCR', KEYS[2]) end
-local t = tonumber(ARGV[1])
-if t > 0 then
-  local last = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if t <= last then redis.call('INCR', KEYS[4]) else redis.call('SET', KEYS[3], t) end
+if ARGV[1] ~= '' then
+  local t = tonumber(ARGV[1])
+  local last = redis.call('GET', KEYS[3])
+  if last and t <= tonumber(last) then redis.call('INCR', KEYS[4]) else redis.call('SET', KEYS[3], ARGV[1]) end
 end
 return 1
 ";
@@ -41,18 +43,9 @@ pub(crate) async fn reset(resource: &redis::Client) {
     let mut con = resource.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::pipe()
         .cmd("MSET")
-        .arg(&[
-            "counter",
-            "0",
-            "overlaps",
-            "0",
-            "stale",
-            "0",
-            "last_token",
-            "0",
-        ])
+        .arg(&["counter", "0", "overlaps", "0", "stale", "0"])
         .cmd("DEL")
-        .arg("occupied")
+        .arg(&["occupied", "last_token"])
         .query_async(&mut con)
         .await
         .unwrap();
@@ -98,7 +91,9 @@ pub(crate) async fn client(
                 } else {
                     None
                 };
-                let token = guard.as_ref().map_or(0, |g| g.fencing_token());
+                let token = guard
+                    .as_ref()
+                    .map_or(String::new(), |g| g.fencing_token().to_string());
                 let _: i64 = enter
                     .key("occupied")
                     .key("overlaps")
@@ -171,5 +166,14 @@ pub(crate) fn assert_caught(v: Verdict, sections: u64) {
     assert!(
         v.overlaps > 0 || v.count < sections,
         "the referee missed an unlocked run: {v:?}"
+    );
+}
+
+/// The fencing negative control: locked, with fencing off (every token 0),
+/// the stale-token check must fire.
+pub(crate) fn assert_stale_caught(v: Verdict) {
+    assert!(
+        v.stale > 0,
+        "the stale-token check missed repeated tokens: {v:?}"
     );
 }
