@@ -11,4 +11,4 @@ pub use redis;
 
 pub use fenced::{Fence, FencedResource, StaleToken};
 pub use guard::LockGuard;
-pub use manager::{LockConfig, LockManager};
+pub use manager::{LockConfig, LockManager, NodeWarning};

@@ -178,6 +178,30 @@ impl Drop for Attempt<'_> {
     }
 }
 
+/// A condition of a lock node that weakens what the lock guarantees,
+/// found by [`LockManager::check_nodes`].
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeWarning {
+    /// The node's `maxmemory-policy` may evict keys (anything but
+    /// `noeviction`): under memory pressure a lock key can vanish while held
+    /// (a second client then gets the lock), and a fence key can vanish
+    /// (fencing then relies on the server clock alone). Use `noeviction`, or
+    /// a Redis dedicated to locks.
+    Evicts {
+        /// The node (password redacted).
+        node: String,
+        /// Its policy.
+        policy: String,
+    },
+    /// `CONFIG GET maxmemory-policy` was refused (ACLs, managed services)
+    /// or did not answer within the node timeout: check it by other means.
+    Unchecked {
+        /// The node (password redacted).
+        node: String,
+    },
+}
+
 /// The outcome of one node's acquire attempt.
 struct Vote {
     acquired: bool,
@@ -271,6 +295,33 @@ impl LockManager {
                 subscriber: Subscriber::default(),
             }),
         })
+    }
+
+    /// Checks every node's configuration for conditions that weaken the
+    /// lock: today, an eviction policy other than `noeviction`. Empty when
+    /// nothing was found. Call it at start-up and log what it returns.
+    pub async fn check_nodes(&self) -> Vec<NodeWarning> {
+        let checks = self.inner.nodes.iter().map(|n| async move {
+            let mut c = n.conn.clone();
+            let reply = tokio::time::timeout(
+                self.connect_timeout(),
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async::<Vec<String>>(&mut c),
+            )
+            .await;
+            match reply {
+                Ok(Ok(v)) if v.len() == 2 => (v[1] != "noeviction").then(|| NodeWarning::Evicts {
+                    node: n.name.clone(),
+                    policy: v[1].clone(),
+                }),
+                _ => Some(NodeWarning::Unchecked {
+                    node: n.name.clone(),
+                }),
+            }
+        });
+        join_all(checks).await.into_iter().flatten().collect()
     }
 
     /// Votes needed: N/2 + 1.

@@ -1,6 +1,7 @@
 //! The lock's keys live where no user key can land.
 
 use larder_core::KeySpace;
+use larder_lock::NodeWarning;
 use larder_testkit::RedisServer;
 
 use crate::{cfg, manager};
@@ -27,4 +28,26 @@ async fn lock_keys_are_never_data_keys_of_user_keys() {
         .unwrap();
     assert!(!user);
     assert!(g.release().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_may_evict_lock_keys_is_reported() {
+    let evicting = RedisServer::builder()
+        .arg("--maxmemory-policy")
+        .arg("allkeys-lru")
+        .start()
+        .unwrap();
+    let safe = RedisServer::start().unwrap();
+    let m = manager(&[evicting.url(), safe.url(), safe.url()], cfg(5_000));
+    let warnings = m.check_nodes().await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    match &warnings[0] {
+        NodeWarning::Evicts { node, policy } => {
+            assert_eq!(policy, "allkeys-lru");
+            assert!(node.contains(&evicting.port().to_string()));
+        }
+        other => panic!("{other:?}"),
+    }
+    let ok = manager(&[safe.url()], cfg(5_000));
+    assert!(ok.check_nodes().await.is_empty());
 }
