@@ -6,37 +6,39 @@ use larder_core::envelope::{EnvelopeMeta, Freshness};
 
 /// A cached value and when it stops being fresh and servable. The L1 holds
 /// entries by value (a hit clones the value once, as a bare L1 get does), so
-/// it can serve stale, know a value's version and XFetch's load time
+/// it can serve stale and know XFetch's load time
 /// without asking Redis; flights hand out `Arc<Entry<V>>`.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry<V> {
     /// `None`: a negative entry (the source said "not found").
     pub(crate) value: Option<V>,
     pub(crate) fresh_until_ms: u64,
-    /// The end of the grace window: served stale (and refreshed) until then.
-    pub(crate) grace_until_ms: u64,
-    /// Kept until then (the envelope's `stale_until`): the grace window, or
-    /// longer for stale-if-error.
-    pub(crate) stale_until_ms: u64,
+    /// The grace window after `fresh_until`: served stale (and refreshed)
+    /// until then.
+    grace_ms: u32,
+    /// Kept this long after `fresh_until` (the envelope's `stale_until`):
+    /// the grace window, or longer for stale-if-error.
+    keep_ms: u32,
     /// How long the load took, for XFetch.
     pub(crate) delta_ms: u32,
-    pub(crate) version: u64,
+}
+
+/// Milliseconds as a `u32` offset, saturating (about 49 days).
+fn offset(ms: u64) -> u32 {
+    u32::try_from(ms).unwrap_or(u32::MAX)
 }
 
 impl<V> Entry<V> {
     /// An entry for `meta`, served stale for `grace` after its fresh time.
     pub(crate) fn new(meta: &EnvelopeMeta, value: Option<V>, grace: Duration) -> Self {
+        let keep = meta.stale_until_ms.saturating_sub(meta.fresh_until_ms);
         let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         Entry {
             value,
             fresh_until_ms: meta.fresh_until_ms,
-            grace_until_ms: meta
-                .fresh_until_ms
-                .saturating_add(grace_ms)
-                .min(meta.stale_until_ms),
-            stale_until_ms: meta.stale_until_ms,
+            grace_ms: offset(grace_ms.min(keep)),
+            keep_ms: offset(keep),
             delta_ms: meta.delta_ms,
-            version: meta.version,
         }
     }
 
@@ -45,11 +47,15 @@ impl<V> Entry<V> {
         Entry {
             value: None,
             fresh_until_ms: now_ms,
-            grace_until_ms: now_ms,
-            stale_until_ms: now_ms,
+            grace_ms: 0,
+            keep_ms: 0,
             delta_ms: 0,
-            version: 0,
         }
+    }
+
+    /// Until when it is kept (the envelope's `stale_until`).
+    pub(crate) fn stale_until_ms(&self) -> u64 {
+        self.fresh_until_ms.saturating_add(u64::from(self.keep_ms))
     }
 
     /// Fresh, stale within the grace window, or expired (it may still be
@@ -57,7 +63,7 @@ impl<V> Entry<V> {
     pub(crate) fn freshness(&self, now_ms: u64) -> Freshness {
         if now_ms < self.fresh_until_ms {
             Freshness::Fresh
-        } else if now_ms < self.grace_until_ms {
+        } else if now_ms < self.fresh_until_ms.saturating_add(u64::from(self.grace_ms)) {
             Freshness::Stale
         } else {
             Freshness::Expired
@@ -128,6 +134,6 @@ mod tests {
         assert_eq!(e.freshness(9), Freshness::Fresh);
         assert_eq!(e.freshness(29), Freshness::Stale);
         assert_eq!(e.freshness(30), Freshness::Expired);
-        assert_eq!(e.stale_until_ms, 110, "kept for stale-if-error");
+        assert_eq!(e.stale_until_ms(), 110, "kept for stale-if-error");
     }
 }

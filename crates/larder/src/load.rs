@@ -241,7 +241,7 @@ where
                 let fresh = e.freshness(now);
                 let newer = current
                     .as_ref()
-                    .is_none_or(|c| e.version > c.version || e.fresh_until_ms > c.fresh_until_ms);
+                    .is_none_or(|c| e.fresh_until_ms > c.fresh_until_ms);
                 match (mode, fresh) {
                     (Mode::Miss(_), Freshness::Fresh) => {
                         let early = e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw());

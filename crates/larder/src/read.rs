@@ -58,7 +58,7 @@ where
             }
             _ => {
                 // Kept for stale-if-error until `stale_until`; then gone.
-                if now >= e.stale_until_ms {
+                if now >= e.stale_until_ms() {
                     l1.remove(key);
                 }
                 return None;
@@ -206,12 +206,12 @@ where
     /// entry after the cap.
     pub(crate) fn l1_insert(&self, key: &K, e: &Entry<V>, now: u64) {
         let Some(l1) = &self.l1 else { return };
-        if e.stale_until_ms <= now {
+        if e.stale_until_ms() <= now {
             return;
         }
         match self.cfg.memory_ttl_cap {
             Some(cap) => {
-                let left = Duration::from_millis(e.stale_until_ms - now);
+                let left = Duration::from_millis(e.stale_until_ms() - now);
                 l1.insert_with_ttl(key.clone(), e.clone(), left.min(cap));
             }
             None => l1.insert(key.clone(), e.clone()),

@@ -1,0 +1,417 @@
+//! The multi-level cache (`larder::Cache`) against its own parts and
+//! against what users write by hand, same run:
+//! - `facade/l1 hit`: a fresh L1 hit through the facade against a bare
+//!   `larder-memory` get of the same value type (goal: at most 1.3x the time);
+//! - `facade/l2 hit`: an L2 hit through an L2-only facade against a bare
+//!   `RedisStore` get of the same key (goal: at most 1.1x the time);
+//! - `facade/stampede`: 1,000 concurrent `get_or_load` of one missing key,
+//!   the loader's call count (goal: 1), in one instance and across three
+//!   instances with the load lease;
+//! - `facade/flash sale`: a Zipf(1.0) workload with a burst on five cold
+//!   keys through Larder (L1 + Redis L2) against `moka::future::Cache` in
+//!   front of redis-rs's `ConnectionManager` in front of the same loader:
+//!   throughput and loads.
+
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
+#![allow(clippy::disallowed_methods)] // a benchmark measures wall time
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::FutureExt;
+use larder::core::{Error, FnLoader, Store};
+use larder::redis::{RedisConfig, RedisStore, Topology};
+use larder::{Cache, Ttl};
+use larder_benches::manifest::{Better, Manifest};
+use larder_memory::MemoryCache;
+use larder_testkit::RedisServer;
+
+const KEYS: u64 = 100_000;
+/// How long the flash-sale workload's loader takes (an emulated query).
+const LOAD_TIME: Duration = Duration::from_millis(1);
+
+fn value(k: u64) -> String {
+    format!("{k:0>64}")
+}
+
+fn redis_store(url: &str, ns: &str) -> RedisStore {
+    RedisStore::new(
+        RedisConfig::builder(Topology::Standalone(url.to_owned()))
+            .namespace(ns)
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// A Zipf(1.0) rank sampler over `n` keys.
+struct Zipf(Vec<f64>);
+
+impl Zipf {
+    fn new(n: u64) -> Self {
+        let mut cdf = Vec::with_capacity(n as usize);
+        let mut sum = 0.0;
+        for r in 1..=n {
+            sum += 1.0 / r as f64;
+            cdf.push(sum);
+        }
+        for c in &mut cdf {
+            *c /= sum;
+        }
+        Zipf(cdf)
+    }
+
+    fn sample(&self, rng: &mut fastrand::Rng) -> u64 {
+        let u = rng.f64();
+        self.0.partition_point(|&c| c < u).min(self.0.len() - 1) as u64
+    }
+}
+
+fn facade_benches(c: &mut Criterion) {
+    let mut m = Manifest::create("facade");
+    let server =
+        RedisServer::start().expect("redis-server (run `cargo xtask bench`, which installs it)");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // --- L1 hit: the facade against a bare larder-memory get.
+    let group = "facade/l1 hit";
+    let bare: MemoryCache<u64, String> = MemoryCache::new(2 * KEYS);
+    let cache: Cache<u64, String> = Cache::builder()
+        .memory(2 * KEYS)
+        .ttl(Ttl::fixed(Duration::from_secs(3600)))
+        .loader(FnLoader::new(|k: u64| async move {
+            Ok::<_, Error>(Some(value(k)))
+        }))
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for k in 0..KEYS {
+            bare.insert(k, value(k));
+            cache.get_or_load(&k).await.unwrap();
+        }
+    });
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    m.time(group, "larder Cache get (L1 hit)", 1);
+    g.bench_function("larder Cache get (L1 hit)", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            // A fresh L1 hit never awaits: it is ready on the first poll.
+            black_box(cache.get(&i).now_or_never().unwrap().unwrap())
+        })
+    });
+    m.time(group, "larder-memory get", 1);
+    g.bench_function("larder-memory get", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            black_box(bare.get(&i))
+        })
+    });
+    g.finish();
+    m.compare(group, "larder Cache get (L1 hit)", "larder-memory get");
+
+    // --- L2 hit: an L2-only facade against a bare RedisStore get.
+    let group = "facade/l2 hit";
+    let store = redis_store(&server.url(), "bench-l2");
+    let l2_only: Cache<u64, String> = Cache::builder()
+        .no_memory()
+        .redis(store.clone())
+        .ttl(Ttl::fixed(Duration::from_secs(3600)))
+        .loader(FnLoader::new(|k: u64| async move {
+            Ok::<_, Error>(Some(value(k)))
+        }))
+        .build()
+        .unwrap();
+    const L2_KEYS: u64 = 5_000;
+    rt.block_on(async {
+        for k in 0..L2_KEYS {
+            l2_only.get_or_load(&k).await.unwrap();
+        }
+    });
+    let texts: Vec<String> = (0..L2_KEYS).map(|k| k.to_string()).collect();
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(1));
+    m.time(group, "larder Cache get (L2 hit)", 1);
+    g.bench_function("larder Cache get (L2 hit)", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 7919) % L2_KEYS;
+            let (c, k) = (&l2_only, i);
+            async move { black_box(c.get(&k).await.unwrap()) }
+        })
+    });
+    m.time(group, "larder RedisStore get", 1);
+    g.bench_function("larder RedisStore get", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 7919) % L2_KEYS;
+            let (s, k) = (&store, texts[i as usize].as_str());
+            async move { black_box(s.get(k).await.unwrap()) }
+        })
+    });
+    g.finish();
+    m.compare(group, "larder Cache get (L2 hit)", "larder RedisStore get");
+
+    // --- Stampede: the loader's call count.
+    let group = "facade/stampede";
+    if !wanted(group) {
+        return;
+    }
+    let (one, three) = rt.block_on(async {
+        let one = stampede(&server.url(), 1).await;
+        let three = stampede(&server.url(), 3).await;
+        (one, three)
+    });
+    m.value(
+        group,
+        "loads, 1000 callers, 1 instance",
+        one as f64,
+        "loads",
+        Better::Lower,
+    );
+    m.value(
+        group,
+        "loads, 1000 callers, 3 instances with the lease",
+        three as f64,
+        "loads",
+        Better::Lower,
+    );
+
+    // --- Flash sale: Larder (L1 + L2) against moka + redis-rs by hand.
+    let group = "facade/flash sale";
+    if !wanted(group) {
+        return;
+    }
+    let (larder_ops, larder_loads, larder_p99) = rt.block_on(flash_sale_larder(&server.url()));
+    let (moka_ops, moka_loads, moka_p99) = rt.block_on(flash_sale_moka(&server));
+    m.value(
+        group,
+        "larder L1 + L2 throughput",
+        larder_ops,
+        "ops/s",
+        Better::Higher,
+    );
+    m.value(
+        group,
+        "moka + redis-rs throughput",
+        moka_ops,
+        "ops/s",
+        Better::Higher,
+    );
+    m.compare(
+        group,
+        "larder L1 + L2 throughput",
+        "moka + redis-rs throughput",
+    );
+    m.value(
+        group,
+        "larder L1 + L2 loads",
+        larder_loads as f64,
+        "loads",
+        Better::Lower,
+    );
+    m.value(
+        group,
+        "moka + redis-rs loads",
+        moka_loads as f64,
+        "loads",
+        Better::Lower,
+    );
+    m.compare(group, "larder L1 + L2 loads", "moka + redis-rs loads");
+    m.value(group, "larder L1 + L2 p99", larder_p99, "µs", Better::Lower);
+    m.value(group, "moka + redis-rs p99", moka_p99, "µs", Better::Lower);
+    m.compare(group, "larder L1 + L2 p99", "moka + redis-rs p99");
+}
+
+/// Whether a command-line filter (criterion's, e.g. `-- "l1 hit"`) leaves
+/// `group` in: the figures measured outside criterion honour it too.
+fn wanted(group: &str) -> bool {
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-') && a != "facade");
+    filter.is_none_or(|f| group.contains(f.as_str()) || f.contains(group))
+}
+
+/// 1,000 concurrent `get_or_load` of one missing key over `instances`
+/// caches sharing one Redis (with the load lease when more than one): how
+/// many loads ran.
+async fn stampede(url: &str, instances: usize) -> u64 {
+    let loads = Arc::new(AtomicU64::new(0));
+    let ns = format!("bench-stampede-{instances}");
+    let caches: Vec<Cache<u64, String>> = (0..instances)
+        .map(|_| {
+            let loads = Arc::clone(&loads);
+            let b = Cache::builder()
+                .redis(redis_store(url, &ns))
+                .loader(FnLoader::new(move |k: u64| {
+                    let loads = Arc::clone(&loads);
+                    async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, Error>(Some(value(k)))
+                    }
+                }));
+            let b = if instances > 1 {
+                b.lease(Duration::from_secs(5))
+                    .lease_poll(Duration::from_millis(5))
+            } else {
+                b
+            };
+            b.build().unwrap()
+        })
+        .collect();
+    let calls = (0..1000).map(|i| {
+        let c = caches[i % instances].clone();
+        tokio::spawn(async move { c.get_or_load(&424_242).await })
+    });
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap().unwrap();
+    }
+    loads.load(Ordering::SeqCst)
+}
+
+const TASKS: usize = 64;
+const OPS_PER_TASK: usize = 5_000;
+const HOT: [u64; 5] = [50_001, 50_002, 50_003, 50_004, 50_005];
+
+/// The workload's key for request `j` of a task: Zipf, with the middle
+/// third of each task's requests sent 80% to five cold keys.
+fn flash_key(j: usize, rng: &mut fastrand::Rng, zipf: &Zipf) -> u64 {
+    let sale = j >= OPS_PER_TASK / 3 && j < 2 * OPS_PER_TASK / 3;
+    if sale && rng.f64() < 0.8 {
+        HOT[rng.usize(..HOT.len())]
+    } else {
+        zipf.sample(rng)
+    }
+}
+
+fn p99(mut lat: Vec<u32>) -> f64 {
+    lat.sort_unstable();
+    f64::from(lat[(lat.len() * 99 / 100).min(lat.len() - 1)])
+}
+
+async fn flash_sale_larder(url: &str) -> (f64, u64, f64) {
+    let loads = Arc::new(AtomicU64::new(0));
+    let l = Arc::clone(&loads);
+    let cache: Cache<u64, String> = Cache::builder()
+        .memory(20_000)
+        .redis(redis_store(
+            url,
+            &format!("bench-flash-{}", std::process::id()),
+        ))
+        .ttl(Ttl::fixed(Duration::from_secs(300)))
+        .loader(FnLoader::new(move |k: u64| {
+            let l = Arc::clone(&l);
+            async move {
+                l.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(LOAD_TIME).await;
+                Ok::<_, Error>(Some(value(k)))
+            }
+        }))
+        .build()
+        .unwrap();
+    let zipf = Arc::new(Zipf::new(KEYS));
+    let start = Instant::now();
+    let tasks = (0..TASKS).map(|t| {
+        let (cache, zipf) = (cache.clone(), Arc::clone(&zipf));
+        tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(t as u64);
+            let mut lat = Vec::with_capacity(OPS_PER_TASK);
+            for j in 0..OPS_PER_TASK {
+                let k = flash_key(j, &mut rng, &zipf);
+                let t0 = Instant::now();
+                black_box(cache.get_or_load(&k).await.unwrap());
+                lat.push(t0.elapsed().as_micros() as u32);
+            }
+            lat
+        })
+    });
+    let mut lat = Vec::new();
+    for t in futures_util::future::join_all(tasks).await {
+        lat.extend(t.unwrap());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    cache.close().await;
+    (
+        (TASKS * OPS_PER_TASK) as f64 / secs,
+        loads.load(Ordering::Relaxed),
+        p99(lat),
+    )
+}
+
+/// What users write by hand: moka's single flight (`try_get_with`) in
+/// front of a Redis GET, then the loader and a SET on a miss.
+async fn flash_sale_moka(server: &RedisServer) -> (f64, u64, f64) {
+    let loads = Arc::new(AtomicU64::new(0));
+    let moka: moka::future::Cache<u64, String> = moka::future::Cache::builder()
+        .max_capacity(20_000)
+        .time_to_live(Duration::from_secs(300))
+        .build();
+    let redis = redis::aio::ConnectionManager::new(server.client())
+        .await
+        .unwrap();
+    let prefix = format!("bench-moka-{}", std::process::id());
+    let zipf = Arc::new(Zipf::new(KEYS));
+    let start = Instant::now();
+    let tasks = (0..TASKS).map(|t| {
+        let (moka, redis, zipf, loads, prefix) = (
+            moka.clone(),
+            redis.clone(),
+            Arc::clone(&zipf),
+            Arc::clone(&loads),
+            prefix.clone(),
+        );
+        tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(t as u64);
+            let mut lat = Vec::with_capacity(OPS_PER_TASK);
+            for j in 0..OPS_PER_TASK {
+                let k = flash_key(j, &mut rng, &zipf);
+                let t0 = Instant::now();
+                let (mut redis, loads, prefix) = (redis.clone(), Arc::clone(&loads), &prefix);
+                let v: Result<String, Arc<redis::RedisError>> = moka
+                    .try_get_with(k, async move {
+                        let key = format!("{prefix}:{k}");
+                        let hit: Option<String> =
+                            redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
+                        if let Some(v) = hit {
+                            return Ok(v);
+                        }
+                        loads.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(LOAD_TIME).await;
+                        let v = value(k);
+                        redis::cmd("SET")
+                            .arg(&key)
+                            .arg(&v)
+                            .arg("EX")
+                            .arg(300)
+                            .exec_async(&mut redis)
+                            .await?;
+                        Ok(v)
+                    })
+                    .await;
+                black_box(v.unwrap());
+                lat.push(t0.elapsed().as_micros() as u32);
+            }
+            lat
+        })
+    });
+    let mut lat = Vec::new();
+    for t in futures_util::future::join_all(tasks).await {
+        lat.extend(t.unwrap());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    (
+        (TASKS * OPS_PER_TASK) as f64 / secs,
+        loads.load(Ordering::Relaxed),
+        p99(lat),
+    )
+}
+
+criterion_group!(benches, facade_benches);
+criterion_main!(benches);
