@@ -31,6 +31,10 @@ pub struct LockConfig {
     /// against the TTL so a dead node cannot eat the validity. Must be
     /// below a third of `ttl - drift` (checked when the manager is made).
     pub node_timeout: Duration,
+    /// How long opening a connection may take (default 1 s, as the
+    /// store's). A connection opens in the background: an attempt still
+    /// waits at most `node_timeout` for it.
+    pub connect_timeout: Duration,
     /// Attempts after the first in [`LockManager::acquire`] (default 3).
     pub retry_count: u32,
     /// Delay between attempts, jittered by +/-50% (default 100 ms).
@@ -51,6 +55,12 @@ pub struct LockConfig {
     /// Wake waiters by the holder's release message (default on). Off:
     /// polling only (for servers whose ACLs forbid SUBSCRIBE).
     pub pubsub_wakeup: bool,
+    /// Trust this CA certificate (PEM) for `rediss://` nodes instead of the
+    /// system's roots (`tls` feature), as larder-redis's
+    /// `RedisConfigBuilder::tls_root_cert`. Credentials (an ACL user and
+    /// password, or a password alone) go in the URL, as for the store:
+    /// `rediss://user:password@host:port/db`.
+    pub tls_root_cert: Option<Vec<u8>>,
 }
 
 impl Default for LockConfig {
@@ -59,6 +69,7 @@ impl Default for LockConfig {
             namespace: larder_core::DEFAULT_NAMESPACE.to_owned(),
             ttl: Duration::from_secs(10),
             node_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
             retry_count: 3,
             retry_delay: Duration::from_millis(100),
             watchdog: true,
@@ -67,6 +78,7 @@ impl Default for LockConfig {
             max_ttl: None,
             wait_poll: Duration::from_millis(250),
             pubsub_wakeup: true,
+            tls_root_cert: None,
         }
     }
 }
@@ -222,6 +234,40 @@ fn random_u128() -> Result<u128> {
     Ok(u128::from_le_bytes(b))
 }
 
+/// A client for `url` with the configured TLS roots; the same rules as
+/// larder-redis's: `rediss://` needs the `tls` feature.
+fn open_client(url: &str, config: &LockConfig) -> Result<redis::Client> {
+    let invalid = |why: String| Error::new(ErrorKind::InvalidConfig, why);
+    if url.starts_with("rediss://") && !cfg!(feature = "tls") {
+        return Err(invalid(format!(
+            "{}: rediss:// needs larder-lock's `tls` feature",
+            redacted(url)
+        )));
+    }
+    #[cfg(feature = "tls")]
+    if let Some(root) = &config.tls_root_cert {
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root.clone()),
+        };
+        return redis::Client::build_with_tls(url, certs).map_err(|e| {
+            Error::with_source(
+                ErrorKind::InvalidConfig,
+                "invalid Redis TLS configuration",
+                e,
+            )
+        });
+    }
+    #[cfg(not(feature = "tls"))]
+    if config.tls_root_cert.is_some() {
+        return Err(invalid(
+            "tls_root_cert needs larder-lock's `tls` feature".to_owned(),
+        ));
+    }
+    redis::Client::open(url)
+        .map_err(|e| Error::with_source(ErrorKind::InvalidConfig, "invalid Redis URL", e))
+}
+
 fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(a)) if a > s => format!("{}***@{}", &url[..s + 3], &url[a + 1..]),
@@ -255,6 +301,12 @@ impl LockManager {
         // fit in the lease, and a renewal started at TTL/3 ends before the
         // deadline.
         let lease = config.ttl.saturating_sub(config.drift());
+        if config.connect_timeout.is_zero() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "connect_timeout must be non-zero",
+            ));
+        }
         if config.node_timeout.is_zero() || config.node_timeout.saturating_mul(3) >= lease {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
@@ -267,11 +319,9 @@ impl LockManager {
         let keys = KeySpace::new(&config.namespace)?;
         let mut nodes = Vec::with_capacity(urls.len());
         for url in urls {
-            let client = redis::Client::open(*url).map_err(|e| {
-                Error::with_source(ErrorKind::InvalidConfig, "invalid Redis URL", e)
-            })?;
+            let client = open_client(url, &config)?;
             let cfg = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(config.node_timeout.max(Duration::from_millis(100))))
+                .set_connection_timeout(Some(config.connect_timeout))
                 .set_response_timeout(None)
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(50));
@@ -304,7 +354,7 @@ impl LockManager {
         let checks = self.inner.nodes.iter().map(|n| async move {
             let mut c = n.conn.clone();
             let reply = tokio::time::timeout(
-                self.connect_timeout(),
+                self.connect_timeout() + self.inner.config.node_timeout,
                 redis::cmd("CONFIG")
                     .arg("GET")
                     .arg("maxmemory-policy")
@@ -682,10 +732,7 @@ impl LockManager {
 
     /// How long a connection may take to open.
     fn connect_timeout(&self) -> Duration {
-        self.inner
-            .config
-            .node_timeout
-            .max(Duration::from_millis(100))
+        self.inner.config.connect_timeout
     }
 
     /// Runs `f` while holding the lock (waiting up to `max_wait` for it),
@@ -727,6 +774,16 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_settings_follow_the_feature() {
+        let mut c = LockConfig::default();
+        let r = open_client("rediss://127.0.0.1:6380/", &c);
+        assert_eq!(r.is_ok(), cfg!(feature = "tls"));
+        c.tls_root_cert = Some(b"not a certificate".to_vec());
+        let e = open_client("redis://127.0.0.1:6379/", &c).unwrap_err();
+        assert!(e.is_invalid_input(), "{e}");
+    }
 
     #[test]
     fn tokens_are_128_random_bits() {

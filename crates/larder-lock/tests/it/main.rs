@@ -9,6 +9,8 @@ mod faults;
 mod keys;
 mod procs;
 mod safety;
+#[cfg(feature = "tls")]
+mod tls;
 mod waiting;
 mod workload;
 
