@@ -101,6 +101,20 @@ async fn redlock_tokens_grow_across_majorities() {
                 g.fencing_token()
             );
             last = g.fencing_token();
+            // The token is the register's value on a majority (a naive
+            // per-node INCR leaves different values on each node).
+            let holding = masters
+                .iter()
+                .filter(|s| {
+                    let mut con = s.client().get_connection().unwrap();
+                    redis::cmd("GET")
+                        .arg("larder:{fenced}:fence")
+                        .query::<Option<u64>>(&mut con)
+                        .unwrap()
+                        == Some(last)
+                })
+                .count();
+            assert!(holding >= 2, "token {last} is on {holding} of 3 fences");
             assert!(g.release().await.unwrap());
             cut.set_refusing(false);
         }
