@@ -425,6 +425,10 @@ where
             s.l1_entries = l1.entry_count();
         }
         s.in_flight = self.inner.flights.len();
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.inner.redis {
+            s.breakers = redis.breaker_states();
+        }
         s
     }
 

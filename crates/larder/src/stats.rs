@@ -85,6 +85,9 @@ pub struct Stats {
     pub l1_entries: u64,
     /// Loads or refreshes running now.
     pub in_flight: usize,
+    /// Each Redis node's circuit breaker (`redis` feature, Redis L2).
+    #[cfg(feature = "redis")]
+    pub breakers: Vec<(String, larder_redis::BreakerState)>,
 }
 
 impl Stats {
@@ -125,6 +128,8 @@ impl Recorders {
             l1: None,
             l1_entries: 0,
             in_flight: 0,
+            #[cfg(feature = "redis")]
+            breakers: Vec::new(),
         }
     }
 }
