@@ -139,7 +139,11 @@ async fn with_lock_reports_a_section_that_was_not_exclusive() {
 async fn uncontended_waits_open_no_connection() {
     let server = RedisServer::start().unwrap();
     let proxy = FaultProxy::start(server.addr()).unwrap();
-    let m = manager(&[proxy.url()], cfg(5_000));
+    let mut c = cfg(5_000);
+    // Generous, so that a loaded machine cannot turn an attempt into a
+    // timeout (and the wait into a contended one, which subscribes).
+    c.node_timeout = Duration::from_secs(1);
+    let m = manager(&[proxy.url()], c);
     for i in 0..50u64 {
         let v = m
             .with_lock("calm", Duration::from_secs(5), |_| async move { i })
