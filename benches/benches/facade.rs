@@ -283,7 +283,7 @@ const HOT: [u64; 5] = [50_001, 50_002, 50_003, 50_004, 50_005];
 /// The workload's key for request `j` of a task: Zipf, with the middle
 /// third of each task's requests sent 80% to five cold keys.
 fn flash_key(j: usize, rng: &mut fastrand::Rng, zipf: &Zipf) -> u64 {
-    let sale = j >= OPS_PER_TASK / 3 && j < 2 * OPS_PER_TASK / 3;
+    let sale = (OPS_PER_TASK / 3..2 * OPS_PER_TASK / 3).contains(&j);
     if sale && rng.f64() < 0.8 {
         HOT[rng.usize(..HOT.len())]
     } else {
