@@ -26,6 +26,9 @@ pub struct Delivery<T> {
     /// The item.
     pub item: T,
     raw: Vec<u8>,
+    /// This delivery's own token: a re-delivery of the same item gets a new
+    /// one, so a late ack of an earlier delivery finds nothing to remove.
+    token: u64,
 }
 
 static PUSH: LazyLock<Script> = LazyLock::new(|| {
@@ -38,30 +41,60 @@ return id
     )
 });
 
-/// KEYS ready, processing, leases; ARGV lease deadline. Non-blocking take.
+/// KEYS ready, processing, leases, tokens, seq; ARGV lease deadline.
+/// Non-blocking take: moves the oldest item, leases it and gives this
+/// delivery its own token (from the id sequence), in one step.
+/// Returns `{item, token}` or nil.
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-if item then
-  redis.call('ZADD', KEYS[3], ARGV[1], item)
+if not item then
+  return false
 end
-return item
+local token = redis.call('INCR', KEYS[5])
+redis.call('ZADD', KEYS[3], ARGV[1], item)
+redis.call('HSET', KEYS[4], item, token)
+return {item, token}
 ",
     )
 });
 
+/// KEYS processing, leases, tokens, seq; ARGV item, lease deadline. The
+/// lease and token of an item a blocking move has just put in processing;
+/// nil if it is no longer there.
+static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then
+  return false
+end
+local token = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], token)
+return token
+",
+    )
+});
+
+/// KEYS processing, leases, tokens; ARGV item, token. Removes the item only
+/// for the delivery that holds the current token: an earlier delivery of
+/// the same item (its lease expired, it was handed to another worker)
+/// finds a different token and removes nothing.
 static ACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
+if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-return n
+return redis.call('LREM', KEYS[1], -1, ARGV[1])
 ",
     )
 });
 
-/// KEYS ready, processing, leases; ARGV now, visibility. Gives a lease to
+/// KEYS ready, processing, leases, tokens; ARGV now, visibility. Gives a lease to
 /// items in processing that have none (their worker died between BLMOVE and
 /// the lease), then moves items whose lease expired back to the head of ready.
 static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
@@ -77,6 +110,7 @@ end
 local moved = 0
 for _, item in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
   redis.call('ZREM', KEYS[3], item)
+  redis.call('HDEL', KEYS[4], item)
   if redis.call('LREM', KEYS[2], 1, item) > 0 then
     redis.call('RPUSH', KEYS[1], item)
     moved = moved + 1
@@ -114,6 +148,7 @@ pub struct WorkQueue<T, C: Codec = DefaultCodec> {
     ready: String,
     processing: String,
     leases: String,
+    tokens: String,
     seq: String,
     visibility: Duration,
     codec: C,
@@ -129,6 +164,7 @@ impl<T, C: Codec> Clone for WorkQueue<T, C> {
             ready: self.ready.clone(),
             processing: self.processing.clone(),
             leases: self.leases.clone(),
+            tokens: self.tokens.clone(),
             seq: self.seq.clone(),
             visibility: self.visibility,
             codec: self.codec.clone(),
@@ -176,6 +212,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
             ready: ks.data_key(&base)?,
             processing: ks.internal_key(&base, "processing")?,
             leases: ks.internal_key(&base, "leases")?,
+            tokens: ks.internal_key(&base, "tokens")?,
             seq: ks.internal_key(&base, "seq")?,
             store: store.clone(),
             visibility,
@@ -202,7 +239,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
             .await
     }
 
-    fn parse(&self, raw: Vec<u8>) -> Result<Delivery<T>> {
+    fn parse(&self, raw: Vec<u8>, token: u64) -> Result<Delivery<T>> {
         let corrupt = || Error::corrupt("queue item is not `id|payload`");
         let bar = raw.iter().position(|&b| b == b'|').ok_or_else(corrupt)?;
         let id = std::str::from_utf8(&raw[..bar])
@@ -213,21 +250,30 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
             .codec
             .decode(&raw[bar + 1..])
             .inspect_err(|_| self.store.count_corrupt(&self.ready))?;
-        Ok(Delivery { id, item, raw })
+        Ok(Delivery {
+            id,
+            item,
+            raw,
+            token,
+        })
     }
 
     /// Takes the oldest item without waiting; `None` if the queue is empty.
     pub async fn try_pop(&self) -> Result<Option<Delivery<T>>> {
         let deadline = self.deadline_ms();
-        let raw: Option<Vec<u8>> = self
+        let taken: Option<(Vec<u8>, u64)> = self
             .store
             .run_on(&self.ready, Cmd::Script, false, "queue take", |mut c| {
                 let mut inv = TAKE.key(&self.ready);
-                inv.key(&self.processing).key(&self.leases).arg(deadline);
+                inv.key(&self.processing)
+                    .key(&self.leases)
+                    .key(&self.tokens)
+                    .key(&self.seq)
+                    .arg(deadline);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;
-        raw.map(|r| self.parse(r)).transpose()
+        taken.map(|(raw, token)| self.parse(raw, token)).transpose()
     }
 
     /// Takes the oldest item, waiting up to `wait` for one (`BLMOVE` on a
@@ -280,25 +326,31 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
         // The lease. If we die before it lands, requeue_expired gives the
         // item one on its next run, and it is re-delivered after that.
         let deadline = self.deadline_ms();
-        self.store
-            .run_on(&self.leases, Cmd::Other, true, "ZADD lease", |mut c| {
-                let raw = &raw;
-                async move {
-                    redis::cmd("ZADD")
-                        .arg(&self.leases)
-                        .arg(deadline)
-                        .arg(raw)
-                        .exec_async(&mut c)
-                        .await
-                }
+        let token: Option<u64> = self
+            .store
+            // Not retried: a second token would orphan the first.
+            .run_on(&self.ready, Cmd::Script, false, "queue lease", |mut c| {
+                let mut inv = LEASE.key(&self.processing);
+                inv.key(&self.leases)
+                    .key(&self.tokens)
+                    .key(&self.seq)
+                    .arg(&raw)
+                    .arg(deadline);
+                async move { inv.invoke_async(&mut c).await }
             })
             .await?;
-        self.parse(raw).map(Some)
+        match token {
+            Some(token) => self.parse(raw, token).map(Some),
+            None => Ok(None),
+        }
     }
 
-    /// Acknowledges a delivery: the item is done and removed. `false` if it
-    /// was no longer in processing (its lease had expired and it was
-    /// re-delivered, so another worker may be handling it).
+    /// Acknowledges a delivery: the item is done and removed. `false` if
+    /// this delivery no longer holds the item: its lease expired (it was
+    /// put back, or handed to another worker, whose delivery this ack
+    /// leaves alone), or it was acknowledged already. Never resent after a
+    /// possibly lost reply: the retry would answer `false` for an ack that
+    /// worked.
     pub async fn ack(&self, delivery: &Delivery<T>) -> Result<bool> {
         let n: u64 = self
             .store
@@ -306,7 +358,10 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
             // the item gone and answer `false` for an ack that worked.
             .run_on(&self.ready, Cmd::Script, false, "queue ack", |mut c| {
                 let mut inv = ACK.key(&self.processing);
-                inv.key(&self.leases).arg(&delivery.raw);
+                inv.key(&self.leases)
+                    .key(&self.tokens)
+                    .arg(&delivery.raw)
+                    .arg(delivery.token);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;
@@ -323,6 +378,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
                 let mut inv = REQUEUE.key(&self.ready);
                 inv.key(&self.processing)
                     .key(&self.leases)
+                    .key(&self.tokens)
                     .arg(now)
                     .arg(vis);
                 async move { inv.invoke_async(&mut c).await }

@@ -7,6 +7,7 @@ mod escape;
 mod faults;
 mod locale;
 mod lost_reply;
+mod queue;
 mod sharded;
 mod standalone;
 mod structures;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::quick_config;
 
-fn mocked(server: &RedisServer) -> (RedisStore, MockClock) {
+pub(crate) fn mocked(server: &RedisServer) -> (RedisStore, MockClock) {
     // Start on a whole second so window arithmetic below is easy to read.
     let clock = MockClock::at_unix_millis(1_700_000_000_000);
     let cfg = quick_config(Topology::Standalone(server.url()))
