@@ -94,6 +94,24 @@ return redis.call('LREM', KEYS[1], -1, ARGV[1])
     )
 });
 
+/// KEYS processing, leases, tokens, dead; ARGV item, token. Moves an item
+/// that does not decode from processing to the dead-letter list, with its
+/// lease and token, if this delivery still holds it.
+static BURY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('LREM', KEYS[1], -1, ARGV[1])
+redis.call('RPUSH', KEYS[4], ARGV[1])
+return 1
+",
+    )
+});
+
 /// KEYS ready, processing, leases, tokens; ARGV now, visibility. Gives a lease to
 /// items in processing that have none (their worker died between BLMOVE and
 /// the lease), then moves items whose lease expired back to the head of ready.
@@ -149,6 +167,7 @@ pub struct WorkQueue<T, C: Codec = DefaultCodec> {
     processing: String,
     leases: String,
     tokens: String,
+    dead: String,
     seq: String,
     visibility: Duration,
     codec: C,
@@ -165,6 +184,7 @@ impl<T, C: Codec> Clone for WorkQueue<T, C> {
             processing: self.processing.clone(),
             leases: self.leases.clone(),
             tokens: self.tokens.clone(),
+            dead: self.dead.clone(),
             seq: self.seq.clone(),
             visibility: self.visibility,
             codec: self.codec.clone(),
@@ -213,6 +233,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
             processing: ks.internal_key(&base, "processing")?,
             leases: ks.internal_key(&base, "leases")?,
             tokens: ks.internal_key(&base, "tokens")?,
+            dead: ks.internal_key(&base, "dead")?,
             seq: ks.internal_key(&base, "seq")?,
             store: store.clone(),
             visibility,
@@ -239,23 +260,49 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
             .await
     }
 
-    fn parse(&self, raw: Vec<u8>, token: u64) -> Result<Delivery<T>> {
+    fn parse(&self, raw: &[u8]) -> Result<(u64, T)> {
         let corrupt = || Error::corrupt("queue item is not `id|payload`");
         let bar = raw.iter().position(|&b| b == b'|').ok_or_else(corrupt)?;
         let id = std::str::from_utf8(&raw[..bar])
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(corrupt)?;
-        let item = self
-            .codec
-            .decode(&raw[bar + 1..])
-            .inspect_err(|_| self.store.count_corrupt(&self.ready))?;
-        Ok(Delivery {
-            id,
-            item,
-            raw,
-            token,
-        })
+        Ok((id, self.codec.decode(&raw[bar + 1..])?))
+    }
+
+    /// The delivery of a taken item. An item that does not decode can never
+    /// be handled: it goes to the dead-letter list (not back to the queue
+    /// after every visibility timeout), is counted in the store's
+    /// `stats().corrupt`, and the caller gets the `Corrupt` error.
+    async fn deliver(&self, raw: Vec<u8>, token: u64) -> Result<Delivery<T>> {
+        match self.parse(&raw) {
+            Ok((id, item)) => Ok(Delivery {
+                id,
+                item,
+                raw,
+                token,
+            }),
+            Err(e) => {
+                self.store.count_corrupt(&self.ready);
+                let _: i64 = self
+                    .store
+                    .run_on(&self.ready, Cmd::Script, true, "queue bury", |mut c| {
+                        let mut inv = BURY.key(&self.processing);
+                        inv.key(&self.leases)
+                            .key(&self.tokens)
+                            .key(&self.dead)
+                            .arg(&raw)
+                            .arg(token);
+                        async move { inv.invoke_async(&mut c).await }
+                    })
+                    .await?;
+                Err(Error::with_source(
+                    ErrorKind::Corrupt,
+                    "a queue item that does not decode was moved to the dead-letter list",
+                    e,
+                ))
+            }
+        }
     }
 
     /// Takes the oldest item without waiting; `None` if the queue is empty.
@@ -273,7 +320,10 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;
-        taken.map(|(raw, token)| self.parse(raw, token)).transpose()
+        match taken {
+            Some((raw, token)) => self.deliver(raw, token).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Takes the oldest item, waiting up to `wait` for one (`BLMOVE` on a
@@ -340,7 +390,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
             })
             .await?;
         match token {
-            Some(token) => self.parse(raw, token).map(Some),
+            Some(token) => self.deliver(raw, token).await.map(Some),
             None => Ok(None),
         }
     }
@@ -401,6 +451,17 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
     /// Whether no item is waiting.
     pub async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
+    }
+
+    /// Items moved to the dead-letter list because they did not decode
+    /// (`{namespace}:{{queue:name}}:dead`, oldest first; inspect or clear it
+    /// with [`RedisStore::command`]).
+    pub async fn dead_letters(&self) -> Result<u64> {
+        self.store
+            .run_on(&self.ready, Cmd::Other, true, "LLEN", |mut c| async move {
+                redis::cmd("LLEN").arg(&self.dead).query_async(&mut c).await
+            })
+            .await
     }
 
     /// Items taken and not yet acknowledged.
