@@ -460,7 +460,31 @@ impl LockManager {
             self.inner.config.node_timeout,
             inv.invoke_async::<i64>(&mut c),
         );
-        let (quarantined, outcome) = tokio::join!(self.quarantined(node), acquire);
+        // The restart check runs as a task of its own: when the attempt
+        // stops at a majority (or is cancelled), a slow node's answer still
+        // updates what this manager knows of its run_id, so a later
+        // restart of that node is recognised.
+        let quarantine = if self.inner.config.quarantine {
+            let m = self.clone();
+            let idx = self
+                .inner
+                .nodes
+                .iter()
+                .position(|n| std::ptr::eq(n, node))
+                .unwrap_or(0);
+            Some(tokio::spawn(async move {
+                m.quarantined(&m.inner.nodes[idx]).await
+            }))
+        } else {
+            None
+        };
+        let check = async {
+            match quarantine {
+                Some(task) => task.await.unwrap_or(true),
+                None => false,
+            }
+        };
+        let (quarantined, outcome) = tokio::join!(check, acquire);
         match outcome {
             Ok(Ok(v)) if v >= 0 => Vote {
                 // A quarantined node may hold our key; it is released with the rest.

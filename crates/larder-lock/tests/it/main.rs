@@ -35,6 +35,9 @@ pub(crate) fn manager_with_clock(
 
 pub(crate) fn cfg(ttl_ms: u64) -> LockConfig {
     let mut c = LockConfig::with_ttl(Duration::from_millis(ttl_ms));
+    // As generous as the TTL allows (the limit is a third of TTL - drift),
+    // so a loaded machine does not turn slow answers into lost votes.
+    c.node_timeout = Duration::from_secs(1).min(c.ttl.saturating_sub(c.drift()) / 4);
     c.retry_delay = Duration::from_millis(10);
     c.wait_poll = Duration::from_millis(20);
     c
