@@ -320,6 +320,27 @@ where
         self.invalidate(key).await
     }
 
+    /// Write-through: writes `value` to the source of truth through the
+    /// configured [`larder_core::Writer`], then to the L2 with a newly
+    /// allocated version (`Store::set_versioned`), then to this instance's
+    /// L1. A load that started before it can neither overwrite it in the L2
+    /// (its fill carries an older version) nor in the L1 (its flight is
+    /// forgotten). If the write to the source fails, nothing changes; if the
+    /// L2 write fails after it, the key is invalidated here and the L2's
+    /// error is returned (the L2 may still hold the old value until it
+    /// expires: retry or invalidate).
+    pub async fn put(&self, key: &K, value: V) -> Result<()> {
+        self.inner.check_open()?;
+        let text = key.key_text()?;
+        let Some(writer) = &self.inner.writer else {
+            return Err(no_writer());
+        };
+        writer.write(key, &value).await?;
+        Arc::clone(&self.inner)
+            .store_written(key, &text, value)
+            .await
+    }
+
     /// Cache-aside delete: deletes `key` from the source of truth through
     /// the configured [`larder_core::Writer`], then
     /// [invalidates](Cache::invalidate) it.
@@ -461,6 +482,6 @@ pub(crate) fn no_loader() -> Error {
 fn no_writer() -> Error {
     Error::new(
         ErrorKind::InvalidConfig,
-        "update and delete need a writer (CacheBuilder::writer)",
+        "put, update and delete need a writer (CacheBuilder::writer)",
     )
 }

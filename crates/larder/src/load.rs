@@ -490,6 +490,53 @@ where
         }
     }
 
+    /// Write-through's cache half: the L2 with a new version, then the L1.
+    pub(crate) async fn store_written(
+        self: Arc<Self>,
+        key: &K,
+        text: &str,
+        value: V,
+    ) -> Result<()> {
+        let now = self.now_ms();
+        let ttl = self.cfg.ttl.for_key(text);
+        let (fresh, grace) = (ttl.fresh_for(self.draw()), ttl.grace());
+        let keep = self.cfg.stale_if_error.map_or(grace, |sie| grace.max(sie));
+        let meta = EnvelopeMeta::starting_at(now, fresh, keep);
+        let entry = Entry::new(&meta, Some(value), grace);
+        if let Some(l2) = &self.l2 {
+            let written = match envelope::encode_value(
+                &self.cfg.codec,
+                meta,
+                entry.value.as_ref(),
+                self.cfg.compression,
+            ) {
+                Ok(bytes) => {
+                    let ttl = meta.store_ttl(now).unwrap_or(fresh);
+                    l2.set_versioned(text, &bytes, ttl, self.cfg.tombstone)
+                        .await
+                        .map(|_| ())
+                }
+                Err(e) => {
+                    self.stats.encode_errors.incr();
+                    Err(e)
+                }
+            };
+            if let Err(e) = written {
+                // The source has the new value; the cache must not serve
+                // the old one from here.
+                self.invalidate_local(key);
+                if !e.is_backend_unavailable() {
+                    let _ = l2.invalidate(text, self.cfg.tombstone).await;
+                }
+                return Err(e);
+            }
+        }
+        self.invalidate_local(key);
+        self.l1_insert(key, &entry, now);
+        self.stats.writes.incr();
+        Ok(())
+    }
+
     /// The task of a bulk load (`get_many_or_load`): one L2 look, one
     /// ticket per key, one `load_many`, then one fill per key.
     pub(crate) async fn run_bulk(

@@ -25,6 +25,7 @@ pub(crate) struct Recorders {
     pub(crate) encode_errors: Counter,
     pub(crate) lease_waits: Counter,
     pub(crate) hot_refreshes: Counter,
+    pub(crate) writes: Counter,
     pub(crate) lease_takeovers: Counter,
 }
 
@@ -72,6 +73,8 @@ pub struct Stats {
     pub fills_refused: u64,
     /// Keys invalidated by this instance.
     pub invalidations: u64,
+    /// Values written through (`put`) by this instance.
+    pub writes: u64,
     /// Values the codec could not encode (served, kept out of the L2).
     pub encode_errors: u64,
     /// Loads this instance did not run because another process held the
@@ -121,6 +124,7 @@ impl Recorders {
             corrupt: self.corrupt.get(),
             fills_refused: self.fills_refused.get(),
             invalidations: self.invalidations.get(),
+            writes: self.writes.get(),
             encode_errors: self.encode_errors.get(),
             lease_waits: self.lease_waits.get(),
             hot_refreshes: self.hot_refreshes.get(),

@@ -6,6 +6,7 @@ mod l1;
 mod l2;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod write;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
