@@ -683,8 +683,9 @@ impl LockManager {
     /// wait) and polls every `wait_poll` as well, because messages can be
     /// lost (and the subscriber connection can drop). Every network wait
     /// inside is bounded by what is left of `max_wait`, measured on the
-    /// manager's clock. An [`ErrorKind::Timeout`] error when the wait ends
-    /// without the lock.
+    /// manager's clock, so a zero `max_wait` gives up at the first wait
+    /// (use [`LockManager::try_acquire`] for one full attempt). An
+    /// [`ErrorKind::Timeout`] error when the wait ends without the lock.
     pub async fn acquire_wait(&self, name: &str, max_wait: Duration) -> Result<LockGuard> {
         let (_, _, channel) = self.lock_keys(name)?;
         // Time is the manager's clock; `None`: a wait too long to represent.
