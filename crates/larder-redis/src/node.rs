@@ -212,16 +212,7 @@ impl Node {
         config: Arc<RedisConfig>,
         clock: SharedClock,
     ) -> Result<Node> {
-        let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
-            .connection_timeout(config.connect_timeout)
-            .response_timeout(config.response_timeout)
-            // Node::run is the only retry: it resends idempotent commands
-            // only. The client's own retries would resend anything after a
-            // lost reply (SET NX, increments, queue pushes), and would also
-            // hide failures from the breaker.
-            .retries(0)
-            .build()
-            .map_err(|e| from_redis(e, "invalid Redis Cluster configuration"))?;
+        let client = cluster_client(urls, &config, config.response_timeout)?;
         let name = format!(
             "cluster[{}]",
             urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",")
@@ -301,7 +292,7 @@ impl Node {
         r.is_ok()
     }
 
-    /// One attempt of a blocking command (`BLMOVE`) on a connection of its
+    /// One attempt of a blocking command (the queue's `XREAD BLOCK`) on a connection of its
     /// own that `work` opens and uses: the breaker of `route`, `deadline` on
     /// the whole of it (connecting included), the stats. Never retried.
     pub(crate) async fn run_blocking<T>(
@@ -666,6 +657,34 @@ impl Node {
             }
         }
     }
+}
+
+/// A Cluster client for `urls` with `response_timeout`, no retries of its
+/// own, and the configured root certificate (if any) for `rediss://`.
+pub(crate) fn cluster_client(
+    urls: &[String],
+    config: &RedisConfig,
+    response_timeout: Duration,
+) -> Result<ClusterClient> {
+    let builder = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(response_timeout)
+        // Node::run is the only retry: it resends idempotent commands
+        // only. The client's own retries would resend anything after a
+        // lost reply (SET NX, increments, queue pushes), and would also
+        // hide failures from the breaker.
+        .retries(0);
+    #[cfg(feature = "tls")]
+    let builder = match &config.tls_root_cert {
+        Some(root) => builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root.clone()),
+        }),
+        None => builder,
+    };
+    builder
+        .build()
+        .map_err(|e| from_redis(e, "invalid Redis Cluster configuration"))
 }
 
 /// A client for `url`, trusting the configured root certificate if any.

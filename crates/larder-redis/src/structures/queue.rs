@@ -1,5 +1,6 @@
 use std::marker::PhantomData;
 use std::sync::{Arc, LazyLock};
+
 use std::time::Duration;
 
 use larder_core::{Codec, DefaultCodec, Error, ErrorKind, Result};
@@ -31,48 +32,41 @@ pub struct Delivery<T> {
     token: u64,
 }
 
+/// KEYS ready, seq, notify; ARGV payload. Adds the item and posts a
+/// wake-up on the notify stream (one entry kept) for blocked `pop`s.
 static PUSH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local id = redis.call('INCR', KEYS[2])
 redis.call('LPUSH', KEYS[1], tostring(id) .. '|' .. ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '1', '*', 'n', '1')
 return id
 ",
     )
 });
 
-/// KEYS ready, processing, leases, tokens, seq; ARGV lease deadline.
-/// Non-blocking take: moves the oldest item, leases it and gives this
-/// delivery its own token (from the id sequence), in one step.
-/// Returns `{item, token}` or nil.
+/// KEYS ready, processing, leases, tokens, seq, notify; ARGV lease
+/// deadline. The only way an item is taken: moves the oldest item, leases
+/// it and gives this delivery its own token (from the id sequence), in one
+/// step, so no item is ever in processing without a lease and a token.
+/// Returns `{1, item, token}`, or `{0, last notify id, 0}` when the queue
+/// is empty: a `pop` then waits for a notify entry after that id, which a
+/// push made after this take is sure to add.
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
 if not item then
-  return false
+  local last = redis.call('XREVRANGE', KEYS[6], '+', '-', 'COUNT', 1)
+  if last[1] then
+    return {0, last[1][1], 0}
+  end
+  return {0, '0-0', 0}
 end
 local token = redis.call('INCR', KEYS[5])
 redis.call('ZADD', KEYS[3], ARGV[1], item)
 redis.call('HSET', KEYS[4], item, token)
-return {item, token}
-",
-    )
-});
-
-/// KEYS processing, leases, tokens, seq; ARGV item, lease deadline. The
-/// lease and token of an item a blocking move has just put in processing;
-/// nil if it is no longer there.
-static LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then
-  return false
-end
-local token = redis.call('INCR', KEYS[4])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], token)
-return token
+return {1, item, token}
 ",
     )
 });
@@ -112,7 +106,7 @@ return 1
     )
 });
 
-/// KEYS ready, processing, leases, tokens; ARGV now, visibility. Gives a lease to
+/// KEYS ready, processing, leases, tokens, notify; ARGV now, visibility. Gives a lease to
 /// items in processing that have none (their worker died between BLMOVE and
 /// the lease), then moves items whose lease expired back to the head of ready.
 static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
@@ -133,6 +127,9 @@ for _, item in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
     redis.call('RPUSH', KEYS[1], item)
     moved = moved + 1
   end
+end
+if moved > 0 then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '1', '*', 'n', '1')
 end
 return moved
 ",
@@ -168,6 +165,7 @@ pub struct WorkQueue<T, C: Codec = DefaultCodec> {
     leases: String,
     tokens: String,
     dead: String,
+    notify: String,
     seq: String,
     visibility: Duration,
     codec: C,
@@ -185,6 +183,7 @@ impl<T, C: Codec> Clone for WorkQueue<T, C> {
             leases: self.leases.clone(),
             tokens: self.tokens.clone(),
             dead: self.dead.clone(),
+            notify: self.notify.clone(),
             seq: self.seq.clone(),
             visibility: self.visibility,
             codec: self.codec.clone(),
@@ -234,6 +233,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
             leases: ks.internal_key(&base, "leases")?,
             tokens: ks.internal_key(&base, "tokens")?,
             dead: ks.internal_key(&base, "dead")?,
+            notify: ks.internal_key(&base, "notify")?,
             seq: ks.internal_key(&base, "seq")?,
             store: store.clone(),
             visibility,
@@ -254,7 +254,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
         self.store
             .run_on(&self.ready, Cmd::Script, false, "queue push", |mut c| {
                 let mut inv = PUSH.key(&self.ready);
-                inv.key(&self.seq).arg(&bytes);
+                inv.key(&self.seq).key(&self.notify).arg(&bytes);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await
@@ -305,10 +305,10 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
         }
     }
 
-    /// Takes the oldest item without waiting; `None` if the queue is empty.
-    pub async fn try_pop(&self) -> Result<Option<Delivery<T>>> {
+    /// One run of the take script: the delivery, or the last notify id.
+    async fn take(&self) -> Result<Taken<T>> {
         let deadline = self.deadline_ms();
-        let taken: Option<(Vec<u8>, u64)> = self
+        let (taken, raw, token): (i64, Vec<u8>, u64) = self
             .store
             .run_on(&self.ready, Cmd::Script, false, "queue take", |mut c| {
                 let mut inv = TAKE.key(&self.ready);
@@ -316,83 +316,111 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
                     .key(&self.leases)
                     .key(&self.tokens)
                     .key(&self.seq)
+                    .key(&self.notify)
                     .arg(deadline);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;
-        match taken {
-            Some((raw, token)) => self.deliver(raw, token).await.map(Some),
-            None => Ok(None),
+        if taken == 1 {
+            return self.deliver(raw, token).await.map(Taken::Item);
+        }
+        let last = String::from_utf8(raw).map_err(|_| {
+            Error::new(
+                ErrorKind::Backend,
+                "queue take: a stream id that is not text",
+            )
+        })?;
+        Ok(Taken::Empty(last))
+    }
+
+    /// Takes the oldest item without waiting; `None` if the queue is empty.
+    pub async fn try_pop(&self) -> Result<Option<Delivery<T>>> {
+        match self.take().await? {
+            Taken::Item(d) => Ok(Some(d)),
+            Taken::Empty(_) => Ok(None),
         }
     }
 
-    /// Takes the oldest item, waiting up to `wait` for one (`BLMOVE` on a
-    /// dedicated connection); `None` if none came.
+    /// Takes the oldest item, waiting up to `wait` for one; `None` if none
+    /// came.
+    ///
+    /// Waiting takes nothing: the item is taken, leased and given its token
+    /// by one script (as [`WorkQueue::try_pop`]); in between, the call waits
+    /// on a dedicated connection (`XREAD BLOCK` on the queue's notify
+    /// stream, which every push and requeue posts to) for a push. So a
+    /// `pop` cancelled while it waits (dropped by a `select!` or a timeout)
+    /// leaves every item in the queue, and its connection is closed rather
+    /// than reused. A wake-up that another worker wins sends it back to
+    /// waiting for what is left of `wait`.
     pub async fn pop(&self, wait: Duration) -> Result<Option<Delivery<T>>> {
-        if let Some(d) = self.try_pop().await? {
-            return Ok(Some(d));
+        let until = tokio::time::Instant::now() + wait;
+        let mut first = true;
+        loop {
+            let last = match self.take().await? {
+                Taken::Item(d) => return Ok(Some(d)),
+                Taken::Empty(last) => last,
+            };
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            // The first wait always happens (for at least 1 ms), however
+            // short `wait` is; later ones only while time is left.
+            if left.is_zero() && !first {
+                return Ok(None);
+            }
+            first = false;
+            self.wait_for_push(&last, left).await?;
         }
+    }
+
+    /// Blocks until the notify stream has an entry after `last`, or `wait`
+    /// passes: one `XREAD BLOCK` on the dedicated connection, through the
+    /// node's breaker and stats, within `connect_timeout + wait +
+    /// response_timeout`, never resent. Reads, never takes.
+    async fn wait_for_push(&self, last: &str, wait: Duration) -> Result<()> {
         let node = self.store.node_for(&self.ready)?;
         let config = self.store.config();
-        let secs = wait.as_secs_f64().max(0.001);
-        // Connecting, the block and the answer: one deadline, the node's
-        // breaker and stats, like every command (never retried: it moves an item).
+        // BLOCK 0 would wait for ever: at least 1 ms.
+        let block_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
         let deadline = config.connect_timeout + wait + config.response_timeout;
         let blocking = &self.blocking;
-        let outcome = node
-            .run_blocking(Some(&self.ready), Cmd::Other, "BLMOVE", deadline, async {
-                let mut slot = blocking.lock().await;
-                let conn = match slot.as_mut() {
-                    Some(conn) => conn,
-                    None => {
-                        slot.insert(dedicated(&node.urls, node.is_cluster(), wait, config).await?)
-                    }
+        node.run_blocking(
+            Some(&self.ready),
+            Cmd::Other,
+            "XREAD BLOCK",
+            deadline,
+            async {
+                // Dropped before the answer (cancelled, or past the deadline):
+                // the connection may still be blocked on the server, so it is
+                // closed, never reused.
+                let mut slot = ResetOnDrop {
+                    slot: blocking.lock().await,
+                    done: false,
                 };
-                let r = redis::cmd("BLMOVE")
-                    .arg(&self.ready)
-                    .arg(&self.processing)
-                    .arg("RIGHT")
-                    .arg("LEFT")
-                    .arg(secs)
-                    .query_async::<Option<Vec<u8>>>(conn)
+                let conn = match slot.slot.as_mut() {
+                    Some(conn) => conn,
+                    None => slot
+                        .slot
+                        .insert(dedicated(&node.urls, node.is_cluster(), config).await?),
+                };
+                let r = redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(1)
+                    .arg("BLOCK")
+                    .arg(block_ms)
+                    .arg("STREAMS")
+                    .arg(&self.notify)
+                    .arg(last)
+                    .query_async::<redis::Value>(conn)
                     .await;
-                r.map_err(|e| {
-                    *slot = None;
-                    from_redis(e, "BLMOVE")
-                })
-            })
-            .await;
-        let raw = match outcome {
-            Ok(raw) => raw,
-            Err(e) => {
-                if e.is_timeout() {
-                    // Abandoned mid-block: that connection is no longer ours to reuse.
-                    *self.blocking.lock().await = None;
+                match r {
+                    Ok(_) => {
+                        slot.done = true;
+                        Ok(())
+                    }
+                    Err(e) => Err(from_redis(e, "XREAD BLOCK")),
                 }
-                return Err(e);
-            }
-        };
-        let Some(raw) = raw else { return Ok(None) };
-        // The lease. If we die before it lands, requeue_expired gives the
-        // item one on its next run, and it is re-delivered after that.
-        let deadline = self.deadline_ms();
-        let token: Option<u64> = self
-            .store
-            // Not retried: a second token would orphan the first.
-            .run_on(&self.ready, Cmd::Script, false, "queue lease", |mut c| {
-                let mut inv = LEASE.key(&self.processing);
-                inv.key(&self.leases)
-                    .key(&self.tokens)
-                    .key(&self.seq)
-                    .arg(&raw)
-                    .arg(deadline);
-                async move { inv.invoke_async(&mut c).await }
-            })
-            .await?;
-        match token {
-            Some(token) => self.deliver(raw, token).await.map(Some),
-            None => Ok(None),
-        }
+            },
+        )
+        .await
     }
 
     /// Acknowledges a delivery: the item is done and removed. `false` if
@@ -429,6 +457,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
                 inv.key(&self.processing)
                     .key(&self.leases)
                     .key(&self.tokens)
+                    .key(&self.notify)
                     .arg(now)
                     .arg(vis);
                 async move { inv.invoke_async(&mut c).await }
@@ -477,22 +506,41 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
     }
 }
 
-/// A connection of its own for blocking commands, with no response timeout
-/// shorter than the block; connecting is bounded by `connect_timeout`, and
-/// the client never resends (the caller's deadline bounds the whole).
-async fn dedicated(
-    urls: &[String],
-    cluster: bool,
-    wait: Duration,
-    config: &crate::RedisConfig,
-) -> Result<Conn> {
+/// What one take found.
+enum Taken<T> {
+    Item(Delivery<T>),
+    /// The queue was empty; the notify stream's last id then.
+    Empty(String),
+}
+
+/// Holds the dedicated connection while a blocking read runs; dropped
+/// before the read answered, it discards the connection.
+struct ResetOnDrop<'a> {
+    slot: tokio::sync::MutexGuard<'a, Option<Conn>>,
+    done: bool,
+}
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            *self.slot = None;
+        }
+    }
+}
+
+/// A blocking read's client-side response timeout: longer than any wait.
+/// The caller's deadline (`connect_timeout + wait + response_timeout`)
+/// bounds every read, whatever the wait of the call that made the
+/// connection.
+const NO_CLIENT_TIMEOUT: Duration = Duration::from_secs(365 * 86_400);
+
+/// A connection of its own for blocking reads: connecting is bounded by
+/// `connect_timeout`, the client never resends and has no response timeout
+/// of its own (the caller's deadline bounds the whole), and it trusts the
+/// configured root certificate like the store's connections.
+async fn dedicated(urls: &[String], cluster: bool, config: &crate::RedisConfig) -> Result<Conn> {
     if cluster {
-        let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
-            .connection_timeout(config.connect_timeout)
-            .response_timeout(wait + config.response_timeout)
-            .retries(0)
-            .build()
-            .map_err(|e| from_redis(e, "cluster client"))?;
+        let client = crate::node::cluster_client(urls, config, NO_CLIENT_TIMEOUT)?;
         let c = client
             .get_async_connection()
             .await

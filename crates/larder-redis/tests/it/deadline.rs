@@ -61,7 +61,7 @@ async fn a_cluster_call_against_a_frozen_master_ends_within_the_documented_worst
     assert!(over.is_empty(), "{over:#?}");
 }
 
-/// `WorkQueue::pop`'s blocking `BLMOVE` runs on a connection of its own, but
+/// `WorkQueue::pop`'s blocking read (`XREAD BLOCK`) runs on a connection of its own, but
 /// through the node's breaker and stats like every other command: a frozen
 /// server makes it time out within its documented bound, counted.
 #[tokio::test]
@@ -82,11 +82,11 @@ async fn work_queue_pop_goes_through_the_breaker_and_the_stats() {
     let mut wrong = Vec::new();
     if after != before + 1 {
         wrong.push(format!(
-            "BLMOVE not counted: OTHER calls {before} -> {after}"
+            "the blocking read not counted: OTHER calls {before} -> {after}"
         ));
     }
 
-    // A BLMOVE in flight when the server freezes.
+    // A blocking read in flight when the server freezes.
     let wait = Duration::from_secs(5);
     let q2 = q.clone();
     let pop = tokio::spawn(async move {
@@ -103,7 +103,7 @@ async fn work_queue_pop_goes_through_the_breaker_and_the_stats() {
             break;
         }
     }
-    assert!(blocked, "the BLMOVE never blocked");
+    assert!(blocked, "the pop never blocked");
     tokio::time::pause();
     server.pause().unwrap();
     let (r, start) = pop.await.unwrap();
@@ -114,13 +114,13 @@ async fn work_queue_pop_goes_through_the_breaker_and_the_stats() {
     let e = r.unwrap_err();
     assert!(e.is_timeout(), "{e}");
     // The README's bound for pop: the non-blocking try first (one call),
-    // then the block; the lease is not reached.
+    // then the block; the second take is not reached.
     if took > worst_case(RetryPolicy::none()) + CONNECT + wait + RESPONSE {
         wrong.push(format!("pop took {took:?}"));
     }
     if s.breaker_states()[0].1 != BreakerState::Open {
         wrong.push(format!(
-            "the timed-out BLMOVE did not count against the breaker: {:?}",
+            "the timed-out blocking read did not count against the breaker: {:?}",
             s.breaker_states()
         ));
     }

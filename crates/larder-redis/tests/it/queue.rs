@@ -84,6 +84,59 @@ async fn a_poison_item_goes_to_the_dead_letter_list() {
     assert_eq!(q.dead_letters().await.unwrap(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_pop_takes_nothing() {
+    let server = RedisServer::start().unwrap();
+    let (s, _) = mocked(&server);
+    let q: WorkQueue<u32> = WorkQueue::new(&s, "cancel", Duration::from_secs(30)).unwrap();
+    let worker = q.clone();
+    {
+        // A worker blocks in pop, then is cancelled (a select!, a timeout
+        // around it, a shutdown) while its handle lives on.
+        let pop = worker.pop(Duration::from_secs(60));
+        tokio::pin!(pop);
+        tokio::select! {
+            r = &mut pop => panic!("pop returned from an empty queue: {r:?}"),
+            () = blocked_clients(&server, 1) => {}
+        }
+    }
+    q.push(&7).await.unwrap();
+    let got = q.try_pop().await.unwrap().map(|d| d.item);
+    assert_eq!(got, Some(7), "the cancelled pop took the item");
+    // The cancelled worker pops again normally.
+    q.push(&8).await.unwrap();
+    let again = worker.pop(Duration::from_secs(5)).await.unwrap().unwrap();
+    assert_eq!(again.item, 8);
+    assert!(worker.ack(&again).await.unwrap());
+}
+
+/// A gate: returns once the server reports at least `n` clients blocked
+/// in a blocking command (polled, at most 5,000 times).
+pub(crate) async fn blocked_clients(server: &RedisServer, n: u64) {
+    let mut c = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for _ in 0..5_000 {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let blocked = info
+            .lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if blocked >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("no {n} blocked clients on the server");
+}
+
 /// The Redis key of queue `name`'s ready list.
 fn ready_key(name: &str) -> String {
     format!("larder:{{queue:{name}}}")

@@ -303,13 +303,17 @@ async fn blocking_pop_wakes_on_push_without_stalling_the_store() {
     let q: WorkQueue<u32> = WorkQueue::new(&s, "wake", Duration::from_secs(30)).unwrap();
     let worker = q.clone();
     let waiting = tokio::spawn(async move { worker.pop(Duration::from_secs(20)).await });
+    // A gate: the pop is blocked on the server before anything else happens.
+    crate::queue::blocked_clients(&server, 1).await;
     // Other commands on the store still work while the pop blocks.
-    for i in 0..5u32 {
-        s.incr_with_expiry("busy", 1, Duration::from_secs(10))
+    for i in 1..=5 {
+        let n = s
+            .incr_with_expiry("busy", 1, Duration::from_secs(10))
             .await
             .unwrap();
-        assert!(i < 5);
+        assert_eq!(n, i);
     }
+    assert!(!waiting.is_finished(), "the pop waits for a push");
     q.push(&7).await.unwrap();
     let got = waiting.await.unwrap().unwrap().unwrap();
     assert_eq!(got.item, 7);
@@ -317,7 +321,8 @@ async fn blocking_pop_wakes_on_push_without_stalling_the_store() {
 
 #[tokio::test]
 async fn work_queue_gives_a_lease_to_an_orphaned_item() {
-    // A worker that died between BLMOVE and its lease: the item sits in
+    // An item in processing without a lease (moved there by hand, or by an
+    // older version whose worker died between BLMOVE and its lease): it sits in
     // processing with no lease. The reaper leases it, then re-delivers it.
     let server = RedisServer::start().unwrap();
     let (s, clock) = mocked(&server);
