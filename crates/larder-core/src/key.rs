@@ -108,11 +108,43 @@ impl KeySpace {
     }
 
     /// An internal key in the same Cluster slot as the data key:
-    /// `{namespace}:{{key}}:{suffix}`.
+    /// `{namespace}:{{key}}:{suffix}`. The suffix is not empty and holds no
+    /// `#` (reserved for helper keys) and no `}`.
     pub fn internal_key(&self, key: &str, suffix: &str) -> Result<String> {
+        if suffix.is_empty() || suffix.contains(['#', '}']) {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                format!("internal key suffix {suffix:?}: not empty, no '#' or '}}'"),
+            ));
+        }
         let mut k = self.data_key(key)?;
         k.push(':');
         k.push_str(suffix);
+        Ok(k)
+    }
+
+    /// A key of a data-structure helper: `{namespace}:{{tag}}:#{role}`, in
+    /// the Cluster slot of `tag`. It can equal no data key, no internal key
+    /// and no other helper's key (see the module docs). The tag is a valid
+    /// key without `{` or `}`; the role is not empty and holds no `:`, `{`
+    /// or `}`. Errors are [`ErrorKind::InvalidKey`].
+    pub fn helper_key(&self, tag: &str, role: &str) -> Result<String> {
+        validate_key(tag)?;
+        if tag.contains(['{', '}']) {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                format!("helper tag {tag:?} must not contain braces"),
+            ));
+        }
+        if role.is_empty() || role.contains([':', '{', '}']) {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                format!("helper role {role:?}: not empty, no ':' or braces"),
+            ));
+        }
+        let mut k = self.data_key(tag)?;
+        k.push_str(":#");
+        k.push_str(role);
         Ok(k)
     }
 
@@ -163,6 +195,36 @@ mod tests {
         }
         assert_eq!(KeySpace::new("a:b").unwrap().namespace(), "a:b");
         assert_eq!(KeySpace::default().prefix(), "larder:");
+    }
+
+    #[test]
+    fn helper_keys_are_never_data_or_internal_keys() {
+        let ks = KeySpace::default();
+        let q = ks.helper_key("queue:emails", "ready").unwrap();
+        assert_eq!(q, "larder:{queue:emails}:#ready");
+        assert_eq!(ks.user_key(&q), None);
+        assert_ne!(ks.data_key("queue:emails").unwrap(), q);
+        // A user key built to spell a helper key lands elsewhere.
+        for key in ["queue:emails}:#ready", "queue:emails"] {
+            assert_ne!(ks.data_key(key).unwrap(), q);
+            assert_ne!(ks.internal_key(key, "lease").unwrap(), q);
+        }
+        for (tag, role) in [
+            ("a{b", "r"),
+            ("a}", "r"),
+            ("t", ""),
+            ("t", "a:b"),
+            ("", "r"),
+        ] {
+            assert_eq!(
+                ks.helper_key(tag, role).unwrap_err().kind(),
+                ErrorKind::InvalidKey,
+                "{tag:?} {role:?}"
+            );
+        }
+        for suffix in ["", "#ready", "a}"] {
+            assert!(ks.internal_key("k", suffix).is_err(), "{suffix:?}");
+        }
     }
 
     #[test]

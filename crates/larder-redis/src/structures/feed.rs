@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::stats::Cmd;
 use crate::store::RedisStore;
 
-use super::check_part;
+use super::{check_name, check_part};
 
 /// A capped, expiring list of recent activity, newest first: push, trim and
 /// expire happen in one `MULTI` (the tutorial's LPUSH, LTRIM, EXPIRE were
@@ -50,7 +50,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> Feed<T, C> {
         ttl: Duration,
         codec: C,
     ) -> Result<Self> {
-        check_part("feed name", name)?;
+        check_name("feed name", name)?;
         if cap == 0 || ttl.as_millis() == 0 {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -71,7 +71,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> Feed<T, C> {
         check_part("feed owner", owner)?;
         self.store
             .keyspace()
-            .data_key(&format!("feed:{}:{owner}", self.name))
+            .helper_key(&format!("feed:{}:{owner}", self.name), "items")
     }
 
     /// Adds an item to the front of `owner`'s feed; the feed's length after trimming.

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::stats::Cmd;
 use crate::store::RedisStore;
 
-use super::check_part;
+use super::{check_name, check_part};
 
 /// `KEYS[1]`; `ARGV[1]` field, `ARGV[2]` value: HSET only on an existing object.
 static SET_FIELD: LazyLock<Script> = LazyLock::new(|| {
@@ -71,9 +71,9 @@ pub struct HashObject<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> HashObject<T> {
-    /// Objects of kind `name` (keys `{namespace}:{obj:name:id}`).
+    /// Objects of kind `name` (keys `{namespace}:{obj:name:id}:#fields`).
     pub fn new(store: &RedisStore, name: &str) -> Result<Self> {
-        check_part("object kind", name)?;
+        check_name("object kind", name)?;
         Ok(HashObject {
             store: store.clone(),
             name: name.to_owned(),
@@ -85,7 +85,7 @@ impl<T: Serialize + DeserializeOwned> HashObject<T> {
         check_part("object id", id)?;
         self.store
             .keyspace()
-            .data_key(&format!("obj:{}:{id}", self.name))
+            .helper_key(&format!("obj:{}:{id}", self.name), "fields")
     }
 
     /// Stores `value` (a struct or map) under `id`, replacing any previous

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::stats::Cmd;
 use crate::store::RedisStore;
 
-use super::check_part;
+use super::check_name;
 
 /// One member of a leaderboard with its score and rank (0 = highest score).
 #[non_exhaustive]
@@ -81,11 +81,11 @@ impl Leaderboard<DefaultCodec> {
 impl<C: Codec> Leaderboard<C> {
     /// A leaderboard called `name` whose details use `codec`.
     pub fn with_codec(store: &RedisStore, name: &str, codec: C) -> Result<Self> {
-        check_part("leaderboard name", name)?;
-        let base = format!("board:{name}");
+        check_name("leaderboard name", name)?;
+        let tag = format!("board:{name}");
         Ok(Leaderboard {
-            key: store.keyspace().data_key(&base)?,
-            details: store.keyspace().internal_key(&base, "details")?,
+            key: store.keyspace().helper_key(&tag, "scores")?,
+            details: store.keyspace().helper_key(&tag, "details")?,
             store: store.clone(),
             codec,
         })

@@ -2,8 +2,11 @@
 //! command, a `MULTI` pipeline, or a Lua script) where the classic tutorial
 //! versions took several round trips and could leave half-done state.
 //!
-//! All keys live in the store's namespace and share a hash tag per object,
-//! so every helper works on Redis Cluster and on a sharded store.
+//! All keys are helper keys ([`larder_core::KeySpace::helper_key`]):
+//! `{namespace}:{{kind:name[:id]}}:#role`, one hash tag per object (so an
+//! object's keys share a Cluster slot and a shard), where no user key of
+//! the cache and no other helper's key can land. Names hold no `:`, so
+//! `kind:name:id` splits one way only.
 
 mod feed;
 mod hash;
@@ -19,14 +22,28 @@ pub use ratelimit::{RateDecision, RateLimit, RateLimiter};
 
 use larder_core::{Error, ErrorKind, Result};
 
-/// Checks a helper's name or id: a valid key, no `{` or `}` (they would
-/// change the hash tag).
+/// Checks a helper's id (the last part of its tag): a valid key, no `{` or
+/// `}` (they would change the hash tag).
 pub(crate) fn check_part(what: &str, s: &str) -> Result<()> {
     larder_core::validate_key(s)?;
     if s.contains(['{', '}']) {
         return Err(Error::new(
             ErrorKind::InvalidKey,
             format!("{what} {s:?} must not contain braces"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a helper's name: as [`check_part`], and no `:`, so that
+/// `kind:name:id` splits one way only (limiter `a` with id `b:c` and
+/// limiter `a:b` with id `c` would otherwise share a key).
+pub(crate) fn check_name(what: &str, s: &str) -> Result<()> {
+    check_part(what, s)?;
+    if s.contains(':') {
+        return Err(Error::new(
+            ErrorKind::InvalidKey,
+            format!("{what} {s:?} must not contain ':'"),
         ));
     }
     Ok(())

@@ -14,7 +14,7 @@ use crate::node::Conn;
 use crate::stats::Cmd;
 use crate::store::RedisStore;
 
-use super::check_part;
+use super::check_name;
 
 /// An item handed to a worker. Acknowledge it with [`WorkQueue::ack`] when
 /// done; if the worker dies first, the item is delivered again once its
@@ -218,7 +218,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
         visibility: Duration,
         codec: C,
     ) -> Result<Self> {
-        check_part("queue name", name)?;
+        check_name("queue name", name)?;
         if visibility.as_millis() == 0 {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -226,15 +226,15 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
             ));
         }
         let ks = store.keyspace();
-        let base = format!("queue:{name}");
+        let tag = format!("queue:{name}");
         Ok(WorkQueue {
-            ready: ks.data_key(&base)?,
-            processing: ks.internal_key(&base, "processing")?,
-            leases: ks.internal_key(&base, "leases")?,
-            tokens: ks.internal_key(&base, "tokens")?,
-            dead: ks.internal_key(&base, "dead")?,
-            notify: ks.internal_key(&base, "notify")?,
-            seq: ks.internal_key(&base, "seq")?,
+            ready: ks.helper_key(&tag, "ready")?,
+            processing: ks.helper_key(&tag, "processing")?,
+            leases: ks.helper_key(&tag, "leases")?,
+            tokens: ks.helper_key(&tag, "tokens")?,
+            dead: ks.helper_key(&tag, "dead")?,
+            notify: ks.helper_key(&tag, "notify")?,
+            seq: ks.helper_key(&tag, "seq")?,
             store: store.clone(),
             visibility,
             codec,
@@ -483,7 +483,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
     }
 
     /// Items moved to the dead-letter list because they did not decode
-    /// (`{namespace}:{{queue:name}}:dead`, oldest first; inspect or clear it
+    /// (`{namespace}:{{queue:name}}:#dead`, oldest first; inspect or clear it
     /// with [`RedisStore::command`]).
     pub async fn dead_letters(&self) -> Result<u64> {
         self.store

@@ -7,7 +7,7 @@ use redis::Script;
 use crate::stats::Cmd;
 use crate::store::RedisStore;
 
-use super::check_part;
+use super::{check_name, check_part};
 
 /// A limit and the algorithm that enforces it.
 #[non_exhaustive]
@@ -149,10 +149,11 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl RateLimiter {
-    /// A limiter called `name` (its keys are `{namespace}:{rate:name:id}`).
+    /// A limiter called `name` (its keys are `{namespace}:{rate:name:id}:#role`; the name
+    /// holds no `:`).
     /// Errors: an invalid name, a zero limit, rate, burst or window.
     pub fn new(store: &RedisStore, name: &str, limit: RateLimit) -> Result<Self> {
-        check_part("limiter name", name)?;
+        check_name("limiter name", name)?;
         let bad = |m: &'static str| Err(Error::new(ErrorKind::InvalidArgument, m));
         match limit {
             RateLimit::FixedWindow { limit, window }
@@ -192,14 +193,14 @@ impl RateLimiter {
                 "cost must be at least 1",
             ));
         }
-        let base = format!("rate:{}:{id}", self.name);
+        let tag = format!("rate:{}:{id}", self.name);
         let ks = self.store.keyspace();
         let now_ms = self.store.clock().unix_millis();
         match self.limit {
             RateLimit::FixedWindow { limit, window } => {
                 let w = ms(window);
                 let index = now_ms / w;
-                let key = ks.internal_key(&base, &index.to_string())?;
+                let key = ks.helper_key(&tag, &format!("fixed.{index}"))?;
                 let ttl = (index + 1) * w - now_ms;
                 let (ok, count): (i64, u64) = self
                     .store
@@ -216,8 +217,8 @@ impl RateLimiter {
                 })
             }
             RateLimit::SlidingWindow { limit, window } => {
-                let key = ks.data_key(&base)?;
-                let seq = ks.internal_key(&base, "seq")?;
+                let key = ks.helper_key(&tag, "log")?;
+                let seq = ks.helper_key(&tag, "seq")?;
                 let (ok, count, retry): (i64, u64, u64) = self
                     .store
                     .run_on(
@@ -247,7 +248,7 @@ impl RateLimiter {
                 period,
                 burst,
             } => {
-                let key = ks.data_key(&base)?;
+                let key = ks.helper_key(&tag, "tat")?;
                 let t_us = (period.as_micros() as f64 / rate as f64).max(1.0);
                 let now_us = now_ms.saturating_mul(1000);
                 let (ok, remaining, retry_us): (i64, u64, u64) = self

@@ -5,6 +5,7 @@ mod cluster;
 mod deadline;
 mod escape;
 mod faults;
+mod keys;
 mod locale;
 mod lost_reply;
 mod queue;

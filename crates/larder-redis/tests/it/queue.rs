@@ -139,5 +139,5 @@ pub(crate) async fn blocked_clients(server: &RedisServer, n: u64) {
 
 /// The Redis key of queue `name`'s ready list.
 fn ready_key(name: &str) -> String {
-    format!("larder:{{queue:{name}}}")
+    format!("larder:{{queue:{name}}}:#ready")
 }
