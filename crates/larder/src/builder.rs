@@ -17,6 +17,7 @@ use crate::cache::{Cache, Config, Inner, LeaseConfig};
 use crate::key::CacheKey;
 use crate::source::{DynLoader, DynWriter};
 use crate::ttl::{Ttl, TtlPolicy};
+use crate::writer::{DeadLetter, Queue, WriteBehind};
 
 /// The L1's capacity when the builder is given none: 10,000 entries.
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 10_000;
@@ -41,7 +42,9 @@ pub struct CacheBuilder<K, V, C = Postcard> {
     #[cfg(feature = "redis")]
     redis: Option<larder_redis::RedisStore>,
     loader: Option<Box<dyn DynLoader<K, V>>>,
-    writer: Option<Box<dyn DynWriter<K, V>>>,
+    writer: Option<Arc<dyn DynWriter<K, V>>>,
+    write_behind: Option<WriteBehind>,
+    dead_letter: Option<Box<DeadLetter<K, V>>>,
     ttl: TtlPolicy,
     negative_ttl: Option<Duration>,
     stale_if_error: Option<Duration>,
@@ -81,6 +84,8 @@ impl<K, V> CacheBuilder<K, V, Postcard> {
             redis: None,
             loader: None,
             writer: None,
+            write_behind: None,
+            dead_letter: None,
             ttl: TtlPolicy::default(),
             negative_ttl: None,
             stale_if_error: None,
@@ -151,7 +156,21 @@ where
 
     /// The source of truth for writes (`update`).
     pub fn writer(mut self, writer: impl Writer<K, V>) -> Self {
-        self.writer = Some(Box::new(writer));
+        self.writer = Some(Arc::new(writer));
+        self
+    }
+
+    /// Write-behind (`Cache::put_behind`): writes reach the `Writer` in
+    /// batches, from a queue with the given bounds. Needs a writer.
+    pub fn write_behind(mut self, settings: WriteBehind) -> Self {
+        self.write_behind = Some(settings);
+        self
+    }
+
+    /// Called once for each write-behind write given up after every attempt
+    /// (it is also counted in `Stats::write_behind`).
+    pub fn dead_letter(mut self, f: impl Fn(&K, &V, &Error) + Send + Sync + 'static) -> Self {
+        self.dead_letter = Some(Box::new(f));
         self
     }
 
@@ -279,6 +298,8 @@ where
             redis: self.redis,
             loader: self.loader,
             writer: self.writer,
+            write_behind: self.write_behind,
+            dead_letter: self.dead_letter,
             ttl: self.ttl,
             negative_ttl: self.negative_ttl,
             stale_if_error: self.stale_if_error,
@@ -335,6 +356,21 @@ where
                 poll: self.lease_poll.min(ttl),
             }),
         };
+        let queue = match self.write_behind {
+            None => None,
+            Some(wb) => {
+                wb.check()?;
+                let Some(writer) = &self.writer else {
+                    return bad("write_behind needs a writer (CacheBuilder::writer)".into());
+                };
+                Some(Arc::new(Queue::new(
+                    wb,
+                    Arc::clone(writer),
+                    self.dead_letter,
+                    self.clock.clone().unwrap_or_else(SystemClock::shared),
+                )))
+            }
+        };
         if self.hot_keys == Some(0) {
             return bad("hot_keys needs k >= 1".into());
         }
@@ -380,6 +416,7 @@ where
             self.redis,
             self.loader,
             self.writer,
+            queue,
             cfg,
             clock,
             self.seed,

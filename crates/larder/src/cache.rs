@@ -20,6 +20,7 @@ use crate::key::CacheKey;
 use crate::source::{DynLoader, DynWriter};
 use crate::stats::{Recorders, Stats};
 use crate::ttl::TtlPolicy;
+use crate::writer::Queue;
 
 /// The settings `build()` checked.
 pub(crate) struct Config<C> {
@@ -55,7 +56,8 @@ pub(crate) struct Inner<K, V, C> {
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<larder_redis::RedisStore>,
     pub(crate) loader: Option<Box<dyn DynLoader<K, V>>>,
-    pub(crate) writer: Option<Box<dyn DynWriter<K, V>>>,
+    pub(crate) writer: Option<Arc<dyn DynWriter<K, V>>>,
+    pub(crate) queue: Option<Arc<Queue<K, V>>>,
     pub(crate) flights: SingleFlight<K, Outcome<V>>,
     pub(crate) hot: Option<HotKeys<K>>,
     pub(crate) cfg: Config<C>,
@@ -82,7 +84,8 @@ where
         l2: Option<Arc<dyn Store>>,
         #[cfg(feature = "redis")] redis: Option<larder_redis::RedisStore>,
         loader: Option<Box<dyn DynLoader<K, V>>>,
-        writer: Option<Box<dyn DynWriter<K, V>>>,
+        writer: Option<Arc<dyn DynWriter<K, V>>>,
+        queue: Option<Arc<Queue<K, V>>>,
         cfg: Config<C>,
         clock: SharedClock,
         seed: Option<u64>,
@@ -95,6 +98,7 @@ where
             redis,
             loader,
             writer,
+            queue,
             flights: SingleFlight::new(),
             hot: hot_keys.map(HotKeys::new),
             cfg,
@@ -142,6 +146,16 @@ impl<K, V, C> Inner<K, V, C> {
         while set.try_join_next().is_some() {}
         set.spawn_on(fut, &handle);
         Ok(())
+    }
+}
+
+impl<K, V, C> Drop for Inner<K, V, C> {
+    fn drop(&mut self) {
+        // A cache dropped without `close`: its flusher still writes every
+        // queued write, then stops.
+        if let Some(q) = &self.queue {
+            q.close_now();
+        }
     }
 }
 
@@ -341,6 +355,40 @@ where
             .await
     }
 
+    /// Write-behind (with [`CacheBuilder::write_behind`]): queues the write
+    /// of `value` to the source of truth, then updates the L2 (versioned, as
+    /// [`Cache::put`]) and the L1 at once. The write is coalesced with a
+    /// waiting write of the same key (the latest wins) and reaches the
+    /// [`larder_core::Writer`] in a batch; one that keeps failing goes to
+    /// the dead-letter callback. A full queue waits or refuses per
+    /// [`Overflow`](crate::Overflow): [`ErrorKind::Overflow`], never a silent
+    /// drop. Until its batch is written, a read that misses the cache loads
+    /// the old value from the source: keep the interval well below the TTL.
+    /// If this future is dropped after the write was queued but before the
+    /// cache was updated, this instance's L1 entry is removed.
+    pub async fn put_behind(&self, key: &K, value: V) -> Result<()> {
+        self.inner.check_open()?;
+        let text = key.key_text()?;
+        let Some(queue) = &self.inner.queue else {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "put_behind needs write-behind (CacheBuilder::write_behind)",
+            ));
+        };
+        queue.enqueue(key.clone(), value.clone()).await?;
+        let inner = &self.inner;
+        let mut unfinished = OnDrop(Some(|| inner.invalidate_local(key)));
+        let updated = Arc::clone(&self.inner)
+            .store_written(key, &text, value)
+            .await;
+        unfinished.0 = None;
+        if updated.is_err() {
+            // Queued all the same; the key was invalidated here.
+            self.inner.stats.l2_errors.incr();
+        }
+        Ok(())
+    }
+
     /// Cache-aside delete: deletes `key` from the source of truth through
     /// the configured [`larder_core::Writer`], then
     /// [invalidates](Cache::invalidate) it.
@@ -446,6 +494,7 @@ where
             s.l1_entries = l1.entry_count();
         }
         s.in_flight = self.inner.flights.len();
+        s.write_behind = self.inner.queue.as_ref().map(|q| q.stats());
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.inner.redis {
             s.breakers = redis.breaker_states();
@@ -460,11 +509,15 @@ where
         self.inner.redis.as_ref()
     }
 
-    /// Stops the cache: later calls answer [`ErrorKind::Closed`], and this
+    /// Stops the cache: later calls answer [`ErrorKind::Closed`]; this
+    /// writes every queued write-behind write (with its retries), then
     /// waits for the background loads and refreshes still running (each
     /// bounded by the load timeout). Nothing outlives the cache silently.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
+        if let Some(q) = &self.inner.queue {
+            q.close().await;
+        }
         let set = self.inner.tasks.lock().take();
         if let Some(mut set) = set {
             while set.join_next().await.is_some() {}
@@ -484,4 +537,15 @@ fn no_writer() -> Error {
         ErrorKind::InvalidConfig,
         "put, update and delete need a writer (CacheBuilder::writer)",
     )
+}
+
+/// Runs a closure when dropped, unless disarmed (`.0 = None`).
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod read;
 mod source;
 mod stats;
 mod ttl;
+mod writer;
 
 pub use builder::{
     CacheBuilder, DEFAULT_LEASE_POLL, DEFAULT_LOAD_TIMEOUT, DEFAULT_MEMORY_CAPACITY,
@@ -21,6 +22,7 @@ pub use cache::{Cache, WarmReport};
 pub use key::CacheKey;
 pub use stats::Stats;
 pub use ttl::{Ttl, TtlPolicy};
+pub use writer::{Overflow, WriteBehind, WriteBehindStats};
 
 /// The contracts crate, for items the prelude does not list.
 pub use larder_core as core;

@@ -1,7 +1,9 @@
 //! Everything a typical user of Larder names, in one import:
 //! `use larder::prelude::*;`.
 
-pub use crate::{Cache, CacheBuilder, CacheKey, Stats, Ttl, WarmReport};
+pub use crate::{
+    Cache, CacheBuilder, CacheKey, Overflow, Stats, Ttl, WarmReport, WriteBehind, WriteBehindStats,
+};
 #[cfg(feature = "bincode")]
 pub use larder_core::Bincode;
 #[cfg(feature = "json")]

@@ -31,6 +31,7 @@ where
 pub(crate) trait DynWriter<K, V>: Send + Sync {
     fn write<'a>(&'a self, key: &'a K, value: &'a V) -> BoxFuture<'a, Result<()>>;
     fn delete<'a>(&'a self, key: &'a K) -> BoxFuture<'a, Result<()>>;
+    fn write_many<'a>(&'a self, entries: &'a [(K, V)]) -> BoxFuture<'a, Result<()>>;
 }
 
 impl<K, V, W> DynWriter<K, V> for W
@@ -45,5 +46,9 @@ where
 
     fn delete<'a>(&'a self, key: &'a K) -> BoxFuture<'a, Result<()>> {
         Box::pin(Writer::delete(self, key))
+    }
+
+    fn write_many<'a>(&'a self, entries: &'a [(K, V)]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Writer::write_many(self, entries))
     }
 }

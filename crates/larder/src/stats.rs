@@ -88,6 +88,8 @@ pub struct Stats {
     pub l1_entries: u64,
     /// Loads or refreshes running now.
     pub in_flight: usize,
+    /// The write-behind queue's figures, when write-behind is on.
+    pub write_behind: Option<crate::WriteBehindStats>,
     /// Each Redis node's circuit breaker (`redis` feature, Redis L2).
     #[cfg(feature = "redis")]
     pub breakers: Vec<(String, larder_redis::BreakerState)>,
@@ -132,6 +134,7 @@ impl Recorders {
             l1: None,
             l1_entries: 0,
             in_flight: 0,
+            write_behind: None,
             #[cfg(feature = "redis")]
             breakers: Vec::new(),
         }

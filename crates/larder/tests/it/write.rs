@@ -6,11 +6,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use larder::Cache;
 use larder::core::{ErrorKind, Loader, MockClock, Result, Writer};
+use larder::{Cache, Overflow, WriteBehind};
 use tokio::sync::Semaphore;
 
 use crate::until;
+
+/// One `write_many` call's entries.
+type Batch = Vec<(u64, String)>;
 
 /// A table in memory: loads read the row when they start (then wait at the
 /// gate, if any), writes replace it.
@@ -20,6 +23,11 @@ pub(crate) struct MapDb {
     pub(crate) loads: Arc<AtomicUsize>,
     pub(crate) gate: Option<Arc<Semaphore>>,
     pub(crate) fail_writes: Arc<std::sync::atomic::AtomicBool>,
+    /// Every `write_many` batch, in order.
+    pub(crate) batches: Arc<Mutex<Vec<Batch>>>,
+    /// When set, each `write_many` takes a permit first.
+    pub(crate) write_gate: Option<Arc<Semaphore>>,
+    pub(crate) writes_entered: Arc<AtomicUsize>,
 }
 
 impl MapDb {
@@ -53,6 +61,17 @@ impl Writer<u64, String> for MapDb {
     }
     async fn delete(&self, key: &u64) -> Result<()> {
         self.rows.lock().unwrap().remove(key);
+        Ok(())
+    }
+    async fn write_many(&self, entries: &[(u64, String)]) -> Result<()> {
+        self.writes_entered.fetch_add(1, Ordering::SeqCst);
+        if let Some(g) = &self.write_gate {
+            g.acquire().await.expect("gate").forget();
+        }
+        self.batches.lock().unwrap().push(entries.to_vec());
+        for (k, v) in entries {
+            self.write(k, v).await?;
+        }
         Ok(())
     }
 }
@@ -173,4 +192,158 @@ mod with_redis {
         // Not the old value from the L1: the loader's answer.
         assert_eq!(c.get_or_load(&1).await.unwrap().as_deref(), Some("b"));
     }
+}
+
+fn behind(db: &MapDb, clock: &MockClock, wb: WriteBehind) -> Cache<u64, String> {
+    Cache::builder()
+        .clock(clock.shared())
+        .loader(db.clone())
+        .writer(db.clone())
+        .write_behind(wb)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_behind_coalesces_and_close_flushes_everything() {
+    let clock = MockClock::new();
+    let db = MapDb::default();
+    // Large batch, long interval: nothing goes out before close.
+    let wb = WriteBehind::new()
+        .batch(1000)
+        .interval(Duration::from_secs(3600));
+    let c = behind(&db, &clock, wb);
+    for i in 0..100 {
+        c.put_behind(&1, format!("v{i}")).await.unwrap();
+    }
+    c.put_behind(&2, "two".into()).await.unwrap();
+    // The cache has the latest value at once; the source not yet.
+    assert_eq!(c.get(&1).await.unwrap().as_deref(), Some("v99"));
+    assert!(db.batches.lock().unwrap().is_empty());
+    let s = c.stats().write_behind.unwrap();
+    assert_eq!((s.queued, s.coalesced), (2, 99));
+    c.close().await;
+    let batches = db.batches.lock().unwrap().clone();
+    assert_eq!(
+        batches,
+        vec![vec![(1, "v99".to_owned()), (2, "two".to_owned())]]
+    );
+    let s = c.stats().write_behind.unwrap();
+    assert_eq!((s.queued, s.flushed), (0, 2));
+    assert_eq!(
+        c.put_behind(&3, "x".into()).await.unwrap_err().kind(),
+        ErrorKind::Closed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_or_waits_but_never_drops() {
+    let clock = MockClock::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let db = MapDb {
+        write_gate: Some(Arc::clone(&gate)),
+        ..MapDb::default()
+    };
+    let wb = WriteBehind::new()
+        .batch(1)
+        .capacity(2)
+        .overflow(Overflow::Reject);
+    let c = behind(&db, &clock, wb);
+    c.put_behind(&1, "a".into()).await.unwrap();
+    // Key 1's batch is out, held at the writer's gate; two keys of room.
+    until("the first batch reached the writer", || {
+        db.writes_entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    c.put_behind(&2, "b".into()).await.unwrap();
+    c.put_behind(&3, "c".into()).await.unwrap();
+    let e = c.put_behind(&4, "d".into()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Overflow);
+    // A waiting key takes its new value without a slot.
+    c.put_behind(&2, "b2".into()).await.unwrap();
+
+    // Block: waits for room, and gets it when the writer moves on.
+    let blocking = behind(
+        &db,
+        &clock,
+        WriteBehind::new()
+            .batch(1)
+            .capacity(1)
+            .overflow(Overflow::Block(Duration::from_millis(20))),
+    );
+    blocking.put_behind(&10, "x".into()).await.unwrap();
+    until("its batch reached the writer", || {
+        db.writes_entered.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    blocking.put_behind(&11, "y".into()).await.unwrap();
+    let e = blocking.put_behind(&12, "z".into()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Overflow, "no room within the timeout");
+    gate.add_permits(100);
+    c.close().await;
+    blocking.close().await;
+    let rows = db.rows.lock().unwrap().clone();
+    for (k, v) in [(1, "a"), (2, "b2"), (3, "c"), (10, "x"), (11, "y")] {
+        assert_eq!(rows.get(&k).map(String::as_str), Some(v), "key {k}");
+    }
+    assert!(
+        !rows.contains_key(&4) && !rows.contains_key(&12),
+        "refused writes said so"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_writes_are_retried_then_dead_lettered() {
+    let clock = MockClock::new();
+    let db = MapDb::default();
+    db.fail_writes.store(true, Ordering::SeqCst);
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let d = Arc::clone(&dead);
+    let c: Cache<u64, String> = Cache::builder()
+        .clock(clock.shared())
+        .loader(db.clone())
+        .writer(db.clone())
+        .write_behind(
+            WriteBehind::new()
+                .max_attempts(3)
+                .backoff(Duration::from_millis(1), Duration::from_millis(2)),
+        )
+        .dead_letter(move |k: &u64, v: &String, e| {
+            d.lock().unwrap().push((*k, v.clone(), e.kind()));
+        })
+        .build()
+        .unwrap();
+    c.put_behind(&5, "five".into()).await.unwrap();
+    c.close().await;
+    assert_eq!(
+        *dead.lock().unwrap(),
+        vec![(5, "five".to_owned(), ErrorKind::Source)]
+    );
+    let s = c.stats().write_behind.unwrap();
+    assert_eq!(
+        (s.retries, s.dead_letters, s.flushed, s.queued),
+        (2, 1, 0, 0)
+    );
+    assert!(s.last_error.unwrap().contains("disk full"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_cache_still_writes_its_queue() {
+    let clock = MockClock::new();
+    let db = MapDb::default();
+    let c = behind(
+        &db,
+        &clock,
+        WriteBehind::new()
+            .batch(1000)
+            .interval(Duration::from_secs(3600)),
+    );
+    for k in 0..50 {
+        c.put_behind(&k, format!("v{k}")).await.unwrap();
+    }
+    drop(c);
+    until("the flusher wrote the queue", || {
+        db.rows.lock().unwrap().len() == 50
+    })
+    .await;
 }
