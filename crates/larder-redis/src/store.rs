@@ -46,6 +46,8 @@ enum Backend {
 
 pub(crate) struct Shards {
     ring: HashRing,
+    /// The same ring, never marked down: each key's home shard.
+    home: HashRing,
     nodes: Vec<Arc<Node>>,
 }
 
@@ -164,6 +166,38 @@ impl RedisStore {
             Backend::Single(n) => Ok(Arc::clone(n)),
             Backend::Sharded(s) => self.shards(s).route(redis_key),
         }
+    }
+
+    /// The home node of a Redis key: on a sharded store, the shard the ring
+    /// gives it with every shard up, even while that shard's breaker is
+    /// open (no failover). For the helpers, whose keys hold data of record:
+    /// a copy written to a stand-in shard would be forgotten when the home
+    /// shard returned.
+    pub(crate) fn home_node_for(&self, redis_key: &str) -> Result<Arc<Node>> {
+        match &self.inner.backend {
+            Backend::Single(n) => Ok(Arc::clone(n)),
+            Backend::Sharded(s) => self.shards(s).home(redis_key),
+        }
+    }
+
+    /// Runs a helper's command on the home node of `redis_key` (never a
+    /// stand-in: while the home node is down, the command fails with its
+    /// error, `CircuitOpen` once its breaker is open).
+    pub(crate) async fn run_home<T, F, Fut>(
+        &self,
+        redis_key: &str,
+        cmd: Cmd,
+        idempotent: bool,
+        what: &'static str,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        self.home_node_for(redis_key)?
+            .run_routed(Some(redis_key), cmd, idempotent, what, f)
+            .await
     }
 
     fn shards(&self, s: &RwLock<Arc<Shards>>) -> Arc<Shards> {
@@ -480,9 +514,21 @@ impl RedisStore {
 
 impl Shards {
     fn new(nodes: Vec<Arc<Node>>) -> Result<Shards> {
-        let ring = HashRing::new(nodes.iter().map(|n| (n.name.clone(), 1)))
-            .map_err(|e| Error::new(ErrorKind::InvalidConfig, format!("sharded store: {e}")))?;
-        Ok(Shards { ring, nodes })
+        let ring = || {
+            HashRing::new(nodes.iter().map(|n| (n.name.clone(), 1)))
+                .map_err(|e| Error::new(ErrorKind::InvalidConfig, format!("sharded store: {e}")))
+        };
+        let (ring, home) = (ring()?, ring()?);
+        Ok(Shards { ring, home, nodes })
+    }
+
+    /// The home node of a key, up or down.
+    fn home(&self, redis_key: &str) -> Result<Arc<Node>> {
+        let tag = hash_tag(redis_key.as_bytes());
+        self.home
+            .index_for(tag)
+            .map(|i| Arc::clone(&self.nodes[i]))
+            .ok_or_else(|| Error::new(ErrorKind::InvalidConfig, "a sharded store with no shard"))
     }
 
     /// The live node for a key. A node whose breaker is open is ejected from

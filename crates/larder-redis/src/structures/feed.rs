@@ -81,7 +81,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> Feed<T, C> {
         let ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let (len,): (u64,) = self
             .store
-            .run_on(
+            .run_home(
                 &key,
                 Cmd::Pipeline,
                 false,
@@ -124,7 +124,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> Feed<T, C> {
         let key = self.key(owner)?;
         let raw: Vec<Vec<u8>> = self
             .store
-            .run_on(&key, Cmd::Other, true, "LRANGE", |mut c| {
+            .run_home(&key, Cmd::Other, true, "LRANGE", |mut c| {
                 let key = &key;
                 async move {
                     redis::cmd("LRANGE")
@@ -150,7 +150,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> Feed<T, C> {
     pub async fn len(&self, owner: &str) -> Result<u64> {
         let key = self.key(owner)?;
         self.store
-            .run_on(&key, Cmd::Other, true, "LLEN", |mut c| {
+            .run_home(&key, Cmd::Other, true, "LLEN", |mut c| {
                 let key = &key;
                 async move { redis::cmd("LLEN").arg(key).query_async(&mut c).await }
             })

@@ -110,7 +110,7 @@ impl<T: Serialize + DeserializeOwned> HashObject<T> {
             map.into_iter().map(|(k, v)| (k, v.to_string())).collect();
         let ttl = ttl.map(ms).transpose()?;
         self.store
-            .run_on(&key, Cmd::Pipeline, true, "DEL+HSET+PEXPIRE", |mut c| {
+            .run_home(&key, Cmd::Pipeline, true, "DEL+HSET+PEXPIRE", |mut c| {
                 let (key, fields) = (&key, &fields);
                 async move {
                     let mut p = redis::pipe();
@@ -131,7 +131,7 @@ impl<T: Serialize + DeserializeOwned> HashObject<T> {
         let key = self.key(id)?;
         let raw: HashMap<String, String> = self
             .store
-            .run_on(&key, Cmd::Other, true, "HGETALL", |mut c| {
+            .run_home(&key, Cmd::Other, true, "HGETALL", |mut c| {
                 let key = &key;
                 async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
             })
@@ -165,7 +165,7 @@ impl<T: Serialize + DeserializeOwned> HashObject<T> {
         let key = self.key(id)?;
         let raw: Vec<Option<String>> = self
             .store
-            .run_on(&key, Cmd::Other, true, "HMGET", |mut c| {
+            .run_home(&key, Cmd::Other, true, "HMGET", |mut c| {
                 let key = &key;
                 async move {
                     redis::cmd("HMGET")
@@ -197,7 +197,7 @@ impl<T: Serialize + DeserializeOwned> HashObject<T> {
             .map_err(|e| Error::with_source(ErrorKind::Encode, "could not encode the field", e))?;
         let n: i64 = self
             .store
-            .run_on(&key, Cmd::Script, true, "set-field script", |mut c| {
+            .run_home(&key, Cmd::Script, true, "set-field script", |mut c| {
                 let mut inv = SET_FIELD.key(&key);
                 inv.arg(field).arg(&json);
                 async move { inv.invoke_async(&mut c).await }
@@ -212,7 +212,7 @@ impl<T: Serialize + DeserializeOwned> HashObject<T> {
     pub async fn incr_field(&self, id: &str, field: &str, by: i64) -> Result<Option<i64>> {
         let key = self.key(id)?;
         self.store
-            .run_on(&key, Cmd::Script, false, "incr-field script", |mut c| {
+            .run_home(&key, Cmd::Script, false, "incr-field script", |mut c| {
                 let mut inv = INCR_FIELD.key(&key);
                 inv.arg(field).arg(by);
                 async move { inv.invoke_async(&mut c).await }
@@ -226,7 +226,7 @@ impl<T: Serialize + DeserializeOwned> HashObject<T> {
         let ms = ms(ttl)?;
         let n: i64 = self
             .store
-            .run_on(&key, Cmd::Other, true, "PEXPIRE", |mut c| {
+            .run_home(&key, Cmd::Other, true, "PEXPIRE", |mut c| {
                 let key = &key;
                 async move {
                     redis::cmd("PEXPIRE")
@@ -246,7 +246,7 @@ impl<T: Serialize + DeserializeOwned> HashObject<T> {
         let n: i64 = self
             .store
             // Not retried after a possibly lost reply (it would answer `false`).
-            .run_on(&key, Cmd::Del, false, "DEL", |mut c| {
+            .run_home(&key, Cmd::Del, false, "DEL", |mut c| {
                 let key = &key;
                 async move { redis::cmd("DEL").arg(key).query_async(&mut c).await }
             })

@@ -95,7 +95,7 @@ impl<C: Codec> Leaderboard<C> {
     pub async fn set_score(&self, member: &str, score: f64) -> Result<()> {
         larder_core::validate_key(member)?;
         self.store
-            .run_on(&self.key, Cmd::Other, true, "ZADD", |mut c| async move {
+            .run_home(&self.key, Cmd::Other, true, "ZADD", |mut c| async move {
                 redis::cmd("ZADD")
                     .arg(&self.key)
                     .arg(score)
@@ -110,7 +110,7 @@ impl<C: Codec> Leaderboard<C> {
     pub async fn incr_score(&self, member: &str, by: f64) -> Result<f64> {
         larder_core::validate_key(member)?;
         self.store
-            .run_on(
+            .run_home(
                 &self.key,
                 Cmd::Other,
                 false,
@@ -130,7 +130,7 @@ impl<C: Codec> Leaderboard<C> {
     /// A member's score, if it is on the board.
     pub async fn score(&self, member: &str) -> Result<Option<f64>> {
         self.store
-            .run_on(&self.key, Cmd::Other, true, "ZSCORE", |mut c| async move {
+            .run_home(&self.key, Cmd::Other, true, "ZSCORE", |mut c| async move {
                 redis::cmd("ZSCORE")
                     .arg(&self.key)
                     .arg(member)
@@ -143,7 +143,7 @@ impl<C: Codec> Leaderboard<C> {
     /// A member's rank (0 = highest score), if it is on the board.
     pub async fn rank(&self, member: &str) -> Result<Option<u64>> {
         self.store
-            .run_on(
+            .run_home(
                 &self.key,
                 Cmd::Other,
                 true,
@@ -162,7 +162,7 @@ impl<C: Codec> Leaderboard<C> {
     /// Members on the board.
     pub async fn len(&self) -> Result<u64> {
         self.store
-            .run_on(&self.key, Cmd::Other, true, "ZCARD", |mut c| async move {
+            .run_home(&self.key, Cmd::Other, true, "ZCARD", |mut c| async move {
                 redis::cmd("ZCARD").arg(&self.key).query_async(&mut c).await
             })
             .await
@@ -176,7 +176,7 @@ impl<C: Codec> Leaderboard<C> {
     async fn range(&self, start: u64, stop: u64) -> Result<Vec<Ranked>> {
         let flat: Vec<(String, f64)> = self
             .store
-            .run_on(
+            .run_home(
                 &self.key,
                 Cmd::Other,
                 true,
@@ -226,7 +226,7 @@ impl<C: Codec> Leaderboard<C> {
     pub async fn remove(&self, member: &str) -> Result<bool> {
         let (removed, _): (u64, u64) = self
             .store
-            .run_on(
+            .run_home(
                 &self.key,
                 Cmd::Pipeline,
                 true,
@@ -252,7 +252,7 @@ impl<C: Codec> Leaderboard<C> {
     pub async fn set_details<T: Serialize>(&self, member: &str, details: &T) -> Result<()> {
         let bytes = self.codec.encode(details)?;
         self.store
-            .run_on(&self.key, Cmd::Other, true, "HSET", |mut c| {
+            .run_home(&self.key, Cmd::Other, true, "HSET", |mut c| {
                 let bytes = &bytes;
                 async move {
                     redis::cmd("HSET")
@@ -278,7 +278,7 @@ impl<C: Codec> Leaderboard<C> {
         }
         let flat: Vec<redis::Value> = self
             .store
-            .run_on(
+            .run_home(
                 &self.key,
                 Cmd::Script,
                 true,

@@ -252,7 +252,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
     pub async fn push(&self, item: &T) -> Result<u64> {
         let bytes = self.codec.encode(item)?;
         self.store
-            .run_on(&self.ready, Cmd::Script, false, "queue push", |mut c| {
+            .run_home(&self.ready, Cmd::Script, false, "queue push", |mut c| {
                 let mut inv = PUSH.key(&self.ready);
                 inv.key(&self.seq).key(&self.notify).arg(&bytes);
                 async move { inv.invoke_async(&mut c).await }
@@ -286,7 +286,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
                 self.store.count_corrupt(&self.ready);
                 let _: i64 = self
                     .store
-                    .run_on(&self.ready, Cmd::Script, true, "queue bury", |mut c| {
+                    .run_home(&self.ready, Cmd::Script, true, "queue bury", |mut c| {
                         let mut inv = BURY.key(&self.processing);
                         inv.key(&self.leases)
                             .key(&self.tokens)
@@ -310,7 +310,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
         let deadline = self.deadline_ms();
         let (taken, raw, token): (i64, Vec<u8>, u64) = self
             .store
-            .run_on(&self.ready, Cmd::Script, false, "queue take", |mut c| {
+            .run_home(&self.ready, Cmd::Script, false, "queue take", |mut c| {
                 let mut inv = TAKE.key(&self.ready);
                 inv.key(&self.processing)
                     .key(&self.leases)
@@ -376,7 +376,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
     /// node's breaker and stats, within `connect_timeout + wait +
     /// response_timeout`, never resent. Reads, never takes.
     async fn wait_for_push(&self, last: &str, wait: Duration) -> Result<()> {
-        let node = self.store.node_for(&self.ready)?;
+        let node = self.store.home_node_for(&self.ready)?;
         let config = self.store.config();
         // BLOCK 0 would wait for ever: at least 1 ms.
         let block_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -434,7 +434,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
             .store
             // Not retried after a possibly lost reply: the retry would find
             // the item gone and answer `false` for an ack that worked.
-            .run_on(&self.ready, Cmd::Script, false, "queue ack", |mut c| {
+            .run_home(&self.ready, Cmd::Script, false, "queue ack", |mut c| {
                 let mut inv = ACK.key(&self.processing);
                 inv.key(&self.leases)
                     .key(&self.tokens)
@@ -452,7 +452,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
         let now = self.store.clock().unix_millis();
         let vis = u64::try_from(self.visibility.as_millis()).unwrap_or(u64::MAX);
         self.store
-            .run_on(&self.ready, Cmd::Script, false, "queue requeue", |mut c| {
+            .run_home(&self.ready, Cmd::Script, false, "queue requeue", |mut c| {
                 let mut inv = REQUEUE.key(&self.ready);
                 inv.key(&self.processing)
                     .key(&self.leases)
@@ -468,7 +468,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
     /// Items waiting (not taken).
     pub async fn len(&self) -> Result<u64> {
         self.store
-            .run_on(&self.ready, Cmd::Other, true, "LLEN", |mut c| async move {
+            .run_home(&self.ready, Cmd::Other, true, "LLEN", |mut c| async move {
                 redis::cmd("LLEN")
                     .arg(&self.ready)
                     .query_async(&mut c)
@@ -487,7 +487,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
     /// with [`RedisStore::command`]).
     pub async fn dead_letters(&self) -> Result<u64> {
         self.store
-            .run_on(&self.ready, Cmd::Other, true, "LLEN", |mut c| async move {
+            .run_home(&self.ready, Cmd::Other, true, "LLEN", |mut c| async move {
                 redis::cmd("LLEN").arg(&self.dead).query_async(&mut c).await
             })
             .await
@@ -496,7 +496,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
     /// Items taken and not yet acknowledged.
     pub async fn in_flight(&self) -> Result<u64> {
         self.store
-            .run_on(&self.ready, Cmd::Other, true, "LLEN", |mut c| async move {
+            .run_home(&self.ready, Cmd::Other, true, "LLEN", |mut c| async move {
                 redis::cmd("LLEN")
                     .arg(&self.processing)
                     .query_async(&mut c)

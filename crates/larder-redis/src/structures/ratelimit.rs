@@ -204,7 +204,7 @@ impl RateLimiter {
                 let ttl = (index + 1) * w - now_ms;
                 let (ok, count): (i64, u64) = self
                     .store
-                    .run_on(&key, Cmd::Script, false, "fixed-window limiter", |mut c| {
+                    .run_home(&key, Cmd::Script, false, "fixed-window limiter", |mut c| {
                         let mut inv = FIXED.key(&key);
                         inv.arg(cost).arg(ttl).arg(limit);
                         async move { inv.invoke_async(&mut c).await }
@@ -221,7 +221,7 @@ impl RateLimiter {
                 let seq = ks.helper_key(&tag, "seq")?;
                 let (ok, count, retry): (i64, u64, u64) = self
                     .store
-                    .run_on(
+                    .run_home(
                         &key,
                         Cmd::Script,
                         false,
@@ -253,7 +253,7 @@ impl RateLimiter {
                 let now_us = now_ms.saturating_mul(1000);
                 let (ok, remaining, retry_us): (i64, u64, u64) = self
                     .store
-                    .run_on(&key, Cmd::Script, false, "token-bucket limiter", |mut c| {
+                    .run_home(&key, Cmd::Script, false, "token-bucket limiter", |mut c| {
                         let mut inv = GCRA.key(&key);
                         inv.arg(now_us).arg(t_us).arg(burst).arg(cost);
                         async move { inv.invoke_async(&mut c).await }

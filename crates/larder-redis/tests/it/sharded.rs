@@ -129,3 +129,62 @@ async fn shards_can_be_added_and_removed_at_run_time() {
     s.set("x", b"1", T).await.unwrap();
     s.ping().await.unwrap();
 }
+
+/// Helpers hold data of record (a queue, a leaderboard, limiter counters):
+/// on a sharded store they stay on their home shard and fail, typed, while
+/// it is down; nothing is written to a stand-in shard that would be
+/// forgotten when the home shard comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helpers_stay_on_their_home_shard_while_it_is_down() {
+    use larder_redis::{Leaderboard, WorkQueue};
+    use larder_testkit::FaultProxy;
+
+    let masters = tokio::task::spawn_blocking(|| start_masters(3).unwrap())
+        .await
+        .unwrap();
+    let proxies: Vec<FaultProxy> = masters
+        .iter()
+        .map(|m| FaultProxy::start(m.addr()).unwrap())
+        .collect();
+    let clock = MockClock::new();
+    let cfg = quick_config(Topology::Sharded(
+        proxies.iter().map(FaultProxy::url).collect(),
+    ))
+    .breaker(BreakerConfig::new(2, Duration::from_secs(10)))
+    .build()
+    .unwrap();
+    let s = RedisStore::with_clock(cfg, clock.shared()).unwrap();
+    let q: WorkQueue<u32> = WorkQueue::new(&s, "orders", T).unwrap();
+    let board: Leaderboard = Leaderboard::new(&s, "weekly").unwrap();
+    // A helper's keys share the hash tag of the user key that spells it.
+    let q_home = s.shard_of("queue:orders").unwrap().0;
+    q.push(&1).await.unwrap();
+    board.set_score("ann", 1.0).await.unwrap();
+
+    // The queue's home shard goes away; two failures open its breaker.
+    proxies[q_home].set_refusing(true);
+    proxies[q_home].cut_all();
+    for _ in 0..2 {
+        let e = q.push(&2).await.unwrap_err();
+        assert!(e.is_backend_unavailable(), "{e}");
+    }
+    assert_eq!(s.breaker_states()[q_home].1, BreakerState::Open);
+    // With the breaker open, a cache key would fail over; the queue does not.
+    for _ in 0..3 {
+        match q.push(&3).await {
+            Err(e) => assert!(e.is_backend_unavailable(), "{e}"),
+            Ok(_) => panic!("a push while the queue's home shard is down went to another shard"),
+        }
+    }
+    let board_home = s.shard_of("board:weekly").unwrap().0;
+    if board_home == q_home {
+        assert!(board.set_score("bob", 2.0).await.is_err());
+    }
+
+    // The home shard returns: everything the queue ever accepted is there.
+    proxies[q_home].set_refusing(false);
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(q.try_pop().await.unwrap().unwrap().item, 1);
+    assert!(q.try_pop().await.unwrap().is_none());
+    assert_eq!(board.len().await.unwrap(), 1);
+}
