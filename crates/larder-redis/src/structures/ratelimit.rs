@@ -49,7 +49,9 @@ pub struct RateDecision {
     pub allowed: bool,
     /// How many more requests would be allowed right now.
     pub remaining: u64,
-    /// When denied: how long until this request would be allowed.
+    /// When denied: how long until this request would be allowed (rounded
+    /// up to whole milliseconds: waiting exactly this long is enough, if
+    /// nobody else takes the room first).
     pub retry_after: Option<Duration>,
 }
 
@@ -95,7 +97,9 @@ return {1, count + cost, 0}
     )
 });
 
-/// GCRA in microseconds: TAT = theoretical arrival time.
+/// GCRA in microseconds: TAT = theoretical arrival time. `retry_after` is
+/// rounded up to whole milliseconds (never down: a caller that waits
+/// exactly that long is allowed).
 static GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -110,7 +114,7 @@ local allow_at = new_tat - t * burst
 if now < allow_at then
   local remaining = math.floor((now - (tat - t * burst)) / t)
   if remaining < 0 then remaining = 0 end
-  return {0, remaining, allow_at - now}
+  return {0, remaining, math.ceil((allow_at - now) / 1000)}
 end
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 return {1, math.floor((now - allow_at) / t), 0}
@@ -184,13 +188,27 @@ impl RateLimiter {
         self.check_n(id, 1).await
     }
 
-    /// Takes `cost` requests for `id` at once (all or nothing).
+    /// Takes `cost` requests for `id` at once (all or nothing). A cost above
+    /// what the limit can ever allow at once (`limit`, or the bucket's
+    /// `burst`) is refused with [`ErrorKind::InvalidArgument`], not answered
+    /// with a `retry_after` that would never come true.
     pub async fn check_n(&self, id: &str, cost: u64) -> Result<RateDecision> {
         check_part("limiter id", id)?;
         if cost == 0 {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "cost must be at least 1",
+            ));
+        }
+        let most = match self.limit {
+            RateLimit::FixedWindow { limit, .. } | RateLimit::SlidingWindow { limit, .. } => limit,
+            RateLimit::TokenBucket { burst, .. } => burst,
+        };
+        if cost > most {
+            // It could never pass: a finite retry_after would be a lie.
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("a cost of {cost} is above this limiter's most at once ({most})"),
             ));
         }
         let tag = format!("rate:{}:{id}", self.name);
@@ -251,7 +269,7 @@ impl RateLimiter {
                 let key = ks.helper_key(&tag, "tat")?;
                 let t_us = (period.as_micros() as f64 / rate as f64).max(1.0);
                 let now_us = now_ms.saturating_mul(1000);
-                let (ok, remaining, retry_us): (i64, u64, u64) = self
+                let (ok, remaining, retry_ms): (i64, u64, u64) = self
                     .store
                     .run_home(&key, Cmd::Script, false, "token-bucket limiter", |mut c| {
                         let mut inv = GCRA.key(&key);
@@ -262,7 +280,7 @@ impl RateLimiter {
                 Ok(RateDecision {
                     allowed: ok == 1,
                     remaining,
-                    retry_after: (ok != 1).then(|| Duration::from_micros(retry_us)),
+                    retry_after: (ok != 1).then(|| Duration::from_millis(retry_ms)),
                 })
             }
         }

@@ -6,6 +6,7 @@ mod deadline;
 mod escape;
 mod faults;
 mod keys;
+mod limits;
 mod locale;
 mod lost_reply;
 mod queue;
