@@ -79,6 +79,24 @@ impl RetryPolicy {
     }
 }
 
+/// Whose clock the data-structure helpers read for leases (the work
+/// queue's visibility timeout) and rate limits.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HelperClock {
+    /// The Redis server's `TIME`, read inside each script (the default):
+    /// one clock for every client, so a client whose clock is off cannot
+    /// expire another worker's lease early or push a limit ahead for
+    /// everyone. On a Cluster or a sharded store each key reads the clock
+    /// of the node that holds it.
+    #[default]
+    Server,
+    /// The store's [`larder_core::Clock`] (`RedisStore::with_clock`): for
+    /// tests that drive leases and limits with a `MockClock`. Every client
+    /// must then keep its clock in sync.
+    Store,
+}
+
 /// Everything a [`crate::RedisStore`] needs. Built with [`RedisConfig::builder`]
 /// or parsed with [`RedisConfig::from_url`]. `Debug` never shows passwords.
 #[derive(Debug, Clone)]
@@ -90,6 +108,7 @@ pub struct RedisConfig {
     pub(crate) retry: RetryPolicy,
     pub(crate) breaker: BreakerConfig,
     pub(crate) auto_batch: Option<usize>,
+    pub(crate) helper_clock: HelperClock,
     #[cfg_attr(not(feature = "tls"), allow(dead_code))] // read only with `tls`
     pub(crate) tls_root_cert: Option<Vec<u8>>,
 }
@@ -112,6 +131,7 @@ impl RedisConfig {
                 retry: RetryPolicy::default(),
                 breaker: BreakerConfig::default(),
                 auto_batch: None,
+                helper_clock: HelperClock::Server,
                 tls_root_cert: None,
             },
             namespace: None,
@@ -173,6 +193,13 @@ impl RedisConfigBuilder {
     /// Off by default.
     pub fn auto_batch(mut self, max_batch: usize) -> Self {
         self.config.auto_batch = Some(max_batch.max(1));
+        self
+    }
+
+    /// Whose clock the helpers' leases and limits read (default: the
+    /// server's `TIME`).
+    pub fn helper_clock(mut self, clock: HelperClock) -> Self {
+        self.config.helper_clock = clock;
         self
     }
 

@@ -15,7 +15,7 @@ mod versioned;
 pub use redis;
 
 pub use breaker::{BreakerConfig, BreakerState};
-pub use config::{RedisConfig, RedisConfigBuilder, RetryPolicy, Topology, redact};
+pub use config::{HelperClock, RedisConfig, RedisConfigBuilder, RetryPolicy, Topology, redact};
 pub use store::{KeyTtl, RedisStore};
 pub use structures::{
     Delivery, Feed, HashObject, Leaderboard, Ranked, RateDecision, RateLimit, RateLimiter,

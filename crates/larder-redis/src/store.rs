@@ -156,8 +156,14 @@ impl RedisStore {
         &self.inner.config
     }
 
-    pub(crate) fn clock(&self) -> &SharedClock {
-        &self.inner.clock
+    /// The `now` argument of a helper's script: empty for the server's
+    /// `TIME` (read inside the script), else the store clock's Unix
+    /// milliseconds.
+    pub(crate) fn helper_now_arg(&self) -> String {
+        match self.inner.config.helper_clock {
+            crate::config::HelperClock::Server => String::new(),
+            crate::config::HelperClock::Store => self.inner.clock.unix_millis().to_string(),
+        }
     }
 
     /// The node that owns a Redis key (by its hash tag, like Cluster).

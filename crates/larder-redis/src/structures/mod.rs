@@ -8,6 +8,26 @@
 //! the cache and no other helper's key can land. Names hold no `:`, so
 //! `kind:name:id` splits one way only.
 
+/// Lua: `clock_ms(arg)` and `clock_us(arg)`, the time of a helper's
+/// script: the server's `TIME` when `arg` (the script's `now` argument) is
+/// empty, else `arg`, the store clock's Unix milliseconds.
+macro_rules! clock_lua {
+    () => {
+        r"
+local function clock_ms(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function clock_us(arg)
+  if arg ~= '' then return tonumber(arg) * 1000 end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+"
+    };
+}
+
 mod feed;
 mod hash;
 mod leaderboard;

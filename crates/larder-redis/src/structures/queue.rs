@@ -45,15 +45,16 @@ return id
     )
 });
 
-/// KEYS ready, processing, leases, tokens, seq, notify; ARGV lease
-/// deadline. The only way an item is taken: moves the oldest item, leases
+/// KEYS ready, processing, leases, tokens, seq, notify; ARGV now (empty:
+/// the server's `TIME`), visibility in ms. The only way an item is taken: moves the oldest item, leases
 /// it and gives this delivery its own token (from the id sequence), in one
 /// step, so no item is ever in processing without a lease and a token.
 /// Returns `{1, item, token}`, or `{0, last notify id, 0}` when the queue
 /// is empty: a `pop` then waits for a notify entry after that id, which a
 /// push made after this take is sure to add.
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        clock_lua!(),
         r"
 local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
 if not item then
@@ -64,11 +65,11 @@ if not item then
   return {0, '0-0', 0}
 end
 local token = redis.call('INCR', KEYS[5])
-redis.call('ZADD', KEYS[3], ARGV[1], item)
+redis.call('ZADD', KEYS[3], clock_ms(ARGV[1]) + tonumber(ARGV[2]), item)
 redis.call('HSET', KEYS[4], item, token)
 return {1, item, token}
-",
-    )
+"
+    ))
 });
 
 /// KEYS processing, leases, tokens; ARGV item, token. Removes the item only
@@ -106,13 +107,15 @@ return 1
     )
 });
 
-/// KEYS ready, processing, leases, tokens, notify; ARGV now, visibility. Gives a lease to
+/// KEYS ready, processing, leases, tokens, notify; ARGV now (empty: the
+/// server's `TIME`), visibility in ms. Gives a lease to
 /// items in processing that have none (their worker died between BLMOVE and
 /// the lease), then moves items whose lease expired back to the head of ready.
 static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        clock_lua!(),
         r"
-local now = tonumber(ARGV[1])
+local now = clock_ms(ARGV[1])
 local vis = tonumber(ARGV[2])
 for _, item in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
   if not redis.call('ZSCORE', KEYS[3], item) then
@@ -132,8 +135,8 @@ if moved > 0 then
   redis.call('XADD', KEYS[5], 'MAXLEN', '1', '*', 'n', '1')
 end
 return moved
-",
-    )
+"
+    ))
 });
 
 /// A reliable work queue: an item moves atomically from `ready` to
@@ -243,9 +246,8 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
         })
     }
 
-    fn deadline_ms(&self) -> u64 {
-        self.store.clock().unix_millis()
-            + u64::try_from(self.visibility.as_millis()).unwrap_or(u64::MAX)
+    fn visibility_ms(&self) -> u64 {
+        u64::try_from(self.visibility.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Adds an item; its id.
@@ -307,7 +309,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
 
     /// One run of the take script: the delivery, or the last notify id.
     async fn take(&self) -> Result<Taken<T>> {
-        let deadline = self.deadline_ms();
+        let (now, vis) = (self.store.helper_now_arg(), self.visibility_ms());
         let (taken, raw, token): (i64, Vec<u8>, u64) = self
             .store
             .run_home(&self.ready, Cmd::Script, false, "queue take", |mut c| {
@@ -317,7 +319,8 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
                     .key(&self.tokens)
                     .key(&self.seq)
                     .key(&self.notify)
-                    .arg(deadline);
+                    .arg(&now)
+                    .arg(vis);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;
@@ -449,8 +452,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
     /// Moves items whose visibility timeout has passed back to the front of
     /// the queue; how many moved. Call it periodically from any worker.
     pub async fn requeue_expired(&self) -> Result<u64> {
-        let now = self.store.clock().unix_millis();
-        let vis = u64::try_from(self.visibility.as_millis()).unwrap_or(u64::MAX);
+        let (now, vis) = (self.store.helper_now_arg(), self.visibility_ms());
         self.store
             .run_home(&self.ready, Cmd::Script, false, "queue requeue", |mut c| {
                 let mut inv = REQUEUE.key(&self.ready);
@@ -458,7 +460,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
                     .key(&self.leases)
                     .key(&self.tokens)
                     .key(&self.notify)
-                    .arg(now)
+                    .arg(&now)
                     .arg(vis);
                 async move { inv.invoke_async(&mut c).await }
             })

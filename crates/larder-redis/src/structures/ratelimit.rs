@@ -55,25 +55,40 @@ pub struct RateDecision {
     pub retry_after: Option<Duration>,
 }
 
+/// KEYS window hash; ARGV now (empty: the server's `TIME`), window ms,
+/// cost, limit. One hash per id holds the current window's index and
+/// count, so the window is picked by the script's clock. Returns `{allowed,
+/// count, retry ms}`.
 static FIXED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        clock_lua!(),
         r"
-local cost = tonumber(ARGV[1])
-local n = redis.call('INCRBY', KEYS[1], cost)
-if n == cost then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if n > tonumber(ARGV[3]) then
-  redis.call('DECRBY', KEYS[1], cost)
-  return {0, n - cost}
+local now = clock_ms(ARGV[1])
+local w = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+local index = math.floor(now / w)
+local ends = (index + 1) * w
+local cur = redis.call('HMGET', KEYS[1], 'w', 'n')
+local n = 0
+if tonumber(cur[1]) == index then n = tonumber(cur[2]) end
+if n + cost > limit then
+  return {0, n, ends - now}
 end
-return {1, n}
-",
-    )
+redis.call('HSET', KEYS[1], 'w', string.format('%.0f', index), 'n', n + cost)
+redis.call('PEXPIRE', KEYS[1], ends - now)
+return {1, n + cost, 0}
+"
+    ))
 });
 
+/// KEYS log zset, seq; ARGV now (empty: the server's `TIME`), window ms,
+/// limit, cost. Returns `{allowed, count, retry ms}`.
 static SLIDING: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        clock_lua!(),
         r"
-local now = tonumber(ARGV[1])
+local now = clock_ms(ARGV[1])
 local window = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local cost = tonumber(ARGV[4])
@@ -93,17 +108,19 @@ end
 redis.call('PEXPIRE', KEYS[1], window)
 redis.call('PEXPIRE', KEYS[2], window)
 return {1, count + cost, 0}
-",
-    )
+"
+    ))
 });
 
-/// GCRA in microseconds: TAT = theoretical arrival time. `retry_after` is
-/// rounded up to whole milliseconds (never down: a caller that waits
-/// exactly that long is allowed).
+/// GCRA in microseconds: TAT = theoretical arrival time. KEYS tat; ARGV now
+/// (empty: the server's `TIME`, read to the microsecond), interval in us,
+/// burst, cost. `retry_after` is rounded up to whole milliseconds (never
+/// down: a caller that waits exactly that long is allowed).
 static GCRA: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        clock_lua!(),
         r"
-local now = tonumber(ARGV[1])
+local now = clock_us(ARGV[1])
 local t = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
 local cost = tonumber(ARGV[4])
@@ -118,14 +135,14 @@ if now < allow_at then
 end
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 return {1, math.floor((now - allow_at) / t), 0}
-",
-    )
+"
+    ))
 });
 
 /// A distributed rate limiter: every instance of a service that uses the
-/// same name shares the limit. Time comes from the store's clock (all
-/// instances must keep their clocks in sync, e.g. NTP); each decision is
-/// one atomic script.
+/// same name shares the limit. Time is the Redis server's `TIME`, read
+/// inside the script (or the store's clock with
+/// [`crate::HelperClock::Store`]); each decision is one atomic script.
 ///
 /// ```no_run
 /// # async fn demo(store: larder_redis::RedisStore) -> larder_core::Result<()> {
@@ -213,25 +230,22 @@ impl RateLimiter {
         }
         let tag = format!("rate:{}:{id}", self.name);
         let ks = self.store.keyspace();
-        let now_ms = self.store.clock().unix_millis();
+        let now = self.store.helper_now_arg();
         match self.limit {
             RateLimit::FixedWindow { limit, window } => {
-                let w = ms(window);
-                let index = now_ms / w;
-                let key = ks.helper_key(&tag, &format!("fixed.{index}"))?;
-                let ttl = (index + 1) * w - now_ms;
-                let (ok, count): (i64, u64) = self
+                let key = ks.helper_key(&tag, "fixed")?;
+                let (ok, count, retry): (i64, u64, u64) = self
                     .store
                     .run_home(&key, Cmd::Script, false, "fixed-window limiter", |mut c| {
                         let mut inv = FIXED.key(&key);
-                        inv.arg(cost).arg(ttl).arg(limit);
+                        inv.arg(&now).arg(ms(window)).arg(cost).arg(limit);
                         async move { inv.invoke_async(&mut c).await }
                     })
                     .await?;
                 Ok(RateDecision {
                     allowed: ok == 1,
                     remaining: limit.saturating_sub(count),
-                    retry_after: (ok != 1).then(|| Duration::from_millis(ttl)),
+                    retry_after: (ok != 1).then(|| Duration::from_millis(retry)),
                 })
             }
             RateLimit::SlidingWindow { limit, window } => {
@@ -246,11 +260,7 @@ impl RateLimiter {
                         "sliding-window limiter",
                         |mut c| {
                             let mut inv = SLIDING.key(&key);
-                            inv.key(&seq)
-                                .arg(now_ms)
-                                .arg(ms(window))
-                                .arg(limit)
-                                .arg(cost);
+                            inv.key(&seq).arg(&now).arg(ms(window)).arg(limit).arg(cost);
                             async move { inv.invoke_async(&mut c).await }
                         },
                     )
@@ -268,12 +278,11 @@ impl RateLimiter {
             } => {
                 let key = ks.helper_key(&tag, "tat")?;
                 let t_us = (period.as_micros() as f64 / rate as f64).max(1.0);
-                let now_us = now_ms.saturating_mul(1000);
                 let (ok, remaining, retry_ms): (i64, u64, u64) = self
                     .store
                     .run_home(&key, Cmd::Script, false, "token-bucket limiter", |mut c| {
                         let mut inv = GCRA.key(&key);
-                        inv.arg(now_us).arg(t_us).arg(burst).arg(cost);
+                        inv.arg(&now).arg(t_us).arg(burst).arg(cost);
                         async move { inv.invoke_async(&mut c).await }
                     })
                     .await?;

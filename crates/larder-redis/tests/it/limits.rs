@@ -107,3 +107,63 @@ async fn a_cost_that_can_never_pass_is_refused_up_front() {
         assert!(rl.check_n("u", most).await.unwrap().allowed, "{limit:?}");
     }
 }
+
+/// Leases and limits read the server's clock, not the caller's: a client
+/// whose clock runs ahead neither lets itself through a limit nor expires
+/// another worker's lease. The skew (20 years) is larger than every window
+/// (10 years), and the windows are so long that the test never straddles a
+/// boundary of the server's clock.
+#[tokio::test]
+async fn a_fast_client_clock_decides_nothing() {
+    use larder_core::MockClock;
+    use larder_redis::{RedisStore, Topology, WorkQueue};
+
+    let server = RedisServer::start().unwrap();
+    let at = |unix_ms: u64| {
+        let cfg = crate::quick_config(Topology::Standalone(server.url()))
+            .build()
+            .unwrap();
+        RedisStore::with_clock(cfg, MockClock::at_unix_millis(unix_ms).shared()).unwrap()
+    };
+    let now = MockClock::DEFAULT_UNIX_MS;
+    let slow = at(now);
+    let fast = at(now + 20 * 365 * 86_400_000);
+    let decade = Duration::from_secs(10 * 365 * 86_400);
+    let limits = [
+        RateLimit::TokenBucket {
+            rate: 1,
+            period: decade,
+            burst: 1,
+        },
+        RateLimit::SlidingWindow {
+            limit: 1,
+            window: decade,
+        },
+        RateLimit::FixedWindow {
+            limit: 1,
+            window: decade,
+        },
+    ];
+    for limit in limits {
+        let a = RateLimiter::new(&slow, "shared", limit).unwrap();
+        let b = RateLimiter::new(&fast, "shared", limit).unwrap();
+        let id = format!("{limit:?}").replace(['{', '}'], "");
+        assert!(a.check(&id).await.unwrap().allowed, "{limit:?}");
+        assert!(
+            !b.check(&id).await.unwrap().allowed,
+            "{limit:?}: a client 20 years ahead got a second request through"
+        );
+        assert!(!a.check(&id).await.unwrap().allowed, "{limit:?}");
+    }
+
+    let q_slow: WorkQueue<u32> = WorkQueue::new(&slow, "jobs", Duration::from_secs(3_600)).unwrap();
+    let q_fast: WorkQueue<u32> = WorkQueue::new(&fast, "jobs", Duration::from_secs(3_600)).unwrap();
+    q_slow.push(&1).await.unwrap();
+    let d = q_slow.try_pop().await.unwrap().unwrap();
+    assert_eq!(
+        q_fast.requeue_expired().await.unwrap(),
+        0,
+        "a client 20 years ahead expired a lease taken a moment ago"
+    );
+    assert!(q_slow.ack(&d).await.unwrap());
+}

@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use larder_core::MockClock;
 use larder_redis::{
-    Feed, HashObject, Leaderboard, RateLimit, RateLimiter, RedisStore, Topology, WorkQueue,
+    Feed, HashObject, HelperClock, Leaderboard, RateLimit, RateLimiter, RedisStore, Topology,
+    WorkQueue,
 };
 use larder_testkit::RedisServer;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ pub(crate) fn mocked(server: &RedisServer) -> (RedisStore, MockClock) {
     // Start on a whole second so window arithmetic below is easy to read.
     let clock = MockClock::at_unix_millis(1_700_000_000_000);
     let cfg = quick_config(Topology::Standalone(server.url()))
+        .helper_clock(HelperClock::Store)
         .build()
         .unwrap();
     (RedisStore::with_clock(cfg, clock.shared()).unwrap(), clock)
