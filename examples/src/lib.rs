@@ -1,7 +1,8 @@
 //! Runnable examples of Larder live in `examples/examples/`; run one with
 //! `cargo run --release --example <name>`. This library holds what several
 //! of them share: a real SQLite catalogue ([`shop::Db`]) and a Zipf
-//! popularity sampler ([`shop::Zipf`]).
+//! popularity sampler ([`shop::Zipf`]), and a minimal HTTP/1.1 client
+//! ([`http`]) for the examples that serve HTTP and the tests that call them.
 
 pub mod shop {
     //! A shop's catalogue in an embedded SQLite database: products with a
@@ -156,6 +157,16 @@ pub mod shop {
                     .optional()
             })
         }
+
+        /// Sets a product's price (blocking): `false` if there is no such
+        /// product (nothing written).
+        pub fn update_price(&self, id: u64, price_cents: i64) -> Result<bool> {
+            self.with_conn(|c| {
+                c.prepare_cached("UPDATE products SET price_cents = ?2 WHERE id = ?1")?
+                    .execute(params![id as i64, price_cents])
+                    .map(|n| n == 1)
+            })
+        }
     }
 
     fn open(path: &Path) -> Result<Connection> {
@@ -242,5 +253,74 @@ pub mod shop {
             let u = rng.f64();
             self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1) as u64
         }
+    }
+}
+
+pub mod http {
+    //! A minimal blocking HTTP/1.1 client over `std::net::TcpStream`: one
+    //! request per connection (`Connection: close`), enough for the
+    //! examples' self-checks and the tests that call their HTTP endpoints.
+    //! Not a general client: no chunked encoding, no redirects, no TLS.
+
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    /// A response: the status code and the body as text.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Response {
+        /// The status code (200, 404, ...).
+        pub status: u16,
+        /// The `Content-Type` header, if any.
+        pub content_type: Option<String>,
+        /// The body.
+        pub body: String,
+    }
+
+    /// Sends `method path` with an optional JSON `body` to `addr` and reads
+    /// the whole response (the server closes the connection after it).
+    pub fn request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<Response> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        if let Some(b) = body {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                b.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body.unwrap_or(""));
+        stream.write_all(req.as_bytes())?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw)?;
+        parse(&raw).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not an HTTP response: {:?}", String::from_utf8_lossy(&raw)),
+            )
+        })
+    }
+
+    fn parse(raw: &[u8]) -> Option<Response> {
+        let text = String::from_utf8_lossy(raw);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let mut lines = head.lines();
+        let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let content_type = lines.find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        });
+        Some(Response {
+            status,
+            content_type,
+            body: body.to_owned(),
+        })
     }
 }

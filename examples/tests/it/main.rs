@@ -8,6 +8,7 @@ use std::process::Command;
 use larder_testkit::RedisServer;
 
 mod patterns;
+mod tutorial;
 
 /// The built example `name`, beside this test binary's directory
 /// (`target/<profile>/deps/it-*` -> `target/<profile>/examples/name`).
