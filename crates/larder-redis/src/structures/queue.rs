@@ -108,25 +108,31 @@ return 1
 });
 
 /// KEYS ready, processing, leases, tokens, notify; ARGV now (empty: the
-/// server's `TIME`), visibility in ms. Gives a lease to
-/// items in processing that have none (their worker died between BLMOVE and
-/// the lease), then moves items whose lease expired back to the head of ready.
+/// server's `TIME`), visibility in ms, batch. Bounded work per run (Redis
+/// runs a script to the end while every other client waits): gives a lease
+/// to items without one among the `batch` oldest in processing (written by
+/// hand, or by a version that leased after the move), then moves at most
+/// `batch` items whose lease expired back to the head of ready, each found
+/// by `LREM` from the tail, where the oldest items are. Returns `{moved,
+/// expired leases seen}`.
 static REQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         clock_lua!(),
         r"
 local now = clock_ms(ARGV[1])
 local vis = tonumber(ARGV[2])
-for _, item in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+local batch = tonumber(ARGV[3])
+for _, item in ipairs(redis.call('LRANGE', KEYS[2], -batch, -1)) do
   if not redis.call('ZSCORE', KEYS[3], item) then
     redis.call('ZADD', KEYS[3], now + vis, item)
   end
 end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, batch)
 local moved = 0
-for _, item in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+for _, item in ipairs(expired) do
   redis.call('ZREM', KEYS[3], item)
   redis.call('HDEL', KEYS[4], item)
-  if redis.call('LREM', KEYS[2], 1, item) > 0 then
+  if redis.call('LREM', KEYS[2], -1, item) > 0 then
     redis.call('RPUSH', KEYS[1], item)
     moved = moved + 1
   end
@@ -134,7 +140,7 @@ end
 if moved > 0 then
   redis.call('XADD', KEYS[5], 'MAXLEN', '1', '*', 'n', '1')
 end
-return moved
+return {moved, #expired}
 "
     ))
 });
@@ -451,20 +457,34 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
 
     /// Moves items whose visibility timeout has passed back to the front of
     /// the queue; how many moved. Call it periodically from any worker.
+    ///
+    /// Each script run handles at most 500 items (a run over 100,000
+    /// expired items would hold Redis long enough for it to answer `BUSY`
+    /// to everyone); this call runs it until a run finds fewer.
     pub async fn requeue_expired(&self) -> Result<u64> {
-        let (now, vis) = (self.store.helper_now_arg(), self.visibility_ms());
-        self.store
-            .run_home(&self.ready, Cmd::Script, false, "queue requeue", |mut c| {
-                let mut inv = REQUEUE.key(&self.ready);
-                inv.key(&self.processing)
-                    .key(&self.leases)
-                    .key(&self.tokens)
-                    .key(&self.notify)
-                    .arg(&now)
-                    .arg(vis);
-                async move { inv.invoke_async(&mut c).await }
-            })
-            .await
+        let mut total = 0;
+        loop {
+            let (now, vis) = (self.store.helper_now_arg(), self.visibility_ms());
+            let (moved, seen): (u64, u64) = self
+                .store
+                .run_home(&self.ready, Cmd::Script, false, "queue requeue", |mut c| {
+                    let mut inv = REQUEUE.key(&self.ready);
+                    inv.key(&self.processing)
+                        .key(&self.leases)
+                        .key(&self.tokens)
+                        .key(&self.notify)
+                        .arg(&now)
+                        .arg(vis)
+                        .arg(REQUEUE_BATCH);
+                    async move { inv.invoke_async(&mut c).await }
+                })
+                .await?;
+            total += moved;
+            // Every run removes the leases it saw, so this ends.
+            if seen < REQUEUE_BATCH {
+                return Ok(total);
+            }
+        }
     }
 
     /// Items waiting (not taken).
@@ -507,6 +527,9 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
             .await
     }
 }
+
+/// The most items one run of the requeue script handles.
+const REQUEUE_BATCH: u64 = 500;
 
 /// What one take found.
 enum Taken<T> {

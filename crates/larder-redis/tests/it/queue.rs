@@ -110,6 +110,56 @@ async fn a_cancelled_pop_takes_nothing() {
     assert!(worker.ack(&again).await.unwrap());
 }
 
+/// Reaping after a mass expiry is bounded work per script run: Redis runs a
+/// script to the end while every other client waits (and answers BUSY past
+/// `busy-reply-threshold`), so one run over every expired item is an
+/// outage on a large queue. Counted in runs, not timed: no run may handle
+/// more than 500 items.
+#[tokio::test]
+async fn requeue_after_a_mass_expiry_is_bounded_work_per_script_run() {
+    const N: u64 = 1_200;
+    let server = RedisServer::start().unwrap();
+    let (s, clock) = mocked(&server);
+    let q: WorkQueue<u64> = WorkQueue::new(&s, "mass", Duration::from_secs(10)).unwrap();
+    for i in 0..N {
+        q.push(&i).await.unwrap();
+    }
+    for _ in 0..N {
+        q.try_pop().await.unwrap().unwrap();
+    }
+    // Loads the script, so that every run below is one EVALSHA.
+    assert_eq!(q.requeue_expired().await.unwrap(), 0);
+    clock.advance(Duration::from_secs(10));
+    let mut c = server.client().get_connection().unwrap();
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
+    assert_eq!(q.requeue_expired().await.unwrap(), N);
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut c)
+        .unwrap();
+    let runs: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        runs >= N.div_ceil(500),
+        "{N} expired items were requeued by {runs} script run(s)"
+    );
+    assert_eq!(
+        (q.len().await.unwrap(), q.in_flight().await.unwrap()),
+        (N, 0)
+    );
+    // Each item back exactly once.
+    let mut back = Vec::new();
+    while let Some(d) = q.try_pop().await.unwrap() {
+        back.push(d.item);
+    }
+    back.sort_unstable();
+    assert_eq!(back, (0..N).collect::<Vec<_>>());
+}
+
 /// A gate: returns once the server reports at least `n` clients blocked
 /// in a blocking command (polled, at most 5,000 times).
 pub(crate) async fn blocked_clients(server: &RedisServer, n: u64) {
