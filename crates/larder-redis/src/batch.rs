@@ -10,8 +10,14 @@
 //! runtime. It stops when the last clone of the store is dropped; callers
 //! whose batch was in flight then get an `ErrorKind::Closed` error, never a
 //! hang.
+//!
+//! Each caller waits at most the worst case of one call of its own
+//! ([`Node::call_deadline`]), queueing included: behind a slow `MGET` and a
+//! long queue, it gets `ErrorKind::Timeout` rather than waiting for every
+//! batch ahead of it. A caller that gave up is left out of the next batch.
 
 use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+use std::time::Duration;
 
 use larder_core::{Error, ErrorKind, Result};
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +34,8 @@ type Pending = (Arc<Node>, mpsc::Receiver<Request>, usize);
 #[derive(Debug)]
 pub(crate) struct Batcher {
     tx: mpsc::Sender<Request>,
+    /// How long one caller waits, queueing included.
+    deadline: Duration,
     /// What the task needs, until the first `get` spawns it.
     pending: StdMutex<Option<Pending>>,
     /// Set once the task runs (one atomic load per `get` after that).
@@ -40,6 +48,7 @@ impl Batcher {
         let (tx, rx) = mpsc::channel::<Request>(max_batch.saturating_mul(16).max(64));
         Batcher {
             tx,
+            deadline: node.call_deadline(),
             pending: StdMutex::new(Some((node, rx, max_batch))),
             started: OnceLock::new(),
         }
@@ -68,7 +77,12 @@ impl Batcher {
                     }
                 }
             }
-            let (keys, replies): (Vec<String>, Vec<Reply>) = batch.drain(..).unzip();
+            // Callers that gave up (their deadline passed) are left out.
+            let (keys, replies): (Vec<String>, Vec<Reply>) =
+                batch.drain(..).filter(|(_, r)| !r.is_closed()).unzip();
+            if keys.is_empty() {
+                continue;
+            }
             // Split by master on a Cluster: a dead master fails only its callers.
             let answers = node.mget(&keys, "batched MGET").await;
             for (reply, answer) in replies.into_iter().zip(answers) {
@@ -79,16 +93,26 @@ impl Batcher {
 
     pub(crate) async fn get(&self, key: String) -> Result<Option<Vec<u8>>> {
         self.start();
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((key, reply))
+        let wait = async {
+            let (reply, answer) = oneshot::channel();
+            self.tx
+                .send((key, reply))
+                .await
+                .map_err(|_| Error::new(ErrorKind::Closed, "the batching task has stopped"))?;
+            answer.await.map_err(|_| {
+                Error::new(
+                    ErrorKind::Closed,
+                    "the batching task stopped before answering",
+                )
+            })?
+        };
+        tokio::time::timeout(self.deadline, wait)
             .await
-            .map_err(|_| Error::new(ErrorKind::Closed, "the batching task has stopped"))?;
-        answer.await.map_err(|_| {
-            Error::new(
-                ErrorKind::Closed,
-                "the batching task stopped before answering",
-            )
-        })?
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("batched get: no answer within {:?}", self.deadline),
+                ))
+            })
     }
 }

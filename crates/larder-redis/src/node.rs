@@ -327,6 +327,16 @@ impl Node {
         result
     }
 
+    /// The README's worst case of one call on this node: every attempt
+    /// (retries, and on a Cluster the redirects followed) within connect +
+    /// response timeout, and the largest backoff between attempts.
+    pub(crate) fn call_deadline(&self) -> Duration {
+        let redirects = if self.is_cluster() { MAX_REDIRECTS } else { 0 };
+        let attempts = self.config.retry.max_retries + 1 + redirects;
+        (self.config.connect_timeout + self.config.response_timeout) * attempts
+            + self.config.retry.max_delay * (attempts - 1)
+    }
+
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self.source, Source::Cluster(_))
     }

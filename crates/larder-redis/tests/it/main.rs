@@ -1,5 +1,6 @@
 //! larder-redis against real redis-server processes from larder-testkit.
 
+mod batching;
 mod clear;
 mod cluster;
 mod deadline;
