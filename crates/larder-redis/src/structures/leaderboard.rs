@@ -39,6 +39,29 @@ return out
     )
 });
 
+/// `KEYS[1]` zset; `ARGV[1]` member, `ARGV[2]` n. The member's rank and
+/// up to `n` members on each side, read in one step (two commands could
+/// straddle a score change and miss the member). Returns `{first rank,
+/// {member, score, ...}}`, or nil if the member is not on the board.
+static AROUND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local rank = redis.call('ZREVRANK', KEYS[1], ARGV[1])
+if not rank then
+  return false
+end
+local n = tonumber(ARGV[2])
+local first = rank - n
+if first < 0 then first = 0 end
+return {first, redis.call('ZRANGE', KEYS[1], first, rank + n, 'REV', 'WITHSCORES')}
+",
+    )
+});
+
+/// The largest index sent to Redis: ranks are `i64`s there, and a Lua
+/// script computes with doubles, exact below 2^53.
+const MAX_INDEX: u64 = 1 << 52;
+
 /// A leaderboard on a sorted set, highest score first, with optional
 /// per-member details (any serde value) kept in a hash beside it.
 ///
@@ -173,7 +196,12 @@ impl<C: Codec> Leaderboard<C> {
         Ok(self.len().await? == 0)
     }
 
+    /// Members ranked `start..=stop`; past [`MAX_INDEX`] the board is empty.
     async fn range(&self, start: u64, stop: u64) -> Result<Vec<Ranked>> {
+        if start > MAX_INDEX {
+            return Ok(Vec::new());
+        }
+        let stop = stop.min(MAX_INDEX);
         let flat: Vec<(String, f64)> = self
             .store
             .run_home(
@@ -209,17 +237,32 @@ impl<C: Codec> Leaderboard<C> {
         if size == 0 {
             return Ok(Vec::new());
         }
-        let start = page.saturating_mul(size);
-        self.range(start, start + size - 1).await
+        let Some(start) = page.checked_mul(size) else {
+            return Ok(Vec::new());
+        };
+        self.range(start, start.saturating_add(size - 1)).await
     }
 
     /// The member and up to `n` members above and below it; empty if it is
-    /// not on the board.
+    /// not on the board. One script: the rank and the range come from the
+    /// same snapshot.
     pub async fn around(&self, member: &str, n: u64) -> Result<Vec<Ranked>> {
-        let Some(rank) = self.rank(member).await? else {
-            return Ok(Vec::new());
-        };
-        self.range(rank.saturating_sub(n), rank + n).await
+        let n = n.min(MAX_INDEX);
+        let found: Option<(u64, Vec<(String, f64)>)> = self
+            .store
+            .run_home(
+                &self.key,
+                Cmd::Script,
+                true,
+                "leaderboard around script",
+                |mut c| {
+                    let mut inv = AROUND.key(&self.key);
+                    inv.arg(member).arg(n);
+                    async move { inv.invoke_async(&mut c).await }
+                },
+            )
+            .await?;
+        Ok(found.map_or_else(Vec::new, |(first, flat)| to_ranked(flat, first)))
     }
 
     /// Removes a member and its details.
@@ -285,7 +328,7 @@ impl<C: Codec> Leaderboard<C> {
                 "leaderboard range script",
                 |mut c| {
                     let mut inv = RANGE_WITH_DETAILS.key(&self.key);
-                    inv.key(&self.details).arg(0).arg(n - 1);
+                    inv.key(&self.details).arg(0).arg((n - 1).min(MAX_INDEX));
                     async move { inv.invoke_async(&mut c).await }
                 },
             )

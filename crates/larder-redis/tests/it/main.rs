@@ -1,6 +1,7 @@
 //! larder-redis against real redis-server processes from larder-testkit.
 
 mod batching;
+mod board;
 mod clear;
 mod cluster;
 mod deadline;
