@@ -15,6 +15,7 @@ mod queue;
 mod sharded;
 mod standalone;
 mod structures;
+mod topologies;
 mod versioned;
 
 use std::time::Duration;
