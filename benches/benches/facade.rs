@@ -10,7 +10,10 @@
 //! - `facade/flash sale`: a Zipf(1.0) workload with a burst on five cold
 //!   keys through Larder (L1 + Redis L2) against `moka::future::Cache` in
 //!   front of redis-rs's `ConnectionManager` in front of the same loader:
-//!   throughput and loads.
+//!   throughput and loads;
+//! - `facade/write modes`: 95% writes over 1,000 hot keys into a real SQLite
+//!   table, write-behind (coalesced batches) against write-through (one
+//!   statement per write), both bounded (goal: at least 10x).
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 #![allow(clippy::disallowed_methods)] // a benchmark measures wall time
@@ -158,7 +161,12 @@ fn facade_benches(c: &mut Criterion) {
     g.finish();
     m.compare(group, "larder Cache get (L2 hit)", "larder RedisStore get");
 
-    // --- Stampede: the loader's call count.
+    stampede_group(&mut m, &rt, &server);
+    flash_sale_group(&mut m, &rt, &server);
+    write_modes_group(&mut m, &rt);
+}
+
+fn stampede_group(m: &mut Manifest, rt: &tokio::runtime::Runtime, server: &RedisServer) {
     let group = "facade/stampede";
     if !wanted(group) {
         return;
@@ -182,14 +190,16 @@ fn facade_benches(c: &mut Criterion) {
         "loads",
         Better::Lower,
     );
+}
 
-    // --- Flash sale: Larder (L1 + L2) against moka + redis-rs by hand.
+/// Larder (L1 + L2) against moka + redis-rs by hand.
+fn flash_sale_group(m: &mut Manifest, rt: &tokio::runtime::Runtime, server: &RedisServer) {
     let group = "facade/flash sale";
     if !wanted(group) {
         return;
     }
     let (larder_ops, larder_loads, larder_p99) = rt.block_on(flash_sale_larder(&server.url()));
-    let (moka_ops, moka_loads, moka_p99) = rt.block_on(flash_sale_moka(&server));
+    let (moka_ops, moka_loads, moka_p99) = rt.block_on(flash_sale_moka(server));
     m.value(
         group,
         "larder L1 + L2 throughput",
@@ -227,6 +237,139 @@ fn facade_benches(c: &mut Criterion) {
     m.value(group, "larder L1 + L2 p99", larder_p99, "µs", Better::Lower);
     m.value(group, "moka + redis-rs p99", moka_p99, "µs", Better::Lower);
     m.compare(group, "larder L1 + L2 p99", "moka + redis-rs p99");
+}
+
+fn write_modes_group(m: &mut Manifest, rt: &tokio::runtime::Runtime) {
+    let group = "facade/write modes";
+    if !wanted(group) {
+        return;
+    }
+    let behind = rt.block_on(write_mode(true));
+    let through = rt.block_on(write_mode(false));
+    m.value(
+        group,
+        "write-behind into SQLite",
+        behind,
+        "ops/s",
+        Better::Higher,
+    );
+    m.value(
+        group,
+        "write-through into SQLite",
+        through,
+        "ops/s",
+        Better::Higher,
+    );
+    m.compare(
+        group,
+        "write-behind into SQLite",
+        "write-through into SQLite",
+    );
+}
+
+/// A SQLite table of (key, value) behind a mutex, as a `Writer` and a
+/// `Loader`; writes run on the blocking pool.
+#[derive(Clone)]
+struct Sqlite(Arc<parking_lot::Mutex<rusqlite::Connection>>);
+
+impl Sqlite {
+    fn open(dir: &std::path::Path) -> Self {
+        let c = rusqlite::Connection::open(dir.join("bench.db")).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        c.execute_batch("CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .unwrap();
+        Sqlite(Arc::new(parking_lot::Mutex::new(c)))
+    }
+
+    async fn run(&self, entries: Vec<(u64, String)>) -> larder::core::Result<()> {
+        let db = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || {
+            let mut c = db.lock();
+            let tx = c.transaction()?;
+            {
+                let mut st =
+                    tx.prepare_cached("INSERT OR REPLACE INTO kv (k, v) VALUES (?1, ?2)")?;
+                for (k, v) in &entries {
+                    st.execute(rusqlite::params![*k as i64, v])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+        .map_err(|e| Error::with_source(larder::core::ErrorKind::Source, "task", e))?
+        .map_err(|e| Error::with_source(larder::core::ErrorKind::Source, "sqlite", e))
+    }
+}
+
+impl larder::core::Writer<u64, String> for Sqlite {
+    async fn write(&self, key: &u64, value: &String) -> larder::core::Result<()> {
+        self.run(vec![(*key, value.clone())]).await
+    }
+    async fn delete(&self, _key: &u64) -> larder::core::Result<()> {
+        Ok(())
+    }
+    async fn write_many(&self, entries: &[(u64, String)]) -> larder::core::Result<()> {
+        self.run(entries.to_vec()).await
+    }
+}
+
+impl larder::core::Loader<u64, String> for Sqlite {
+    async fn load(&self, key: &u64) -> larder::core::Result<Option<String>> {
+        Ok(Some(value(*key)))
+    }
+}
+
+/// 64 tasks, 95% writes over 1,000 hot keys, into SQLite: ops/s (for
+/// write-behind, until everything it accepted is written).
+async fn write_mode(behind: bool) -> f64 {
+    let dir = std::env::temp_dir().join(format!("larder-bench-wb-{}-{behind}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = Sqlite::open(&dir);
+    let b = Cache::<u64, String>::builder()
+        .loader(db.clone())
+        .writer(db.clone());
+    let cache = if behind {
+        b.write_behind(
+            larder::WriteBehind::new()
+                .batch(500)
+                .capacity(10_000)
+                .interval(Duration::from_millis(50)),
+        )
+        .build()
+        .unwrap()
+    } else {
+        b.build().unwrap()
+    };
+    const OPS: usize = 500;
+    let start = Instant::now();
+    let tasks = (0..TASKS).map(|t| {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(t as u64);
+            for i in 0..OPS {
+                let k = rng.u64(..1000);
+                if rng.f64() < 0.95 {
+                    let v = format!("{t}:{i}");
+                    if behind {
+                        cache.put_behind(&k, v).await.unwrap();
+                    } else {
+                        cache.put(&k, v).await.unwrap();
+                    }
+                } else {
+                    black_box(cache.get_or_load(&k).await.unwrap());
+                }
+            }
+        })
+    });
+    for t in futures_util::future::join_all(tasks).await {
+        t.unwrap();
+    }
+    cache.close().await;
+    let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    (TASKS * OPS) as f64 / secs
 }
 
 /// Whether a command-line filter (criterion's, e.g. `-- "l1 hit"`) leaves
