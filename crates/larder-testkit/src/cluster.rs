@@ -15,6 +15,8 @@ const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// The shared CA and certificate of a [`RedisCluster::start_tls`].
+    certs: Option<tempfile::TempDir>,
 }
 
 impl RedisCluster {
@@ -22,7 +24,40 @@ impl RedisCluster {
     /// evenly in ranges, joins them and waits until every node reports the
     /// cluster healthy.
     pub fn start(masters: usize) -> Result<Self> {
-        Self::start_with(masters, |_| Ok(()))
+        Self::start_with(
+            masters,
+            RedisServer::builder().cluster_enabled(),
+            |_| Ok(()),
+        )
+    }
+
+    /// As [`RedisCluster::start`], each node also serving TLS on a second
+    /// port ([`RedisServer::tls_url`]) with a certificate signed by one CA
+    /// for the whole cluster ([`RedisCluster::ca_pem`]), and the cluster
+    /// bus over TLS: a client that connects over TLS is shown the TLS ports
+    /// in `CLUSTER SLOTS`.
+    pub fn start_tls(masters: usize) -> Result<Self> {
+        let certs = tempfile::Builder::new()
+            .prefix("larder-cluster-tls-")
+            .tempdir()?;
+        let (cert, key, ca) = crate::server::write_certificates(certs.path())?;
+        let builder = RedisServer::builder()
+            .cluster_enabled()
+            .tls_beside_plain(crate::server::TlsFiles { cert, key, ca });
+        let mut cluster = Self::start_with(masters, builder, |_| Ok(()))?;
+        cluster.certs = Some(certs);
+        Ok(cluster)
+    }
+
+    /// The PEM of the CA of a [`RedisCluster::start_tls`] cluster.
+    pub fn ca_pem(&self) -> Option<Vec<u8>> {
+        let dir = self.certs.as_ref()?;
+        std::fs::read(dir.path().join("ca.pem")).ok()
+    }
+
+    /// `rediss://` URLs of every node of a [`RedisCluster::start_tls`] cluster.
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::tls_url).collect()
     }
 
     /// As [`RedisCluster::start`], with a [`FaultProxy`] in front of each
@@ -32,36 +67,38 @@ impl RedisCluster {
     /// injected between the client and the cluster. Proxy `i` fronts node `i`.
     pub fn start_proxied(masters: usize) -> Result<(Self, Vec<FaultProxy>)> {
         let mut proxies = Vec::with_capacity(masters);
-        let cluster = Self::start_with(masters, |node| {
-            let proxy = FaultProxy::start(node.addr())?;
-            let mut con = node.client().get_connection()?;
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("cluster-announce-port")
-                .arg(proxy.addr().port())
-                .arg("cluster-announce-bus-port")
-                .arg(u32::from(node.port()) + 10_000)
-                .exec(&mut con)?;
-            proxies.push(proxy);
-            Ok(())
-        })?;
+        let cluster =
+            Self::start_with(masters, RedisServer::builder().cluster_enabled(), |node| {
+                let proxy = FaultProxy::start(node.addr())?;
+                let mut con = node.client().get_connection()?;
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("cluster-announce-port")
+                    .arg(proxy.addr().port())
+                    .arg("cluster-announce-bus-port")
+                    .arg(u32::from(node.port()) + 10_000)
+                    .exec(&mut con)?;
+                proxies.push(proxy);
+                Ok(())
+            })?;
         Ok((cluster, proxies))
     }
 
     fn start_with(
         masters: usize,
+        builder: crate::ServerBuilder,
         mut prepare: impl FnMut(&RedisServer) -> Result<()>,
     ) -> Result<Self> {
         if masters == 0 {
             return Err(Error::new("a cluster needs at least one master"));
         }
         let nodes = (0..masters)
-            .map(|_| RedisServer::builder().cluster_enabled().start())
+            .map(|_| builder.clone().start())
             .collect::<Result<Vec<_>>>()?;
         for node in &nodes {
             prepare(node)?;
         }
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, certs: None };
         for (i, node) in cluster.nodes.iter().enumerate() {
             let (first, last) = slot_range(i, masters);
             let mut con = node.client().get_connection()?;
@@ -71,7 +108,8 @@ impl RedisCluster {
                 .arg(last)
                 .exec(&mut con)?;
         }
-        let seed = cluster.nodes[0].port();
+        // The bus listens beside the TLS port when the bus runs over TLS.
+        let seed = cluster.nodes[0].bus_base_port();
         for node in &cluster.nodes[1..] {
             let mut con = node.client().get_connection()?;
             redis::cmd("CLUSTER")

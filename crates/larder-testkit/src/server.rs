@@ -60,6 +60,14 @@ fn free_port() -> Result<u16> {
     Err(Error::new("no free loopback port pair found"))
 }
 
+/// A certificate, its key and the CA that signed it (PEM files).
+#[derive(Debug, Clone)]
+pub(crate) struct TlsFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) ca: PathBuf,
+}
+
 /// An ACL user to create at start-up.
 #[derive(Debug, Clone)]
 struct AclUser {
@@ -76,6 +84,7 @@ pub struct ServerBuilder {
     users: Vec<AclUser>,
     cluster: bool,
     tls: bool,
+    tls_beside: Option<TlsFiles>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     first_port: Option<u16>,
@@ -117,6 +126,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves TLS on a second port beside the plain one, with these files,
+    /// and runs the cluster bus over TLS (`tls-cluster yes`): for a
+    /// [`crate::RedisCluster::start_tls`], whose nodes share one CA.
+    pub(crate) fn tls_beside_plain(mut self, files: TlsFiles) -> Self {
+        self.tls_beside = Some(files);
+        self
+    }
+
     /// Adds raw `redis-server` arguments (for example `["--maxmemory", "1mb"]`).
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_owned());
@@ -153,10 +170,15 @@ impl ServerBuilder {
             Some(p) => p,
             None => free_port()?,
         };
+        let tls_port = match self.tls_beside {
+            Some(_) => Some(free_port()?),
+            None => None,
+        };
         let mut server = RedisServer {
             binary: find_redis_server()?,
             dir: tempfile::Builder::new().prefix("larder-redis-").tempdir()?,
             port,
+            tls_port,
             settings: self,
             child: None,
         };
@@ -189,6 +211,8 @@ pub struct RedisServer {
     binary: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
+    /// The TLS port of a [`ServerBuilder::tls_beside_plain`] server.
+    tls_port: Option<u16>,
     settings: ServerBuilder,
     child: Option<Child>,
 }
@@ -223,6 +247,17 @@ impl RedisServer {
                 .args(["--tls-auth-clients", "no"]);
         } else {
             cmd.arg("--port").arg(self.port.to_string());
+        }
+        if let (Some(files), Some(tls_port)) = (&self.settings.tls_beside, self.tls_port) {
+            cmd.arg("--tls-port")
+                .arg(tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&files.cert)
+                .arg("--tls-key-file")
+                .arg(&files.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&files.ca)
+                .args(["--tls-auth-clients", "no", "--tls-cluster", "yes"]);
         }
         cmd.args(["--bind", "127.0.0.1", "--daemonize", "no"])
             .args(["--save", "", "--appendonly", "no"])
@@ -323,6 +358,12 @@ impl RedisServer {
         self.port
     }
 
+    /// The port the cluster bus port is derived from (+10000): the TLS port
+    /// when the bus runs over TLS.
+    pub(crate) fn bus_base_port(&self) -> u16 {
+        self.tls_port.unwrap_or(self.port)
+    }
+
     /// `127.0.0.1:port`.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port))
@@ -333,50 +374,24 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// `rediss://127.0.0.1:port/` (for a [`ServerBuilder::tls`] server).
+    /// `rediss://127.0.0.1:port/` (for a [`ServerBuilder::tls`] server, or
+    /// the TLS port of a node of [`crate::RedisCluster::start_tls`]).
     pub fn tls_url(&self) -> String {
-        format!("rediss://127.0.0.1:{}/", self.port)
+        format!("rediss://127.0.0.1:{}/", self.tls_port.unwrap_or(self.port))
     }
 
     /// The PEM of the test CA that signed a TLS server's certificate.
     pub fn ca_pem(&self) -> Option<Vec<u8>> {
-        std::fs::read(self.dir.path().join("ca.pem")).ok()
+        match &self.settings.tls_beside {
+            Some(files) => std::fs::read(&files.ca).ok(),
+            None => std::fs::read(self.dir.path().join("ca.pem")).ok(),
+        }
     }
 
     /// Writes (once) a CA and a server certificate signed by it; their paths.
     fn write_certificates(&self) -> Result<(PathBuf, PathBuf, PathBuf)> {
-        let dir = self.dir.path();
-        let (cert, key, ca) = (
-            dir.join("server.pem"),
-            dir.join("server.key"),
-            dir.join("ca.pem"),
-        );
-        if cert.exists() {
-            return Ok((cert, key, ca));
-        }
-        let tls_err =
-            |e: rcgen::Error| Error::new(format!("could not make a test certificate: {e}"));
-        let ca_key = rcgen::KeyPair::generate().map_err(tls_err)?;
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "larder-testkit CA");
-        let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let server_key = rcgen::KeyPair::generate().map_err(tls_err)?;
-        let server_params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                .map_err(tls_err)?;
-        let server_cert = server_params
-            .signed_by(&server_key, &issuer)
-            .map_err(tls_err)?;
-        std::fs::write(&ca, ca_cert.pem())?;
-        std::fs::write(&cert, server_cert.pem())?;
-        std::fs::write(&key, server_key.serialize_pem())?;
-        Ok((cert, key, ca))
+        write_certificates(self.dir.path())
     }
-
     /// `redis://user:password@127.0.0.1:port/`.
     pub fn url_with_auth(&self, user: &str, password: &str) -> String {
         format!("redis://{user}:{password}@127.0.0.1:{}/", self.port)
@@ -488,6 +503,39 @@ fn ping(addr: SocketAddr) -> std::io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// Writes (once) into `dir` a CA and a certificate for 127.0.0.1 and
+/// `localhost` signed by it; their paths (certificate, key, CA).
+pub(crate) fn write_certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let (cert, key, ca) = (
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        dir.join("ca.pem"),
+    );
+    if cert.exists() {
+        return Ok((cert, key, ca));
+    }
+    let tls_err = |e: rcgen::Error| Error::new(format!("could not make a test certificate: {e}"));
+    let ca_key = rcgen::KeyPair::generate().map_err(tls_err)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "larder-testkit CA");
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(tls_err)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().map_err(tls_err)?;
+    let server_params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .map_err(tls_err)?;
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .map_err(tls_err)?;
+    std::fs::write(&ca, ca_cert.pem())?;
+    std::fs::write(&cert, server_cert.pem())?;
+    std::fs::write(&key, server_key.serialize_pem())?;
+    Ok((cert, key, ca))
 }
 
 /// Whether `locale` (for example `en_US.UTF-8`) is installed, by `locale -a`.

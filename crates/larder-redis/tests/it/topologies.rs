@@ -234,3 +234,35 @@ async fn auto_batching_on_a_cluster() {
     let mgets = stats.command("MGET").unwrap().calls;
     assert_eq!(mgets, 5 * 3, "320 gets over 3 masters");
 }
+
+/// `tls_root_cert` is honoured on a Cluster: the store's connection and the
+/// queue's blocking connection trust the cluster's private CA.
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_with_a_private_root() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start_tls(3).unwrap())
+        .await
+        .unwrap();
+    let s = RedisStore::new(
+        quick_config(Topology::Cluster(cluster.tls_urls()))
+            .response_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(2))
+            .tls_root_cert(cluster.ca_pem().unwrap())
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    for i in 0..30 {
+        s.set(&format!("k{i}"), b"over tls", T).await.unwrap();
+    }
+    assert_eq!(
+        s.get("k7").await.unwrap().as_deref(),
+        Some(&b"over tls"[..])
+    );
+    let q: WorkQueue<u32> = WorkQueue::new(&s, "tls", T).unwrap();
+    let worker = q.clone();
+    let waiting = tokio::spawn(async move { worker.pop(Duration::from_secs(20)).await });
+    blocked_somewhere(cluster.nodes()).await;
+    q.push(&7).await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap().unwrap().item, 7);
+}
