@@ -27,7 +27,10 @@ async fn page_and_around_do_not_overflow() {
         ["c", "b", "a"]
     );
     assert_eq!(members(b.top(u64::MAX).await.unwrap()), ["c", "b", "a"]);
-    assert_eq!(b.top_with_details::<String>(u64::MAX).await.unwrap().len(), 3);
+    assert_eq!(
+        b.top_with_details::<String>(u64::MAX).await.unwrap().len(),
+        3
+    );
 }
 
 /// `around` is one snapshot: a score change between reading the member's
