@@ -283,16 +283,25 @@ impl<K: Hash + Eq, T> Leader<K, T> {
     /// a flight of the same table.
     pub fn finish_with(mut self, value: T, publish: impl FnOnce(&T)) -> bool {
         let key = self.key.take().expect("a leader finishes once");
-        let current = {
+        let (current, panic) = {
             let mut map = self.table.shard(&key).lock();
             let current = map.get(&key).is_some_and(|f| Arc::ptr_eq(f, &self.flight));
+            let mut panic = None;
             if current {
-                publish(&value);
+                // A panicking `publish` must not leave the flight in the
+                // table, running forever: it is removed and ended first.
+                panic = catch_unwind(AssertUnwindSafe(|| publish(&value))).err();
                 map.remove(&key);
             }
-            current
+            (current, panic)
         };
-        self.flight.end(State::Done(value));
+        match panic {
+            None => self.flight.end(State::Done(value)),
+            Some(p) => {
+                self.flight.end(State::Abandoned);
+                resume_unwind(p);
+            }
+        }
         current
     }
 }
@@ -561,5 +570,31 @@ mod tests {
             Join::Wait(w) => w,
             Join::Leader(_) => panic!("a flight is running"),
         }
+    }
+}
+
+#[cfg(test)]
+mod publish_panics {
+    use super::*;
+
+    /// A `publish` that panics leaves no flight behind: its waiters are
+    /// released (abandoned) and the next caller leads a new flight.
+    #[test]
+    fn a_panicking_publish_does_not_wedge_the_key() {
+        let flights: SingleFlight<u8, u8> = SingleFlight::with_shards(1);
+        let Join::Leader(leader) = flights.join(1) else {
+            panic!()
+        };
+        let Join::Wait(w) = flights.join(1) else {
+            panic!()
+        };
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            leader.finish_with(5, |_| panic!("publish failed"))
+        }));
+        assert!(r.is_err(), "the panic reaches the leader's caller");
+        // (Checked before waiting: a wedged flight would block the wait.)
+        assert!(flights.is_empty(), "the flight was left in the table");
+        assert_eq!(w.wait_blocking(), None);
+        assert!(matches!(flights.join(1), Join::Leader(_)));
     }
 }

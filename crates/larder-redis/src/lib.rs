@@ -16,7 +16,7 @@ pub use redis;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use config::{HelperClock, RedisConfig, RedisConfigBuilder, RetryPolicy, Topology, redact};
-pub use store::{KeyTtl, RedisStore};
+pub use store::{KeyTtl, MAX_TTL, RedisStore};
 pub use structures::{
     Delivery, Feed, HashObject, Leaderboard, Ranked, RateDecision, RateLimit, RateLimiter,
     WorkQueue,

@@ -82,8 +82,13 @@ impl KeyTtl {
     }
 }
 
+/// The longest TTL sent to Redis: 100 years. Longer ones (up to
+/// `Duration::MAX`, "forever") are cut to it: Redis refuses a `PX` whose
+/// deadline overflows its clock.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 pub(crate) fn ttl_ms(ttl: Duration) -> Result<u64> {
-    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let ms = u64::try_from(ttl.min(MAX_TTL).as_millis()).unwrap_or(u64::MAX);
     if ms == 0 {
         return Err(Error::new(
             ErrorKind::InvalidArgument,

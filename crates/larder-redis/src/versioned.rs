@@ -269,7 +269,9 @@ impl RedisStore {
         let ms = ttl_ms(ttl)?;
         let rec_ms = ms.max(ttl_ms(tombstone)?);
         check_envelope(value, "set_versioned")?;
-        self.run_on(&data, Cmd::Script, true, "set-versioned script", |mut c| {
+        // Not resent: a retry after a lost reply would allocate a second
+        // version and could overwrite a newer write made in between.
+        self.run_on(&data, Cmd::Script, false, "set-versioned script", |mut c| {
             let mut inv = SET_VERSIONED.key(&data);
             inv.key(&rec).arg(value).arg(ms).arg(rec_ms);
             async move { inv.invoke_async(&mut c).await }

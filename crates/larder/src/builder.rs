@@ -276,7 +276,8 @@ where
         self
     }
 
-    /// When hot keys are refreshed (default: a tenth of the default TTL).
+    /// When hot keys are refreshed: this long before their fresh time ends
+    /// (default: a tenth of each value's own fresh time).
     pub fn hot_refresh_ahead(mut self, ahead: Duration) -> Self {
         self.hot_ahead = Some(ahead);
         self
@@ -367,16 +368,13 @@ where
                     wb,
                     Arc::clone(writer),
                     self.dead_letter,
-                    self.clock.clone().unwrap_or_else(SystemClock::shared),
                 )))
             }
         };
         if self.hot_keys == Some(0) {
             return bad("hot_keys needs k >= 1".into());
         }
-        let hot_ahead = self
-            .hot_ahead
-            .unwrap_or_else(|| self.ttl.for_key("").base() / 10);
+        let hot_ahead = self.hot_ahead;
         if self.load_timeout.is_zero() {
             return bad("load_timeout must be positive".into());
         }

@@ -35,8 +35,9 @@ pub(crate) struct Config<C> {
     pub(crate) tombstone: Duration,
     pub(crate) memory_ttl_cap: Option<Duration>,
     pub(crate) lease: Option<LeaseConfig>,
-    /// Hot keys are refreshed when this little fresh time is left.
-    pub(crate) hot_ahead: Duration,
+    /// Hot keys are refreshed when this little fresh time is left (`None`:
+    /// a tenth of each value's own fresh time).
+    pub(crate) hot_ahead: Option<Duration>,
 }
 
 /// Cross-process single flight: how long a load lease lasts, and how often
@@ -63,9 +64,13 @@ pub(crate) struct Inner<K, V, C> {
     pub(crate) cfg: Config<C>,
     pub(crate) clock: SharedClock,
     pub(crate) stats: Recorders,
-    /// Bumped by every invalidation: a promotion from L2 that raced one is
-    /// undone (see `Inner::promote`).
-    pub(crate) epoch: AtomicU64,
+    /// Per key stripe, bumped by every invalidation of a key in it: a
+    /// promotion from L2 that raced one is undone (see `Inner::promote`).
+    pub(crate) epochs: Box<[AtomicU64]>,
+    /// Per key stripe: `put` and `put_behind` of one key write the source
+    /// and the cache in the same order.
+    pub(crate) write_locks: Box<[Arc<tokio::sync::Mutex<()>>]>,
+    stripes: std::collections::hash_map::RandomState,
     pub(crate) closed: AtomicBool,
     /// Background work (loads, refreshes); `None` once closed.
     tasks: Mutex<Option<JoinSet<()>>>,
@@ -104,11 +109,31 @@ where
             cfg,
             clock,
             stats: Recorders::default(),
-            epoch: AtomicU64::new(0),
+            epochs: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            write_locks: (0..STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
+            stripes: std::collections::hash_map::RandomState::new(),
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Some(JoinSet::new())),
             rng: seed.map(|s| Mutex::new(fastrand::Rng::with_seed(s))),
         }
+    }
+}
+
+/// Stripes of the per-key epochs and write locks.
+const STRIPES: usize = 256;
+
+impl<K: std::hash::Hash, V, C> Inner<K, V, C> {
+    /// The stripe of `key` (epochs, write locks).
+    pub(crate) fn stripe(&self, key: &K) -> usize {
+        use std::hash::BuildHasher;
+        (self.stripes.hash_one(key) as usize) & (STRIPES - 1)
+    }
+
+    /// The invalidation epoch of `key`'s stripe.
+    pub(crate) fn epoch(&self, key: &K) -> u64 {
+        self.epochs[self.stripe(key)].load(Ordering::SeqCst)
     }
 }
 
@@ -272,11 +297,13 @@ where
         if self.inner.loader.is_none() {
             return Err(no_loader());
         }
-        let checked = match self.inner.l2_lookup(key, &text, now, true).await {
+        let (ticket, kept) = match self.inner.l2_lookup(key, &text, now, true).await {
             Ok(hit) => return Ok(hit),
-            Err(ticket) => ticket,
+            Err(checked) => checked,
         };
-        let entry = Arc::clone(&self.inner).load(key, text, checked).await?;
+        let entry = Arc::clone(&self.inner)
+            .load(key, text, ticket, kept)
+            .await?;
         Ok(entry.value.clone())
     }
 
@@ -304,15 +331,7 @@ where
     pub async fn invalidate(&self, key: &K) -> Result<()> {
         self.inner.check_open()?;
         let text = key.key_text()?;
-        self.inner.stats.invalidations.incr();
-        self.inner.invalidate_local(key);
-        if let Some(l2) = &self.inner.l2 {
-            l2.invalidate(&text, self.inner.cfg.tombstone).await?;
-            // A reader of this instance may have read the old value from L2
-            // between the first local invalidation and the L2's: again.
-            self.inner.invalidate_local(key);
-        }
-        Ok(())
+        self.inner.invalidate(key, &text).await
     }
 
     /// [`Cache::invalidate`] for many keys; the first error, after trying all.
@@ -330,8 +349,13 @@ where
         let Some(writer) = &self.inner.writer else {
             return Err(no_writer());
         };
+        let text = key.key_text()?;
         writer.write(key, value).await?;
-        self.invalidate(key).await
+        // The source changed: the invalidation runs to its end even if this
+        // future is dropped now.
+        let (inner, k) = (Arc::clone(&self.inner), key.clone());
+        self.in_task(key, async move { inner.invalidate(&k, &text).await })
+            .await
     }
 
     /// Write-through: writes `value` to the source of truth through the
@@ -349,10 +373,19 @@ where
         let Some(writer) = &self.inner.writer else {
             return Err(no_writer());
         };
+        // Writes of one key reach the source and the cache in one order.
+        let order = Arc::clone(&self.inner.write_locks[self.inner.stripe(key)])
+            .lock_owned()
+            .await;
         writer.write(key, &value).await?;
-        Arc::clone(&self.inner)
-            .store_written(key, &text, value)
-            .await
+        // The source changed: the cache is updated to its end even if this
+        // future is dropped now.
+        let (inner, k) = (Arc::clone(&self.inner), key.clone());
+        self.in_task(key, async move {
+            let _order = order;
+            inner.store_written(&k, &text, value).await
+        })
+        .await
     }
 
     /// Write-behind (with [`CacheBuilder::write_behind`]): queues the write
@@ -364,8 +397,8 @@ where
     /// [`Overflow`](crate::Overflow): [`ErrorKind::Overflow`], never a silent
     /// drop. Until its batch is written, a read that misses the cache loads
     /// the old value from the source: keep the interval well below the TTL.
-    /// If this future is dropped after the write was queued but before the
-    /// cache was updated, this instance's L1 entry is removed.
+    /// Once the write is queued, the cache is updated by a task the cache
+    /// owns, so dropping this future cannot leave them apart.
     pub async fn put_behind(&self, key: &K, value: V) -> Result<()> {
         self.inner.check_open()?;
         let text = key.key_text()?;
@@ -375,18 +408,47 @@ where
                 "put_behind needs write-behind (CacheBuilder::write_behind)",
             ));
         };
-        queue.enqueue(key.clone(), value.clone()).await?;
-        let inner = &self.inner;
-        let mut unfinished = OnDrop(Some(|| inner.invalidate_local(key)));
-        let updated = Arc::clone(&self.inner)
-            .store_written(key, &text, value)
+        let order = Arc::clone(&self.inner.write_locks[self.inner.stripe(key)])
+            .lock_owned()
             .await;
-        unfinished.0 = None;
-        if updated.is_err() {
-            // Queued all the same; the key was invalidated here.
-            self.inner.stats.l2_errors.incr();
+        queue.enqueue(key.clone(), value.clone()).await?;
+        let (inner, k) = (Arc::clone(&self.inner), key.clone());
+        self.in_task(key, async move {
+            let _order = order;
+            if Arc::clone(&inner)
+                .store_written(&k, &text, value)
+                .await
+                .is_err()
+            {
+                // Queued all the same; the key was invalidated here.
+                inner.stats.l2_errors.incr();
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs the cache half of a write in a task the cache owns, so a caller
+    /// dropped after the source was written cannot leave the cache stale;
+    /// if no task can run (closed), the key is invalidated here.
+    async fn in_task(
+        &self,
+        key: &K,
+        work: impl std::future::Future<Output = Result<()>> + Send + 'static,
+    ) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Err(e) = self.inner.spawn(async move {
+            let _ = tx.send(work.await);
+        }) {
+            self.inner.invalidate_local(key);
+            return Err(e);
         }
-        Ok(())
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Cancelled,
+                "the cache's task for this write was stopped",
+            ))
+        })
     }
 
     /// Cache-aside delete: deletes `key` from the source of truth through
@@ -397,14 +459,19 @@ where
         let Some(writer) = &self.inner.writer else {
             return Err(no_writer());
         };
+        let text = key.key_text()?;
         writer.delete(key).await?;
-        self.invalidate(key).await
+        let (inner, k) = (Arc::clone(&self.inner), key.clone());
+        self.in_task(key, async move { inner.invalidate(&k, &text).await })
+            .await
     }
 
     /// Removes every entry of this instance's L1; running loads will not
     /// publish (other instances and the L2 keep theirs).
     pub fn clear_local(&self) {
-        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        for e in self.inner.epochs.iter() {
+            e.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.flights.forget_all();
         if let Some(l1) = &self.inner.l1 {
             l1.clear();
@@ -537,15 +604,4 @@ fn no_writer() -> Error {
         ErrorKind::InvalidConfig,
         "put, update and delete need a writer (CacheBuilder::writer)",
     )
-}
-
-/// Runs a closure when dropped, unless disarmed (`.0 = None`).
-struct OnDrop<F: FnOnce()>(Option<F>);
-
-impl<F: FnOnce()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
-    }
 }

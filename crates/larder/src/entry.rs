@@ -21,6 +21,8 @@ pub(crate) struct Entry<V> {
     keep_ms: u32,
     /// How long the load took, for XFetch.
     pub(crate) delta_ms: u32,
+    /// How long it was fresh for, from its creation (hot-key refresh).
+    pub(crate) fresh_ms: u32,
 }
 
 /// Milliseconds as a `u32` offset, saturating (about 49 days).
@@ -39,6 +41,7 @@ impl<V> Entry<V> {
             grace_ms: offset(grace_ms.min(keep)),
             keep_ms: offset(keep),
             delta_ms: meta.delta_ms,
+            fresh_ms: offset(meta.fresh_until_ms.saturating_sub(meta.created_at_ms)),
         }
     }
 
@@ -50,6 +53,7 @@ impl<V> Entry<V> {
             grace_ms: 0,
             keep_ms: 0,
             delta_ms: 0,
+            fresh_ms: 0,
         }
     }
 

@@ -30,13 +30,15 @@ const MAX_ATTEMPTS: usize = 3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     /// A caller missed: look again, then load. `Some(ticket)`: the caller
-    /// read the L2 (empty) and the key's version just before joining, so
-    /// with an L1 the leader does not read the L2 again (a flight that
-    /// ended in between put its value in the L1, which the leader checks).
+    /// read the L2 (nothing servable) and the key's version just before
+    /// joining, so with an L1 the leader does not read the L2 again (a
+    /// flight that ended in between put its value in the L1, which the
+    /// leader checks).
     Miss(Option<u64>),
-    /// A background refresh: take a newer value from the L2 if another
-    /// instance refreshed it, else load.
-    Refresh,
+    /// A background refresh of a value fresh until `seen` (Unix ms): take
+    /// a newer value from the L2 if another instance refreshed it, else
+    /// load.
+    Refresh(u64),
 }
 
 /// What started a background refresh.
@@ -68,6 +70,8 @@ pub(crate) struct Fetched<V> {
     /// Refresh right after answering (the value came from the L2 stale or
     /// with XFetch firing).
     pub(crate) then_refresh: bool,
+    /// Remove the key from the L1 (the source no longer has it).
+    pub(crate) evict: bool,
 }
 
 impl<V> Fetched<V> {
@@ -76,6 +80,7 @@ impl<V> Fetched<V> {
             entry,
             cache,
             then_refresh: false,
+            evict: false,
         }
     }
 }
@@ -111,6 +116,7 @@ where
         key: &K,
         text: String,
         checked: Option<u64>,
+        kept: Option<Arc<Entry<V>>>,
     ) -> Outcome<V> {
         tokio::runtime::Handle::try_current().map_err(|_| crate::cache::no_runtime())?;
         for _ in 0..MAX_ATTEMPTS {
@@ -118,9 +124,9 @@ where
                 Join::Leader(leader) => {
                     let wait = leader.wait();
                     let me = Arc::clone(&self);
-                    let (k, t) = (key.clone(), text.clone());
+                    let (k, t, kept) = (key.clone(), text.clone(), kept.clone());
                     let mode = Mode::Miss(checked);
-                    self.spawn(async move { me.run_flight(leader, k, t, mode).await })?;
+                    self.spawn(async move { me.run_flight(leader, k, t, mode, kept).await })?;
                     wait
                 }
                 Join::Wait(w) => {
@@ -141,7 +147,7 @@ where
     }
 
     /// Starts a background refresh of `key` unless one runs already.
-    pub(crate) fn refresh(self: &Arc<Self>, key: &K, why: Refresh) {
+    pub(crate) fn refresh(self: &Arc<Self>, key: &K, why: Refresh, seen: u64) {
         if self.loader.is_none() || self.check_open().is_err() {
             return;
         }
@@ -156,7 +162,8 @@ where
             let me = Arc::clone(self);
             let k = key.clone();
             // Without a runtime the leader drops here: nothing waits on it.
-            let _ = self.spawn(async move { me.run_flight(leader, k, text, Mode::Refresh).await });
+            let mode = Mode::Refresh(seen);
+            let _ = self.spawn(async move { me.run_flight(leader, k, text, mode, None).await });
         }
     }
 
@@ -168,8 +175,9 @@ where
         key: K,
         text: String,
         mode: Mode,
+        kept: Option<Arc<Entry<V>>>,
     ) {
-        let fetched = std::panic::AssertUnwindSafe(self.fetch(&key, &text, mode))
+        let fetched = std::panic::AssertUnwindSafe(self.fetch(&key, &text, mode, kept))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
@@ -177,9 +185,12 @@ where
                 Err(panicked())
             });
         let then_refresh = self.publish(leader, &key, fetched);
-        if then_refresh && let Join::Leader(leader) = self.flights.join(key.clone()) {
+        if let Some(seen) = then_refresh
+            && let Join::Leader(leader) = self.flights.join(key.clone())
+        {
             self.stats.background_refreshes.incr();
-            let fetched = std::panic::AssertUnwindSafe(self.fetch(&key, &text, Mode::Refresh))
+            let mode = Mode::Refresh(seen);
+            let fetched = std::panic::AssertUnwindSafe(self.fetch(&key, &text, mode, None))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {
@@ -190,8 +201,14 @@ where
         }
     }
 
-    /// Ends a flight; `true` if a refresh should follow.
-    fn publish(&self, leader: Leader<K, Outcome<V>>, key: &K, fetched: Result<Fetched<V>>) -> bool {
+    /// Ends a flight; `Some(fresh_until)` of its value if a refresh should
+    /// follow.
+    fn publish(
+        &self,
+        leader: Leader<K, Outcome<V>>,
+        key: &K,
+        fetched: Result<Fetched<V>>,
+    ) -> Option<u64> {
         match fetched {
             Ok(f) => {
                 let now = self.now_ms();
@@ -199,13 +216,17 @@ where
                 leader.finish_with(Ok(entry), |_| {
                     if f.cache {
                         self.l1_insert(key, &f.entry, now);
+                    } else if f.evict
+                        && let Some(l1) = &self.l1
+                    {
+                        l1.remove(key);
                     }
                 });
-                f.then_refresh
+                f.then_refresh.then_some(f.entry.fresh_until_ms)
             }
             Err(e) => {
                 leader.finish(Err(e));
-                false
+                None
             }
         }
     }
@@ -215,12 +236,24 @@ where
         feature = "tracing",
         tracing::instrument(name = "larder::load::fetch", skip_all, fields(key = text, mode = ?mode))
     )]
-    async fn fetch(&self, key: &K, text: &str, mode: Mode) -> Result<Fetched<V>> {
+    async fn fetch(
+        &self,
+        key: &K,
+        text: &str,
+        mode: Mode,
+        kept: Option<Arc<Entry<V>>>,
+    ) -> Result<Fetched<V>> {
         let now = self.now_ms();
         // What the L1 holds: for a miss, a value another flight put there
         // since the caller looked; for a refresh, the value being refreshed
-        // (stale-if-error serves it when the load fails).
-        let mut current = self.l1.as_ref().and_then(|l1| l1.peek(key)).map(Arc::new);
+        // (stale-if-error serves it when the load fails). Else what the
+        // caller found kept in the L2.
+        let mut current = self
+            .l1
+            .as_ref()
+            .and_then(|l1| l1.peek(key))
+            .map(Arc::new)
+            .or(kept);
         if matches!(mode, Mode::Miss(_))
             && let Some(e) = &current
             && e.freshness(now) == Freshness::Fresh
@@ -239,9 +272,6 @@ where
         match read {
             L2Read::Hit(e) => {
                 let fresh = e.freshness(now);
-                let newer = current
-                    .as_ref()
-                    .is_none_or(|c| e.fresh_until_ms > c.fresh_until_ms);
                 match (mode, fresh) {
                     (Mode::Miss(_), Freshness::Fresh) => {
                         let early = e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw());
@@ -249,22 +279,23 @@ where
                             self.stats.early_refreshes.incr();
                         }
                         return Ok(Fetched {
-                            entry: e,
-                            cache: true,
                             then_refresh: early,
+                            ..Fetched::new(e, true)
                         });
                     }
                     (Mode::Miss(_), Freshness::Stale) => {
                         self.stats.stale_served.incr();
                         return Ok(Fetched {
-                            entry: e,
-                            cache: true,
                             then_refresh: true,
+                            ..Fetched::new(e, true)
                         });
                     }
                     // Another instance refreshed it: take that.
-                    (Mode::Refresh, Freshness::Fresh)
-                        if newer && !e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw()) =>
+                    (Mode::Refresh(seen), Freshness::Fresh)
+                        if e.fresh_until_ms > seen
+                            && current
+                                .as_ref()
+                                .is_none_or(|c| e.fresh_until_ms > c.fresh_until_ms) =>
                     {
                         return Ok(Fetched::new(e, true));
                     }
@@ -304,6 +335,16 @@ where
                 }
             }
         }
+        // Read your writes: a write-behind write of this key still waiting
+        // in this process's queue is newer than what the source holds.
+        if let Some(q) = &self.queue
+            && let Some(v) = q.pending(key)
+        {
+            let ttl = self.cfg.ttl.for_key(text);
+            let meta = EnvelopeMeta::starting_at(now, ttl.fresh_for(self.draw()), ttl.grace());
+            let e = Entry::new(&meta, Some(v), ttl.grace());
+            return Ok(Fetched::new(Arc::new(e), true));
+        }
         let loader = self.loader.as_ref().ok_or_else(crate::cache::no_loader)?;
         let lease = match (self.cfg.lease, l2_up) {
             (Some(lc), true) => match self.take_lease(text, lc, mode, &current).await {
@@ -321,7 +362,22 @@ where
                 ticket.filter(|_| l2_up),
                 current,
             )
-            .await;
+            .await
+            .map(|mut f| {
+                // The source no longer has it: what this instance held goes.
+                if f.entry.value.is_none() && !f.cache {
+                    f.evict = true;
+                }
+                f
+            });
+        // A refresh found the key gone at the source (and not negatively
+        // cached): the L2's old value goes too.
+        if let (Mode::Refresh(_), Ok(f), Some(l2)) = (mode, &result, &self.l2)
+            && f.evict
+            && l2.invalidate(text, self.cfg.tombstone).await.is_err()
+        {
+            self.stats.l2_errors.incr();
+        }
         if let (Some(token), Some(l2)) = (lease, &self.l2) {
             // Best effort: a lease that is not released expires.
             let _ = l2.release_lease(text, token.as_bytes()).await;
@@ -339,15 +395,18 @@ where
         current: Option<Arc<Entry<V>>>,
     ) -> Result<Fetched<V>> {
         let started = self.clock.now();
-        let loaded = tokio::time::timeout(self.cfg.load_timeout, loader.load(key)).await;
+        let load = std::panic::AssertUnwindSafe(async { loader.load(key).await }).catch_unwind();
+        let loaded = tokio::time::timeout(self.cfg.load_timeout, load).await;
         let took = self.clock.now().saturating_duration_since(started);
         self.stats.load_time.record(took);
         let value = match loaded {
-            Ok(Ok(v)) => {
+            Ok(Ok(Ok(v))) => {
                 self.stats.loads_ok.incr();
                 v
             }
-            Ok(Err(e)) => return self.load_failed(e, current),
+            Ok(Ok(Err(e))) => return self.load_failed(e, current),
+            // A panic is a failed load too: stale-if-error applies.
+            Ok(Err(_)) => return self.load_failed(panicked(), current),
             Err(_) => return self.load_failed(load_timeout(self.cfg.load_timeout), current),
         };
         self.store_loaded(text, value, took, ticket).await
@@ -365,9 +424,15 @@ where
             return Lease::Unavailable;
         };
         let token = format!("{:032x}", fastrand::u128(..));
-        let polls = (lc.ttl.as_nanos() / lc.poll.as_nanos().max(1)).max(1);
-        // Bounded: a holder that keeps renewing cannot hold this task forever.
-        for round in 0..MAX_ATTEMPTS {
+        let per_lease = (lc.ttl.as_nanos() / lc.poll.as_nanos().max(1)).max(1);
+        // Bounded: a holder that keeps renewing cannot hold this task
+        // forever (three leases' worth of polls, then load without one).
+        let polls = per_lease.saturating_mul(MAX_ATTEMPTS as u128);
+        let mut i: u128 = 0;
+        loop {
+            // Every poll tries the lease too: a holder that ends without a
+            // value (its load failed, or its fill was refused) releases it,
+            // and the next poll takes over at once.
             match l2.acquire_lease(text, token.as_bytes(), lc.ttl).await {
                 Ok(true) => {
                     // The last holder may have filled and released since
@@ -378,7 +443,7 @@ where
                         let _ = l2.release_lease(text, token.as_bytes()).await;
                         return Lease::Answered(Fetched::new(e, true));
                     }
-                    if round > 0 {
+                    if i > 0 {
                         self.stats.lease_takeovers.incr();
                     }
                     return Lease::Held(token);
@@ -389,26 +454,27 @@ where
                     return Lease::Unavailable;
                 }
             }
-            if round == 0 {
+            if i == 0 {
                 self.stats.lease_waits.incr();
-            }
-            // Another process is loading. A refresh leaves it to them and
-            // keeps serving what this instance has.
-            if mode == Mode::Refresh
-                && let Some(c) = current
-            {
-                return Lease::Answered(Fetched::new(Arc::clone(c), false));
-            }
-            for _ in 0..polls {
-                tokio::time::sleep(lc.poll).await;
-                if let L2Read::Hit(e) = self.l2_read(text).await
-                    && e.freshness(self.now_ms()) == Freshness::Fresh
+                // Another process is loading. A refresh leaves it to them
+                // and keeps serving what this instance has.
+                if matches!(mode, Mode::Refresh(_))
+                    && let Some(c) = current
                 {
-                    return Lease::Answered(Fetched::new(e, true));
+                    return Lease::Answered(Fetched::new(Arc::clone(c), false));
                 }
             }
+            if i >= polls {
+                return Lease::Unavailable;
+            }
+            i += 1;
+            tokio::time::sleep(lc.poll).await;
+            if let L2Read::Hit(e) = self.l2_read(text).await
+                && e.freshness(self.now_ms()) == Freshness::Fresh
+            {
+                return Lease::Answered(Fetched::new(e, true));
+            }
         }
-        Lease::Unavailable
     }
 
     /// A failed load: the stale value if stale-if-error allows it, else the error.

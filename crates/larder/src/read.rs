@@ -17,6 +17,12 @@ use crate::hot::HotKeys;
 use crate::key::CacheKey;
 use crate::load::Refresh;
 
+/// What a caller's L2 read tells its load: the key's version ticket when
+/// the L2 answered that it holds nothing servable (read with the value in
+/// one round trip), and the expired entry it still keeps for
+/// stale-if-error, if any.
+pub(crate) type Checked<V> = (Option<u64>, Option<Arc<Entry<V>>>);
+
 /// What one L2 read found.
 pub(crate) enum L2Read<V> {
     Hit(Arc<Entry<V>>),
@@ -38,31 +44,31 @@ where
     /// miss. No I/O, no allocation on a hit.
     #[inline]
     pub(crate) fn l1_lookup(self: &Arc<Self>, key: &K, now: u64) -> Option<Option<V>> {
-        let l1 = self.l1.as_ref()?;
-        let e = l1.get(key)?;
+        let e = self.l1.as_ref()?.get(key)?;
         match e.freshness(now) {
             Freshness::Fresh => {
                 if e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw()) {
-                    self.refresh(key, Refresh::Early);
+                    self.refresh(key, Refresh::Early, e.fresh_until_ms);
                 } else if let Some(hot) = &self.hot
                     && HotKeys::<K>::sampled()
                     && hot.record(key)
-                    && e.fresh_until_ms - now <= millis(self.cfg.hot_ahead)
+                    && e.fresh_until_ms - now
+                        <= self
+                            .cfg
+                            .hot_ahead
+                            .map_or(u64::from(e.fresh_ms / 10), millis)
                 {
-                    self.refresh(key, Refresh::Hot);
+                    self.refresh(key, Refresh::Hot, e.fresh_until_ms);
                 }
             }
             Freshness::Stale => {
                 self.stats.stale_served.incr();
-                self.refresh(key, Refresh::Stale);
+                self.refresh(key, Refresh::Stale, e.fresh_until_ms);
             }
-            _ => {
-                // Kept for stale-if-error until `stale_until`; then gone.
-                if now >= e.stale_until_ms() {
-                    l1.remove(key);
-                }
-                return None;
-            }
+            // Expired (perhaps kept for stale-if-error): a miss. It is not
+            // removed here (a removal could take a fresher entry a flight
+            // just published); the policy evicts it as a cold entry.
+            _ => return None,
         }
         self.stats.l1_hits.incr();
         if e.value.is_none() {
@@ -111,21 +117,18 @@ where
 
     /// The L2's answer for a caller that missed the L1: `Ok(value)` for a
     /// fresh hit (or stale in its grace window), promoted to the L1;
-    /// otherwise what a load needs to know: `Err(Some(ticket))` when the L2
-    /// answered that it holds nothing servable (and, with `for_load`, the
-    /// key's version ticket in the same round trip), `Err(None)` when it
-    /// was not asked, failed or held corrupt bytes.
+    /// otherwise what a load needs to know ([`Checked`]).
     pub(crate) async fn l2_lookup(
         self: &Arc<Self>,
         key: &K,
         text: &str,
         now: u64,
         for_load: bool,
-    ) -> std::result::Result<Option<V>, Option<u64>> {
+    ) -> std::result::Result<Option<V>, Checked<V>> {
         let Some(l2) = &self.l2 else {
-            return Err(None);
+            return Err((None, None));
         };
-        let epoch = self.epoch.load(Ordering::SeqCst);
+        let epoch = self.epoch(key);
         let (read, ticket) = if for_load {
             match l2.get_with_version(text).await {
                 Ok((bytes, ticket)) => (self.classify(text, bytes), Some(ticket)),
@@ -141,17 +144,18 @@ where
             L2Read::Hit(e) => e,
             L2Read::Miss => {
                 self.stats.l2_misses.incr();
-                return Err(ticket);
+                return Err((ticket, None));
             }
             L2Read::Corrupt | L2Read::Failed => {
                 self.stats.l2_misses.incr();
-                return Err(None);
+                return Err((None, None));
             }
         };
-        match self.serve_from_l2(key, e, now, epoch) {
+        match self.serve_from_l2(key, Arc::clone(&e), now, epoch) {
             Some(v) => Ok(v),
-            // Expired: nothing servable, but the ticket holds.
-            None => Err(ticket),
+            // Expired but kept (stale-if-error): nothing servable, but the
+            // ticket holds, and a failed load may serve it.
+            None => Err((ticket, Some(e))),
         }
     }
 
@@ -167,12 +171,12 @@ where
         match e.freshness(now) {
             Freshness::Fresh => {
                 if e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw()) {
-                    self.refresh(key, Refresh::Early);
+                    self.refresh(key, Refresh::Early, e.fresh_until_ms);
                 }
             }
             Freshness::Stale => {
                 self.stats.stale_served.incr();
-                self.refresh(key, Refresh::Stale);
+                self.refresh(key, Refresh::Stale, e.fresh_until_ms);
             }
             _ => {
                 self.stats.l2_misses.incr();
@@ -227,17 +231,30 @@ where
             return;
         }
         self.l1_insert(key, &e, now);
-        if self.epoch.load(Ordering::SeqCst) != epoch
+        if self.epoch(key) != epoch
             && let Some(l1) = &self.l1
         {
             l1.remove(key);
         }
     }
 
+    /// Invalidates `key` everywhere: this process, then the L2 (versioned),
+    /// then this process again (a reader may have read the old value from
+    /// the L2 between the first local invalidation and the L2's).
+    pub(crate) async fn invalidate(&self, key: &K, text: &str) -> Result<()> {
+        self.stats.invalidations.incr();
+        self.invalidate_local(key);
+        if let Some(l2) = &self.l2 {
+            l2.invalidate(text, self.cfg.tombstone).await?;
+            self.invalidate_local(key);
+        }
+        Ok(())
+    }
+
     /// Invalidates `key` in this process: a promotion that raced is undone,
     /// a running load will not publish, the L1 entry goes.
     pub(crate) fn invalidate_local(&self, key: &K) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.epochs[self.stripe(key)].fetch_add(1, Ordering::SeqCst);
         self.flights.forget(key);
         if let Some(l1) = &self.l1 {
             l1.remove(key);
@@ -270,12 +287,15 @@ where
         }
         // L2: one bulk read.
         if let (Some(l2), false) = (&self.l2, missing.is_empty()) {
-            let epoch = self.epoch.load(Ordering::SeqCst);
+            let epochs: Vec<u64> = missing.iter().map(|(i, _)| self.epoch(&keys[*i])).collect();
             let texts: Vec<&str> = missing.iter().map(|(_, t)| t.as_str()).collect();
             match l2.get_many(&texts).await {
                 Ok(values) => {
                     let mut still = Vec::with_capacity(missing.len());
-                    for ((i, t), v) in missing.into_iter().zip(values) {
+                    for (((i, t), v), epoch) in missing.into_iter().zip(values).zip(epochs) {
+                        if v.is_none() {
+                            self.stats.l2_misses.incr();
+                        }
                         let hit = v
                             .and_then(|b| self.decode(&t, &b))
                             .and_then(|e| self.serve_from_l2(&keys[i], e, now, epoch));
@@ -331,7 +351,7 @@ where
                 // Abandoned (its leader was cancelled): load this one alone.
                 Ok(None) => match keys[i].key_text() {
                     Ok(t) => Arc::clone(&self)
-                        .load(&keys[i], t, None)
+                        .load(&keys[i], t, None, None)
                         .await
                         .map(|e| e.value.clone()),
                     Err(e) => Err(e),

@@ -17,10 +17,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use larder_core::{Counter, Error, ErrorKind, Result, SharedClock};
+use larder_core::{Counter, Error, ErrorKind, Result};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -61,6 +60,7 @@ pub struct WriteBehind {
     max_attempts: u32,
     backoff: Duration,
     max_backoff: Duration,
+    write_timeout: Duration,
 }
 
 impl Default for WriteBehind {
@@ -71,7 +71,8 @@ impl Default for WriteBehind {
 
 impl WriteBehind {
     /// Batches of 100, every 100 ms at the latest, 10,000 keys of room,
-    /// block up to 1 s when full, 5 attempts with backoff from 50 ms to 5 s.
+    /// block up to 1 s when full, 5 attempts with backoff from 50 ms to 5 s,
+    /// each attempt cut after 30 s.
     pub fn new() -> Self {
         WriteBehind {
             batch: 100,
@@ -81,6 +82,7 @@ impl WriteBehind {
             max_attempts: 5,
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
         }
     }
 
@@ -121,13 +123,20 @@ impl WriteBehind {
         self
     }
 
+    /// How long one `write_many` may take before the attempt counts as
+    /// failed (a hung source cannot hang `close`).
+    pub fn write_timeout(mut self, d: Duration) -> Self {
+        self.write_timeout = d;
+        self
+    }
+
     pub(crate) fn check(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::new(ErrorKind::InvalidConfig, m.to_owned()));
         if self.batch == 0 || self.capacity == 0 || self.max_attempts == 0 {
             return bad("write_behind: batch, capacity and max_attempts must be at least 1");
         }
-        if self.interval.is_zero() {
-            return bad("write_behind: the interval must be positive");
+        if self.interval.is_zero() || self.write_timeout.is_zero() {
+            return bad("write_behind: the interval and the write timeout must be positive");
         }
         Ok(())
     }
@@ -138,8 +147,9 @@ pub(crate) type DeadLetter<K, V> = dyn Fn(&K, &V, &Error) + Send + Sync;
 
 struct Pending<K, V> {
     values: HashMap<K, V>,
-    /// Keys in the order they first entered, with when (Unix ms).
-    order: VecDeque<(K, u64)>,
+    /// Keys in the order they first entered, with when (Tokio's monotonic
+    /// clock: a wall-clock step never delays a flush).
+    order: VecDeque<(K, tokio::time::Instant)>,
     closing: bool,
 }
 
@@ -151,14 +161,12 @@ pub(crate) struct Queue<K, V> {
     cfg: WriteBehind,
     writer: Arc<dyn DynWriter<K, V>>,
     dead_letter: Option<Box<DeadLetter<K, V>>>,
-    clock: SharedClock,
     flusher: Mutex<Option<JoinHandle<()>>>,
     pub(crate) flushed: Counter,
     pub(crate) retries: Counter,
     pub(crate) dead_letters: Counter,
     pub(crate) coalesced: Counter,
     pub(crate) last_error: Mutex<Option<Error>>,
-    started: AtomicU64,
 }
 
 /// Write-behind figures (in [`Stats`](crate::Stats)).
@@ -199,7 +207,6 @@ where
         cfg: WriteBehind,
         writer: Arc<dyn DynWriter<K, V>>,
         dead_letter: Option<Box<DeadLetter<K, V>>>,
-        clock: SharedClock,
     ) -> Self {
         Queue {
             pending: Mutex::new(Pending {
@@ -212,22 +219,27 @@ where
             cfg,
             writer,
             dead_letter,
-            clock,
             flusher: Mutex::new(None),
             flushed: Counter::new(),
             retries: Counter::new(),
             dead_letters: Counter::new(),
             coalesced: Counter::new(),
             last_error: Mutex::new(None),
-            started: AtomicU64::new(0),
         }
+    }
+
+    /// The value of `key` waiting to be written, if any.
+    pub(crate) fn pending(&self, key: &K) -> Option<V> {
+        self.pending.lock().values.get(key).cloned()
     }
 
     /// Queues a write, waiting for room or refusing per the overflow policy.
     pub(crate) async fn enqueue(self: &Arc<Self>, key: K, value: V) -> Result<()> {
         self.start()?;
+        // `None` inside `Some`: block without a bound (the wait overflows
+        // the clock, as `Duration::MAX` does).
         let deadline = match self.cfg.overflow {
-            Overflow::Block(d) => Some(tokio::time::Instant::now() + d),
+            Overflow::Block(d) => Some(tokio::time::Instant::now().checked_add(d)),
             Overflow::Reject => None,
         };
         loop {
@@ -245,7 +257,7 @@ where
                     return Ok(());
                 }
                 if p.values.len() < self.cfg.capacity {
-                    let now = self.clock.unix_millis();
+                    let now = tokio::time::Instant::now();
                     p.values.insert(key.clone(), value);
                     p.order.push_back((key, now));
                     if p.values.len() >= self.cfg.batch || p.values.len() == 1 {
@@ -263,27 +275,28 @@ where
                     ),
                 )
             };
-            let Some(deadline) = deadline else {
-                return Err(full());
-            };
-            if tokio::time::timeout_at(deadline, room).await.is_err() {
-                return Err(full());
+            match deadline {
+                None => return Err(full()),
+                Some(None) => room.await,
+                Some(Some(at)) => {
+                    if tokio::time::timeout_at(at, room).await.is_err() {
+                        return Err(full());
+                    }
+                }
             }
         }
     }
 
-    /// Starts the flusher on the current runtime, once.
+    /// Starts the flusher on the current runtime, or again if the one it
+    /// ran on stopped (a runtime shut down under it): a queued write always
+    /// has a flusher while writes are accepted.
     fn start(self: &Arc<Self>) -> Result<()> {
-        if self.started.load(Ordering::Acquire) == 1 {
-            return Ok(());
-        }
         let handle =
             tokio::runtime::Handle::try_current().map_err(|_| crate::cache::no_runtime())?;
         let mut f = self.flusher.lock();
-        if f.is_none() {
+        if f.as_ref().is_none_or(JoinHandle::is_finished) {
             let me = Arc::clone(self);
             *f = Some(handle.spawn(async move { me.flush_loop().await }));
-            self.started.store(1, Ordering::Release);
         }
         Ok(())
     }
@@ -297,12 +310,11 @@ where
             work.as_mut().enable();
             let wait = {
                 let mut p = self.pending.lock();
-                let now = self.clock.unix_millis();
-                let due = p.order.front().map(|(_, t)| {
-                    t.saturating_add(
-                        u64::try_from(self.cfg.interval.as_millis()).unwrap_or(u64::MAX),
-                    )
-                });
+                let now = tokio::time::Instant::now();
+                let due = p
+                    .order
+                    .front()
+                    .and_then(|(_, t)| t.checked_add(self.cfg.interval));
                 if p.values.len() >= self.cfg.batch
                     || (p.closing && !p.values.is_empty())
                     || due.is_some_and(|d| now >= d)
@@ -323,7 +335,7 @@ where
                 if p.closing {
                     return None;
                 }
-                due.map(|d| Duration::from_millis(d.saturating_sub(now)))
+                due.map(|d| d.saturating_duration_since(now))
             };
             match wait {
                 Some(d) => {
@@ -344,12 +356,23 @@ where
     async fn write(&self, batch: Vec<(K, V)>) {
         let mut delay = self.cfg.backoff;
         for attempt in 1..=self.cfg.max_attempts {
-            let outcome = std::panic::AssertUnwindSafe(self.writer.write_many(&batch));
-            let outcome = futures_util::FutureExt::catch_unwind(outcome)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::new(ErrorKind::SourcePanicked, "the writer panicked"))
-                });
+            // The future is made inside the guard: a writer that panics
+            // before its first await is caught too. A hung writer is cut.
+            let write =
+                std::panic::AssertUnwindSafe(async { self.writer.write_many(&batch).await });
+            let outcome = match tokio::time::timeout(
+                self.cfg.write_timeout,
+                futures_util::FutureExt::catch_unwind(write),
+            )
+            .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(Error::new(ErrorKind::SourcePanicked, "the writer panicked")),
+                Err(_) => Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("write_many took longer than {:?}", self.cfg.write_timeout),
+                )),
+            };
             match outcome {
                 Ok(()) => {
                     self.flushed.add(batch.len() as u64);
@@ -360,7 +383,10 @@ where
                     for (k, v) in &batch {
                         self.dead_letters.incr();
                         if let Some(f) = &self.dead_letter {
-                            f(k, v, &e);
+                            // A panicking callback must not stop the flusher.
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                f(k, v, &e)
+                            }));
                         }
                     }
                     return;
@@ -390,9 +416,12 @@ where
             let p = self.pending.lock();
             (p.values.len() as u64, p.order.front().map(|(_, t)| *t))
         };
+        let waited = oldest.map_or(Duration::ZERO, |t| {
+            tokio::time::Instant::now().saturating_duration_since(t)
+        });
         WriteBehindStats {
             queued,
-            oldest_ms: oldest.map_or(0, |t| self.clock.unix_millis().saturating_sub(t)),
+            oldest_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
             flushed: self.flushed.get(),
             retries: self.retries.get(),
             dead_letters: self.dead_letters.get(),

@@ -158,3 +158,18 @@ async fn get_with_version_reads_both_in_one_round_trip() {
     assert_eq!(s.stats().command("MGET").unwrap().calls, mgets + 1);
     assert!(s.get_with_version("").await.unwrap_err().is_invalid_input());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_of_duration_max_means_as_long_as_redis_allows() {
+    let server = RedisServer::start().unwrap();
+    let s = store(&server.url());
+    s.set("forever", b"v", Duration::MAX).await.unwrap();
+    assert!(s.fill("f", &env(0, b"v"), Duration::MAX).await.unwrap());
+    s.invalidate("i", Duration::MAX).await.unwrap();
+    s.set_versioned("w", &env(0, b"v"), Duration::MAX, Duration::MAX)
+        .await
+        .unwrap();
+    assert!(s.acquire_lease("l", b"t", Duration::MAX).await.unwrap());
+    let left = s.ttl("forever").await.unwrap().remaining().unwrap();
+    assert!(left > Duration::from_secs(99 * 365 * 24 * 3600), "{left:?}");
+}

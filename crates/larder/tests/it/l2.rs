@@ -340,3 +340,73 @@ async fn clear_empties_both_levels_of_this_namespace() {
     c.get_or_load(&1).await.unwrap();
     assert_eq!(loader.calls(), 51);
 }
+
+/// The lease holder's load fails: the process waiting on its lease takes
+/// over at its next poll, not after the lease's whole TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_lease_holder_hands_over_at_once() {
+    let server = RedisServer::start().unwrap();
+    let clock = MockClock::new();
+    let (failing, gate) = TestLoader::gated();
+    failing
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let healthy = TestLoader::default();
+    let make = |loader: TestLoader| -> Cache<u64, String> {
+        Cache::builder()
+            .redis(store(&server.url(), &clock))
+            .clock(clock.shared())
+            .loader(loader)
+            // A lease far longer than a caller waits: only a hand-over in
+            // time can answer the second instance's caller.
+            .lease(Duration::from_secs(600))
+            .lease_poll(Duration::from_millis(5))
+            .wait_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (make(failing.clone()), make(healthy.clone()));
+    let first = {
+        let a = a.clone();
+        tokio::spawn(async move { a.get_or_load(&9).await })
+    };
+    failing.until_entered(1).await;
+    let second = {
+        let b = b.clone();
+        tokio::spawn(async move { b.get_or_load(&9).await })
+    };
+    until("b waits on a's lease", || b.stats().lease_waits == 1).await;
+    gate.add_permits(1);
+    assert_eq!(first.await.unwrap().unwrap_err().kind(), ErrorKind::Source);
+    assert_eq!(second.await.unwrap().unwrap().as_deref(), Some("value9.0"));
+    assert_eq!(b.stats().lease_takeovers, 1);
+}
+
+/// Stale-if-error with an empty L1 (a new instance): the value the L2
+/// keeps past its fresh time is served when the load fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_serves_what_the_l2_keeps_to_a_new_instance() {
+    let server = RedisServer::start().unwrap();
+    let clock = MockClock::new();
+    let loader = TestLoader::default();
+    let make = || -> Cache<u64, String> {
+        Cache::builder()
+            .redis(store(&server.url(), &clock))
+            .clock(clock.shared())
+            .ttl(Ttl::fixed(Duration::from_secs(10)))
+            .stale_if_error(Duration::from_secs(120))
+            .loader(loader.clone())
+            .build()
+            .unwrap()
+    };
+    let a = make();
+    a.get_or_load(&4).await.unwrap();
+    clock.advance(Duration::from_secs(30));
+    loader.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let b = make();
+    assert_eq!(
+        b.get_or_load(&4).await.unwrap().as_deref(),
+        Some("value4.0")
+    );
+    assert_eq!(b.stats().stale_if_error, 1);
+}

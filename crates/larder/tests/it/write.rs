@@ -53,11 +53,7 @@ impl Loader<u64, String> for MapDb {
 
 impl Writer<u64, String> for MapDb {
     async fn write(&self, key: &u64, value: &String) -> Result<()> {
-        if self.fail_writes.load(Ordering::SeqCst) {
-            return Err(larder::core::Error::new(ErrorKind::Source, "disk full"));
-        }
-        self.rows.lock().unwrap().insert(*key, value.clone());
-        Ok(())
+        self.write_many(&[(*key, value.clone())]).await
     }
     async fn delete(&self, key: &u64) -> Result<()> {
         self.rows.lock().unwrap().remove(key);
@@ -68,9 +64,13 @@ impl Writer<u64, String> for MapDb {
         if let Some(g) = &self.write_gate {
             g.acquire().await.expect("gate").forget();
         }
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(larder::core::Error::new(ErrorKind::Source, "disk full"));
+        }
         self.batches.lock().unwrap().push(entries.to_vec());
+        let mut rows = self.rows.lock().unwrap();
         for (k, v) in entries {
-            self.write(k, v).await?;
+            rows.insert(*k, v.clone());
         }
         Ok(())
     }
@@ -279,11 +279,46 @@ async fn a_full_queue_refuses_or_waits_but_never_drops() {
     blocking.put_behind(&11, "y".into()).await.unwrap();
     let e = blocking.put_behind(&12, "z".into()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Overflow, "no room within the timeout");
+    // With a long enough block, the write waits for room and gets it when
+    // the writer moves on.
+    let patient = behind(
+        &db,
+        &clock,
+        WriteBehind::new()
+            .batch(1)
+            .capacity(1)
+            .overflow(Overflow::Block(Duration::from_secs(60))),
+    );
+    patient.put_behind(&20, "p".into()).await.unwrap();
+    until("its batch reached the writer", || {
+        db.writes_entered.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    patient.put_behind(&21, "q".into()).await.unwrap();
+    let waiting = {
+        let patient = patient.clone();
+        tokio::spawn(async move { patient.put_behind(&22, "r".into()).await })
+    };
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished(), "no room yet: it waits");
     gate.add_permits(100);
+    waiting.await.unwrap().unwrap();
+    patient.close().await;
     c.close().await;
     blocking.close().await;
     let rows = db.rows.lock().unwrap().clone();
-    for (k, v) in [(1, "a"), (2, "b2"), (3, "c"), (10, "x"), (11, "y")] {
+    for (k, v) in [
+        (1, "a"),
+        (2, "b2"),
+        (3, "c"),
+        (10, "x"),
+        (11, "y"),
+        (20, "p"),
+        (21, "q"),
+        (22, "r"),
+    ] {
         assert_eq!(rows.get(&k).map(String::as_str), Some(v), "key {k}");
     }
     assert!(
@@ -346,4 +381,125 @@ async fn a_dropped_cache_still_writes_its_queue() {
         db.rows.lock().unwrap().len() == 50
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_finds_the_row_gone_evicts_it() {
+    let clock = MockClock::new();
+    let db = MapDb::with(&[(1, "a")]);
+    let c: Cache<u64, String> = Cache::builder()
+        .clock(clock.shared())
+        .ttl(larder::Ttl::fixed(Duration::from_secs(10)).stale_for(Duration::from_secs(5)))
+        .loader(db.clone())
+        .build()
+        .unwrap();
+    assert_eq!(c.get_or_load(&1).await.unwrap().as_deref(), Some("a"));
+    db.rows.lock().unwrap().remove(&1); // deleted at the source, no invalidation
+    clock.advance(Duration::from_secs(12)); // in the grace window
+    assert_eq!(
+        c.get_or_load(&1).await.unwrap().as_deref(),
+        Some("a"),
+        "served stale"
+    );
+    until("the refresh ran", || db.loads.load(Ordering::SeqCst) == 2).await;
+    until("the refresh ended", || c.stats().in_flight == 0).await;
+    assert_eq!(
+        c.get(&1).await.unwrap(),
+        None,
+        "the deleted row is no longer served"
+    );
+}
+
+/// Two `put`s of one key: the second waits for the first, so the source
+/// and the cache see them in the same order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_of_one_key_reach_the_source_and_the_cache_in_one_order() {
+    let clock = MockClock::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let db = MapDb {
+        write_gate: Some(Arc::clone(&gate)),
+        ..MapDb::default()
+    };
+    let c = l1_only(&db, &clock);
+    let first = {
+        let c = c.clone();
+        tokio::spawn(async move { c.put(&1, "v1".into()).await })
+    };
+    until("the first write reached the source", || {
+        db.writes_entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let second = {
+        let c = c.clone();
+        tokio::spawn(async move { c.put(&1, "v2".into()).await })
+    };
+    // Other keys are not held up (a different lock stripe, most likely;
+    // the first 8 keys cannot all share key 1's stripe).
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        db.writes_entered.load(Ordering::SeqCst),
+        1,
+        "the second put of the key reached the source while the first was writing"
+    );
+    gate.add_permits(2);
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!(db.rows.lock().unwrap()[&1], "v2");
+    assert_eq!(c.get(&1).await.unwrap().as_deref(), Some("v2"));
+}
+
+/// Read your writes: a key whose write-behind write still waits is served
+/// from the queue, not loaded (old) from the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_write_behind_value_is_served_not_the_old_row() {
+    let clock = MockClock::new();
+    let db = MapDb::with(&[(1, "old")]);
+    let c = behind(
+        &db,
+        &clock,
+        WriteBehind::new()
+            .batch(1000)
+            .interval(Duration::from_secs(3600)),
+    );
+    c.put_behind(&1, "new".into()).await.unwrap();
+    c.clear_local(); // the L1 loses it (an eviction, say)
+    assert_eq!(c.get_or_load(&1).await.unwrap().as_deref(), Some("new"));
+    assert_eq!(db.loads.load(Ordering::SeqCst), 0);
+    c.close().await;
+}
+
+/// A dead-letter callback that panics does not stop the flusher: later
+/// writes are still written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_dead_letter_callback_does_not_stop_the_flusher() {
+    let clock = MockClock::new();
+    let db = MapDb::default();
+    db.fail_writes.store(true, Ordering::SeqCst);
+    let c: Cache<u64, String> = Cache::builder()
+        .clock(clock.shared())
+        .loader(db.clone())
+        .writer(db.clone())
+        .write_behind(
+            WriteBehind::new()
+                .batch(1)
+                .max_attempts(1)
+                .backoff(Duration::from_millis(1), Duration::from_millis(1)),
+        )
+        .dead_letter(|_, _, _| panic!("callback bug"))
+        .build()
+        .unwrap();
+    c.put_behind(&1, "lost".into()).await.unwrap();
+    until("dead-lettered", || {
+        c.stats().write_behind.unwrap().dead_letters == 1
+    })
+    .await;
+    db.fail_writes.store(false, Ordering::SeqCst);
+    c.put_behind(&2, "kept".into()).await.unwrap();
+    c.close().await;
+    assert_eq!(
+        db.rows.lock().unwrap().get(&2).map(String::as_str),
+        Some("kept")
+    );
 }
