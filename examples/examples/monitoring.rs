@@ -14,7 +14,7 @@
 //! Useful queries: L1 hit ratio
 //! `sum(rate(larder_requests_total{level="l1",result="hit"}[1m])) / sum(rate(larder_requests_total{level="l1"}[1m]))`;
 //! mean load time
-//! `rate(larder_load_microseconds_sum[1m]) / rate(larder_load_seconds_count[1m]) / 1e6`.
+//! `rate(larder_load_duration_microseconds_sum[1m]) / rate(larder_load_duration_microseconds_count[1m]) / 1e6`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // an example prints
 

@@ -33,11 +33,21 @@ pub const MAX_NAMESPACE_LEN: usize = 64;
 /// The default namespace.
 pub const DEFAULT_NAMESPACE: &str = "larder";
 
-/// Checks a user key: not empty, at most [`MAX_KEY_LEN`] bytes.
-/// Errors are [`ErrorKind::InvalidKey`].
+/// Checks a user key: not empty, at most [`MAX_KEY_LEN`] bytes, not
+/// starting with `}` (that would make the Redis Cluster hash tag of
+/// `{namespace}:{{key}}` empty). Errors are [`ErrorKind::InvalidKey`].
 pub fn validate_key(key: &str) -> Result<()> {
     if key.is_empty() {
         return Err(Error::new(ErrorKind::InvalidKey, "the key is empty"));
+    }
+    if key.starts_with('}') {
+        // `{ns}:{}...}` has an empty hash tag: Redis Cluster would hash the
+        // whole key, and the key's version record and lease (same tag)
+        // would land in other slots.
+        return Err(Error::new(
+            ErrorKind::InvalidKey,
+            "a key may not start with `}` (it would empty the Redis Cluster hash tag)",
+        ));
     }
     if key.len() > MAX_KEY_LEN {
         return Err(Error::new(
@@ -176,6 +186,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_key_may_not_empty_its_hash_tag() {
+        for bad in ["}", "}x", "}}"] {
+            assert_eq!(
+                validate_key(bad).unwrap_err().kind(),
+                ErrorKind::InvalidKey,
+                "{bad:?}"
+            );
+        }
+        assert!(validate_key("x}").is_ok());
+    }
+
+    #[test]
     fn key_limits() {
         assert!(validate_key("a").is_ok());
         assert!(validate_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
@@ -230,7 +252,7 @@ mod tests {
     #[test]
     fn user_key_inverts_data_key_even_with_braces() {
         let ks = KeySpace::default();
-        for key in ["plain", "a}b", "{x}", "}", "{", "emoji 🍰"] {
+        for key in ["plain", "a}b", "{x}", "{", "emoji 🍰", "x}"] {
             let redis_key = ks.data_key(key).unwrap();
             assert_eq!(ks.user_key(&redis_key), Some(key), "{key:?}");
         }

@@ -440,7 +440,8 @@ impl Node {
         for target in &targets {
             let mut cursor: u64 = 0;
             loop {
-                let (next, keys): (u64, Vec<String>) = self
+                // Keys as bytes: a key that is not UTF-8 is removed too.
+                let (next, keys): (u64, Vec<Vec<u8>>) = self
                     .run(Cmd::Other, true, "SCAN", |c| async move {
                         let mut cmd = redis::cmd("SCAN");
                         cmd.arg(cursor)

@@ -257,9 +257,10 @@ where
         }
     }
 
-    /// The value of `key` if a level holds it (no load): `Ok(None)` for a
-    /// miss or a cached "not found". L2 errors are counted and answered as a
-    /// miss.
+    /// The value of `key` if a level holds it: `Ok(None)` for a miss or a
+    /// cached "not found". It never waits for a load, but a hit may start a
+    /// background refresh (early refresh, grace window). L2 errors are
+    /// counted and answered as a miss.
     pub async fn get(&self, key: &K) -> Result<Option<V>> {
         self.inner.check_open()?;
         let now = self.inner.now_ms();
@@ -388,6 +389,24 @@ where
         .await
     }
 
+    /// Puts `value` in the cache without writing the source of truth (a
+    /// value you loaded or computed yourself): the L2 with a newly
+    /// allocated version, then the L1, like the cache half of
+    /// [`Cache::put`]. A load that started earlier cannot overwrite it.
+    pub async fn insert(&self, key: &K, value: V) -> Result<()> {
+        self.inner.check_open()?;
+        let text = key.key_text()?;
+        let order = Arc::clone(&self.inner.write_locks[self.inner.stripe(key)])
+            .lock_owned()
+            .await;
+        let (inner, k) = (Arc::clone(&self.inner), key.clone());
+        self.in_task(key, async move {
+            let _order = order;
+            inner.store_written(&k, &text, value).await
+        })
+        .await
+    }
+
     /// Write-behind (with [`CacheBuilder::write_behind`]): queues the write
     /// of `value` to the source of truth, then updates the L2 (versioned, as
     /// [`Cache::put`]) and the L1 at once. The write is coalesced with a
@@ -483,6 +502,12 @@ where
     /// `UNLINK` on every node, never `KEYS`. Other instances' L1s keep
     /// their entries until they expire. With an L2 that is not a
     /// `RedisStore`: [`ErrorKind::Unsupported`] after the L1 is cleared.
+    ///
+    /// Not a versioned invalidation: it removes the version records too, so
+    /// a load that started before it may still fill its value afterwards;
+    /// and it removes every key of the namespace, the data-structure
+    /// helpers' and the locks' included: give a cache a namespace of its
+    /// own.
     pub async fn clear(&self) -> Result<()> {
         self.inner.check_open()?;
         self.clear_local();
@@ -577,9 +602,12 @@ where
     }
 
     /// Stops the cache: later calls answer [`ErrorKind::Closed`]; this
-    /// writes every queued write-behind write (with its retries), then
-    /// waits for the background loads and refreshes still running (each
-    /// bounded by the load timeout). Nothing outlives the cache silently.
+    /// writes every queued write-behind write (each attempt bounded by the
+    /// write timeout, with its retries; what still fails is dead-lettered
+    /// and counted in `Stats::write_behind`), then waits for the background
+    /// loads and refreshes still running (each bounded by the load timeout,
+    /// plus up to three lease times when waiting on another process's
+    /// lease). Nothing outlives the cache silently.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         if let Some(q) = &self.inner.queue {

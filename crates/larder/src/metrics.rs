@@ -24,9 +24,11 @@ where
     /// |---|---|---|
     /// | `larder_requests_total` | counter | `level` (`l1`, `l2`), `result` (`hit`, `miss`) |
     /// | `larder_loads_total` | counter | `result` (`ok`, `error`) |
-    /// | `larder_load_microseconds_sum`, `larder_load_seconds_count` | counter | |
-    /// | `larder_coalesced_total`, `larder_stale_served_total`, `larder_stale_if_error_total`, `larder_early_refreshes_total`, `larder_hot_refreshes_total`, `larder_negative_hits_total`, `larder_corrupt_total`, `larder_l2_errors_total`, `larder_fills_refused_total`, `larder_invalidations_total`, `larder_lease_waits_total` | counter | |
+    /// | `larder_load_duration_microseconds_sum`, `larder_load_duration_microseconds_count` | counter | |
+    /// | `larder_coalesced_total`, `larder_stale_served_total`, `larder_stale_if_error_total`, `larder_early_refreshes_total`, `larder_hot_refreshes_total`, `larder_background_refreshes_total`, `larder_negative_hits_total`, `larder_corrupt_total`, `larder_l2_errors_total`, `larder_fills_refused_total`, `larder_invalidations_total`, `larder_writes_total`, `larder_lease_waits_total`, `larder_lease_takeovers_total` | counter | |
     /// | `larder_l1_entries`, `larder_in_flight` | gauge | |
+    /// | `larder_write_behind_queued`, `larder_write_behind_oldest_seconds` | gauge | (write-behind on) |
+    /// | `larder_write_behind_flushed_total`, `_retries_total`, `_dead_letters_total`, `_coalesced_total` | counter | (write-behind on) |
     /// | `larder_breaker_open` (`redis` feature) | gauge (1 open, 0.5 half-open, 0 closed) | `node` |
     pub fn export_metrics(&self, name: &str) {
         let s = self.stats();
@@ -44,9 +46,10 @@ where
             .absolute(s.loads_ok);
         counter!("larder_loads_total", "cache" => cache.clone(), "result" => "error")
             .absolute(s.load_errors);
-        counter!("larder_load_seconds_count", "cache" => cache.clone()).absolute(s.load_time.count);
-        // Whole microseconds, so the sum stays an integer counter.
-        counter!("larder_load_microseconds_sum", "cache" => cache.clone())
+        // One summary, in whole microseconds (a counter is an integer).
+        counter!("larder_load_duration_microseconds_count", "cache" => cache.clone())
+            .absolute(s.load_time.count);
+        counter!("larder_load_duration_microseconds_sum", "cache" => cache.clone())
             .absolute(s.load_time.sum_nanos / 1_000);
         for (metric, v) in [
             ("larder_coalesced_total", s.coalesced),
@@ -60,11 +63,27 @@ where
             ("larder_fills_refused_total", s.fills_refused),
             ("larder_invalidations_total", s.invalidations),
             ("larder_lease_waits_total", s.lease_waits),
+            ("larder_lease_takeovers_total", s.lease_takeovers),
+            ("larder_background_refreshes_total", s.background_refreshes),
+            ("larder_writes_total", s.writes),
         ] {
             counter!(metric, "cache" => cache.clone()).absolute(v);
         }
         gauge!("larder_l1_entries", "cache" => cache.clone()).set(s.l1_entries as f64);
         gauge!("larder_in_flight", "cache" => cache.clone()).set(s.in_flight as f64);
+        if let Some(wb) = &s.write_behind {
+            gauge!("larder_write_behind_queued", "cache" => cache.clone()).set(wb.queued as f64);
+            gauge!("larder_write_behind_oldest_seconds", "cache" => cache.clone())
+                .set(wb.oldest_ms as f64 / 1e3);
+            for (metric, v) in [
+                ("larder_write_behind_flushed_total", wb.flushed),
+                ("larder_write_behind_retries_total", wb.retries),
+                ("larder_write_behind_dead_letters_total", wb.dead_letters),
+                ("larder_write_behind_coalesced_total", wb.coalesced),
+            ] {
+                counter!(metric, "cache" => cache.clone()).absolute(v);
+            }
+        }
         #[cfg(feature = "redis")]
         if let Some(redis) = self.redis() {
             for (node, state) in redis.breaker_states() {

@@ -34,8 +34,14 @@ async fn clear_removes_this_namespace_only_on_a_standalone_server() {
         .arg("x")
         .exec(&mut c)
         .unwrap();
-    // 2499 values left after the invalidation, plus k0's version record.
-    assert_eq!(ours.clear_namespace().await.unwrap(), 2500);
+    // A key that is not UTF-8, under the namespace, is removed too.
+    redis::cmd("SET")
+        .arg(&b"shop:{\xff}"[..])
+        .arg("x")
+        .exec(&mut c)
+        .unwrap();
+    // 2499 values left after the invalidation, k0's version record, the raw key.
+    assert_eq!(ours.clear_namespace().await.unwrap(), 2501);
     assert_eq!(ours.get("k1").await.unwrap(), None);
     assert!(
         theirs.get("k1").await.unwrap().is_some(),

@@ -503,3 +503,29 @@ async fn a_panicking_dead_letter_callback_does_not_stop_the_flusher() {
         Some("kept")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_fills_the_cache_only_and_beats_a_slow_load() {
+    let clock = MockClock::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let db = MapDb {
+        gate: Some(Arc::clone(&gate)),
+        ..MapDb::with(&[(1, "db")])
+    };
+    let c = l1_only(&db, &clock);
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move { c.get_or_load(&1).await })
+    };
+    until("the load started", || db.loads.load(Ordering::SeqCst) == 1).await;
+    c.insert(&1, "mine".to_owned()).await.unwrap();
+    gate.add_permits(1);
+    assert_eq!(slow.await.unwrap().unwrap().as_deref(), Some("db"));
+    assert_eq!(c.get(&1).await.unwrap().as_deref(), Some("mine"));
+    assert_eq!(
+        db.rows.lock().unwrap()[&1],
+        "db",
+        "the source was not written"
+    );
+    assert!(db.batches.lock().unwrap().is_empty());
+}
