@@ -271,11 +271,17 @@ impl RedisStore {
         check_envelope(value, "set_versioned")?;
         // Not resent: a retry after a lost reply would allocate a second
         // version and could overwrite a newer write made in between.
-        self.run_on(&data, Cmd::Script, false, "set-versioned script", |mut c| {
-            let mut inv = SET_VERSIONED.key(&data);
-            inv.key(&rec).arg(value).arg(ms).arg(rec_ms);
-            async move { inv.invoke_async(&mut c).await }
-        })
+        self.run_on(
+            &data,
+            Cmd::Script,
+            false,
+            "set-versioned script",
+            |mut c| {
+                let mut inv = SET_VERSIONED.key(&data);
+                inv.key(&rec).arg(value).arg(ms).arg(rec_ms);
+                async move { inv.invoke_async(&mut c).await }
+            },
+        )
         .await
     }
 }
