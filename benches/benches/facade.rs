@@ -161,9 +161,91 @@ fn facade_benches(c: &mut Criterion) {
     g.finish();
     m.compare(group, "larder Cache get (L2 hit)", "larder RedisStore get");
 
+    flight_group(c, &mut m);
     stampede_group(&mut m, &rt, &server);
     flash_sale_group(&mut m, &rt, &server);
     write_modes_group(&mut m, &rt);
+}
+
+/// 10,000 waiters on one key: each registers its waker and is woken once.
+/// Larder's `SingleFlight` (a slot per waiter) against the scan it replaced
+/// (every poll compares its waker with every registered one), same run.
+fn flight_group(c: &mut Criterion, m: &mut Manifest) {
+    use larder_memory::{Join, SingleFlight};
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Waker};
+
+    const WAITERS: usize = 10_000;
+    let group = "flight/10,000 waiters on one key";
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(WAITERS as u64));
+    g.sample_size(10);
+    m.time(group, "larder SingleFlight", WAITERS as u64);
+    g.bench_function("larder SingleFlight", |b| {
+        b.iter(|| {
+            let flights: SingleFlight<u64, u64> = SingleFlight::with_shards(1);
+            let Join::Leader(leader) = flights.join(1) else {
+                unreachable!()
+            };
+            let data: Vec<Box<u8>> = (0..WAITERS).map(|_| Box::new(0u8)).collect();
+            let wakers: Vec<Waker> = data.iter().map(|d| noop_waker_at(&**d)).collect();
+            let mut waits: Vec<_> = (0..WAITERS)
+                .map(|_| match flights.join(1) {
+                    Join::Wait(w) => w,
+                    Join::Leader(_) => unreachable!(),
+                })
+                .collect();
+            for (w, k) in waits.iter_mut().zip(&wakers) {
+                let _ = Pin::new(w).poll(&mut Context::from_waker(k));
+            }
+            leader.finish(7);
+            for w in &mut waits {
+                let _ = black_box(Pin::new(w).poll(&mut Context::from_waker(Waker::noop())));
+            }
+        })
+    });
+    m.time(
+        group,
+        "will_wake scan (the replaced design)",
+        WAITERS as u64,
+    );
+    g.bench_function("will_wake scan (the replaced design)", |b| {
+        b.iter(|| {
+            // Distinct wakers, as distinct tasks have: every registration
+            // scans the whole list and finds no match.
+            let data: Vec<Box<u8>> = (0..WAITERS).map(|_| Box::new(0u8)).collect();
+            let wakers: Vec<Waker> = data.iter().map(|d| noop_waker_at(&**d)).collect();
+            let list = parking_lot::Mutex::new(Vec::<Waker>::new());
+            for k in &wakers {
+                let mut l = list.lock();
+                if !l.iter().any(|w| w.will_wake(k)) {
+                    l.push(k.clone());
+                }
+            }
+            for w in list.into_inner() {
+                w.wake();
+            }
+        })
+    });
+    g.finish();
+    m.compare(
+        group,
+        "larder SingleFlight",
+        "will_wake scan (the replaced design)",
+    );
+}
+
+/// A no-op waker whose identity is `at` (so `will_wake` tells them apart).
+fn noop_waker_at(at: *const u8) -> std::task::Waker {
+    use std::task::{RawWaker, RawWakerVTable, Waker};
+    fn clone(p: *const ()) -> RawWaker {
+        RawWaker::new(p, &VTABLE)
+    }
+    fn noop(_: *const ()) {}
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, noop, noop, noop);
+    // SAFETY: the vtable's functions never dereference the pointer.
+    unsafe { Waker::from_raw(RawWaker::new(at.cast(), &VTABLE)) }
 }
 
 fn stampede_group(m: &mut Manifest, rt: &tokio::runtime::Runtime, server: &RedisServer) {
