@@ -76,6 +76,30 @@ impl Writer<u64, String> for MapDb {
     }
 }
 
+/// An L1-only cache over a table holding `row` under key 1, and a
+/// `get_or_load(&1)` that has read the row and waits at the gate.
+async fn a_slow_load_of_key_1(
+    row: &str,
+) -> (
+    MapDb,
+    Cache<u64, String>,
+    Arc<Semaphore>,
+    tokio::task::JoinHandle<Result<Option<String>>>,
+) {
+    let gate = Arc::new(Semaphore::new(0));
+    let db = MapDb {
+        gate: Some(Arc::clone(&gate)),
+        ..MapDb::with(&[(1, row)])
+    };
+    let c = l1_only(&db, &MockClock::new());
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move { c.get_or_load(&1).await })
+    };
+    until("the load started", || db.loads.load(Ordering::SeqCst) == 1).await;
+    (db, c, gate, slow)
+}
+
 fn l1_only(db: &MapDb, clock: &MockClock) -> Cache<u64, String> {
     Cache::builder()
         .clock(clock.shared())
@@ -87,18 +111,7 @@ fn l1_only(db: &MapDb, clock: &MockClock) -> Cache<u64, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_writes_the_source_then_the_cache_and_beats_a_slow_load() {
-    let clock = MockClock::new();
-    let gate = Arc::new(Semaphore::new(0));
-    let db = MapDb {
-        gate: Some(Arc::clone(&gate)),
-        ..MapDb::with(&[(1, "v0")])
-    };
-    let c = l1_only(&db, &clock);
-    let slow = {
-        let c = c.clone();
-        tokio::spawn(async move { c.get_or_load(&1).await })
-    };
-    until("the load started", || db.loads.load(Ordering::SeqCst) == 1).await;
+    let (db, c, gate, slow) = a_slow_load_of_key_1("v0").await;
     c.put(&1, "v1".to_owned()).await.unwrap();
     gate.add_permits(1);
     assert_eq!(
@@ -506,18 +519,7 @@ async fn a_panicking_dead_letter_callback_does_not_stop_the_flusher() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_fills_the_cache_only_and_beats_a_slow_load() {
-    let clock = MockClock::new();
-    let gate = Arc::new(Semaphore::new(0));
-    let db = MapDb {
-        gate: Some(Arc::clone(&gate)),
-        ..MapDb::with(&[(1, "db")])
-    };
-    let c = l1_only(&db, &clock);
-    let slow = {
-        let c = c.clone();
-        tokio::spawn(async move { c.get_or_load(&1).await })
-    };
-    until("the load started", || db.loads.load(Ordering::SeqCst) == 1).await;
+    let (db, c, gate, slow) = a_slow_load_of_key_1("db").await;
     c.insert(&1, "mine".to_owned()).await.unwrap();
     gate.add_permits(1);
     assert_eq!(slow.await.unwrap().unwrap().as_deref(), Some("db"));
