@@ -11,6 +11,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // an example prints
 
+use larder_examples::cli::{finish, required_env};
 use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -51,23 +52,11 @@ fn followers(actor: &str) -> &'static [&'static str] {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let url = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            eprintln!(
-                "activity_feed: set REDIS_URL to a Redis server, e.g.\n  \
-                 REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example activity_feed"
-            );
-            return ExitCode::from(2);
-        }
+    let url = match required_env("activity_feed", "REDIS_URL", "redis://127.0.0.1:6379") {
+        Ok(url) => url,
+        Err(code) => return code,
     };
-    match run(&url).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("activity_feed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("activity_feed", run(&url).await)
 }
 
 async fn run(url: &str) -> Result<()> {

@@ -9,6 +9,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // an example prints
 
+use larder_examples::cli::{finish, required_env};
 use std::process::ExitCode;
 
 use larder::prelude::*;
@@ -39,23 +40,11 @@ const PLAYERS: [(&str, f64, &str, &str); 10] = [
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let url = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            eprintln!(
-                "leaderboard: set REDIS_URL to a Redis server, e.g.\n  \
-                 REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example leaderboard"
-            );
-            return ExitCode::from(2);
-        }
+    let url = match required_env("leaderboard", "REDIS_URL", "redis://127.0.0.1:6379") {
+        Ok(url) => url,
+        Err(code) => return code,
     };
-    match run(&url).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("leaderboard: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("leaderboard", run(&url).await)
 }
 
 /// `Ranked::rank` is 0-based (0 = the best score); people count from 1.

@@ -13,6 +13,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // an example prints
 
+use larder_examples::cli::{finish, required_env};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,23 +24,11 @@ const BURST: u32 = 8;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let url = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            eprintln!(
-                "rate_limiter: set REDIS_URL to a Redis server, e.g.\n  \
-                 REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example rate_limiter"
-            );
-            return ExitCode::from(2);
-        }
+    let url = match required_env("rate_limiter", "REDIS_URL", "redis://127.0.0.1:6379") {
+        Ok(url) => url,
+        Err(code) => return code,
     };
-    match run(&url).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rate_limiter: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("rate_limiter", run(&url).await)
 }
 
 async fn run(url: &str) -> Result<()> {

@@ -14,6 +14,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // an example prints
 
+use larder_examples::cli::{finish, required_env};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -35,23 +36,11 @@ const WAIT: Duration = Duration::from_millis(200);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let url = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            eprintln!(
-                "work_queue: set REDIS_URL to a Redis server, e.g.\n  \
-                 REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example work_queue"
-            );
-            return ExitCode::from(2);
-        }
+    let url = match required_env("work_queue", "REDIS_URL", "redis://127.0.0.1:6379") {
+        Ok(url) => url,
+        Err(code) => return code,
     };
-    match run(&url).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("work_queue: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish("work_queue", run(&url).await)
 }
 
 async fn run(url: &str) -> Result<()> {

@@ -324,3 +324,37 @@ pub mod http {
         })
     }
 }
+
+pub mod cli {
+    //! How the examples start and end: the environment they need, and the
+    //! exit code for their outcome. (Examples talk to their user on stderr.)
+    #![allow(clippy::print_stderr)]
+
+    use std::process::ExitCode;
+
+    /// The value of `var`; when it is unset or empty, prints what to set
+    /// (with `sample` as the example value) and answers exit code 2.
+    pub fn required_env(example: &str, var: &str, sample: &str) -> Result<String, ExitCode> {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(v),
+            _ => {
+                eprintln!(
+                    "{example}: set {var} to reach Redis, e.g.\n  \
+                     {var}={sample} cargo run --release --example {example}"
+                );
+                Err(ExitCode::from(2))
+            }
+        }
+    }
+
+    /// Exit code 0 for `Ok`; otherwise prints the error and answers 1.
+    pub fn finish(example: &str, outcome: larder::core::Result<()>) -> ExitCode {
+        match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{example}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
