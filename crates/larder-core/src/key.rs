@@ -158,9 +158,18 @@ impl KeySpace {
         Ok(k)
     }
 
-    /// A namespace-wide key or channel: `{namespace}:{name}`.
-    pub fn global_key(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
+    /// A namespace-wide key or channel: `{namespace}:{name}`. The name is
+    /// not empty and holds no `{` or `}`, so it can equal no data, internal
+    /// or helper key (those have `{` right after the prefix). Errors are
+    /// [`ErrorKind::InvalidKey`].
+    pub fn global_key(&self, name: &str) -> Result<String> {
+        if name.is_empty() || name.contains(['{', '}']) {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                format!("global key name {name:?}: not empty, no braces"),
+            ));
+        }
+        Ok(format!("{}{name}", self.prefix))
     }
 
     /// The user key inside a data key of this space, or `None` for any other
@@ -217,6 +226,18 @@ mod tests {
         }
         assert_eq!(KeySpace::new("a:b").unwrap().namespace(), "a:b");
         assert_eq!(KeySpace::default().prefix(), "larder:");
+    }
+
+    #[test]
+    fn a_global_key_is_never_a_data_key() {
+        let ks = KeySpace::default();
+        assert_eq!(ks.global_key("invalidate").unwrap(), "larder:invalidate");
+        for bad in ["{x}", "", "a}b"] {
+            assert_eq!(
+                ks.global_key(bad).unwrap_err().kind(),
+                ErrorKind::InvalidKey
+            );
+        }
     }
 
     #[test]

@@ -203,6 +203,27 @@ where
         })
     }
 
+    /// Leads a new flight for `key` unless one is running: `None` then, and
+    /// nothing else happens (no waiter is counted, the key is not cloned).
+    /// For background work that needs no answer (a refresh).
+    pub fn lead(&self, key: &K) -> Option<Leader<K, T>>
+    where
+        K: Clone,
+    {
+        let mut map = self.shard(key).lock();
+        if map.contains_key(key) {
+            return None;
+        }
+        let flight = Arc::new(Flight::new());
+        map.insert(key.clone(), Arc::clone(&flight));
+        drop(map);
+        Some(Leader {
+            table: self.clone(),
+            key: Some(key.clone()),
+            flight,
+        })
+    }
+
     /// Forgets the running flight of `key`, if any: later callers start a
     /// new one, and the old leader's [`Leader::finish_with`] sees that it is
     /// no longer current. Its waiters still get its outcome. `true` if a
@@ -579,6 +600,16 @@ mod publish_panics {
 
     /// A `publish` that panics leaves no flight behind: its waiters are
     /// released (abandoned) and the next caller leads a new flight.
+    #[test]
+    fn lead_starts_a_flight_only_when_none_runs() {
+        let flights: SingleFlight<u8, u8> = SingleFlight::with_shards(1);
+        let leader = flights.lead(&1).expect("no flight ran");
+        assert!(flights.lead(&1).is_none(), "one runs now");
+        assert_eq!(flights.waiters(&1), 0, "lead counts no waiter");
+        assert!(leader.finish(3));
+        assert!(flights.lead(&1).is_some());
+    }
+
     #[test]
     fn a_panicking_publish_does_not_wedge_the_key() {
         let flights: SingleFlight<u8, u8> = SingleFlight::with_shards(1);

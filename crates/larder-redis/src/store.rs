@@ -215,7 +215,8 @@ impl RedisStore {
         Arc::clone(&s.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Runs a command on the node owning `redis_key` (for the helpers).
+    /// Runs a command on the node owning `redis_key` now: for cache keys,
+    /// which fail over to the next live shard (helpers use `run_home`).
     pub(crate) async fn run_on<T, F, Fut>(
         &self,
         redis_key: &str,

@@ -151,8 +151,10 @@ where
         if self.loader.is_none() || self.check_open().is_err() {
             return;
         }
-        let Ok(text) = key.key_text() else { return };
-        if let Join::Leader(leader) = self.flights.join(key.clone()) {
+        // Every hit in a grace window lands here: while a refresh runs this
+        // costs one lock, no clone and no allocation.
+        if let Some(leader) = self.flights.lead(key) {
+            let Ok(text) = key.key_text() else { return };
             match why {
                 Refresh::Early => self.stats.early_refreshes.incr(),
                 Refresh::Hot => self.stats.hot_refreshes.incr(),
