@@ -422,12 +422,17 @@ impl RedisStore {
     }
 
     /// Removes every key of this store's namespace (data, version records,
-    /// leases, helpers' keys), with `SCAN MATCH {namespace}:*` and `UNLINK`
+    /// leases, helpers' keys, and locks made with the same namespace), and
+    /// no key of another namespace, even one that extends this one's name
+    /// (`shop` never touches `shop:eu`), with `SCAN MATCH {namespace}:{*` and `UNLINK`
     /// batch by batch on every node (never `KEYS`, which blocks the
     /// server). Keys written while it runs may survive. How many keys were
     /// removed.
     pub async fn clear_namespace(&self) -> Result<u64> {
-        let pattern = format!("{}*", glob_escape(self.keyspace().prefix()));
+        // `{ns}:{*`: every data, internal and helper key starts with `{`
+        // after the prefix. `{ns}:*` would also match the namespace
+        // `{ns}:eu` (namespaces may hold `:`). Braces are literal in a glob.
+        let pattern = format!("{}{{*", glob_escape(self.keyspace().prefix()));
         let nodes = match &self.inner.backend {
             Backend::Single(n) => vec![Arc::clone(n)],
             Backend::Sharded(s) => self.shards(s).nodes.clone(),

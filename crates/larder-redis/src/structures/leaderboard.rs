@@ -272,7 +272,8 @@ impl<C: Codec> Leaderboard<C> {
             .run_home(
                 &self.key,
                 Cmd::Pipeline,
-                true,
+                // Not resent: a retry after a lost reply would say "not there".
+                false,
                 "ZREM+HDEL",
                 |mut c| async move {
                     redis::pipe()

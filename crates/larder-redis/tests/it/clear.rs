@@ -26,6 +26,8 @@ async fn clear_removes_this_namespace_only_on_a_standalone_server() {
     let server = RedisServer::start().unwrap();
     let ours = in_namespace(Topology::Standalone(server.url()), "shop");
     let theirs = in_namespace(Topology::Standalone(server.url()), "shop2");
+    let nested = in_namespace(Topology::Standalone(server.url()), "shop:eu");
+    fill(&nested, 10).await;
     fill(&ours, 2500).await;
     fill(&theirs, 10).await;
     let mut c = server.client().get_connection().unwrap();
@@ -46,6 +48,10 @@ async fn clear_removes_this_namespace_only_on_a_standalone_server() {
     assert!(
         theirs.get("k1").await.unwrap().is_some(),
         "another namespace was touched"
+    );
+    assert!(
+        nested.get("k1").await.unwrap().is_some(),
+        "the namespace shop:eu was cleared with shop"
     );
     let other: Option<String> = redis::cmd("GET").arg("shopping").query(&mut c).unwrap();
     assert_eq!(other.as_deref(), Some("x"));
