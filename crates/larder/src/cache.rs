@@ -374,10 +374,9 @@ where
         let Some(writer) = &self.inner.writer else {
             return Err(no_writer());
         };
-        // Writes of one key reach the source and the cache in one order.
-        let order = Arc::clone(&self.inner.write_locks[self.inner.stripe(key)])
-            .lock_owned()
-            .await;
+        // Writes of one key reach the source and the cache in one order,
+        // and a write-behind write of it still waiting is superseded.
+        let order = self.inner.write_order(key).await;
         writer.write(key, &value).await?;
         // The source changed: the cache is updated to its end even if this
         // future is dropped now.
@@ -479,10 +478,14 @@ where
             return Err(no_writer());
         };
         let text = key.key_text()?;
+        let order = self.inner.write_order(key).await;
         writer.delete(key).await?;
         let (inner, k) = (Arc::clone(&self.inner), key.clone());
-        self.in_task(key, async move { inner.invalidate(&k, &text).await })
-            .await
+        self.in_task(key, async move {
+            let _order = order;
+            inner.invalidate(&k, &text).await
+        })
+        .await
     }
 
     /// Removes every entry of this instance's L1; running loads will not

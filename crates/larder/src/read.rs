@@ -238,6 +238,19 @@ where
         }
     }
 
+    /// Takes `key`'s write lock (its stripe's), for a write that goes to the
+    /// source now (`put`, `delete`): a write-behind write of the key still
+    /// waiting in the queue is dropped, as this one supersedes it.
+    pub(crate) async fn write_order(&self, key: &K) -> tokio::sync::OwnedMutexGuard<()> {
+        let order = Arc::clone(&self.write_locks[self.stripe(key)])
+            .lock_owned()
+            .await;
+        if let Some(q) = &self.queue {
+            q.supersede(key);
+        }
+        order
+    }
+
     /// Invalidates `key` everywhere: this process, then the L2 (versioned),
     /// then this process again (a reader may have read the old value from
     /// the L2 between the first local invalidation and the L2's).

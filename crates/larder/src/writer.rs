@@ -228,6 +228,15 @@ where
         }
     }
 
+    /// Drops the waiting write of `key`, if any: a write that goes to the
+    /// source directly supersedes it. (A batch already being written is not
+    /// recalled: see the crate docs.)
+    pub(crate) fn supersede(&self, key: &K) {
+        if self.pending.lock().values.remove(key).is_some() {
+            self.room.notify_waiters();
+        }
+    }
+
     /// The value of `key` waiting to be written, if any.
     pub(crate) fn pending(&self, key: &K) -> Option<V> {
         self.pending.lock().values.get(key).cloned()

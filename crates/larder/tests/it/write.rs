@@ -531,3 +531,31 @@ async fn insert_fills_the_cache_only_and_beats_a_slow_load() {
     );
     assert!(db.batches.lock().unwrap().is_empty());
 }
+
+/// A write that goes to the source now supersedes a write-behind write of
+/// the same key still waiting: the flusher never writes the older value
+/// over it, nor a deleted row back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_and_delete_supersede_a_waiting_write_behind_write() {
+    let clock = MockClock::new();
+    let db = MapDb::default();
+    let c = behind(
+        &db,
+        &clock,
+        WriteBehind::new()
+            .batch(1000)
+            .interval(Duration::from_secs(3600)),
+    );
+    c.put_behind(&1, "v0".into()).await.unwrap();
+    c.put(&1, "v1".into()).await.unwrap();
+    c.put_behind(&2, "w0".into()).await.unwrap();
+    c.delete(&2).await.unwrap();
+    c.close().await;
+    let rows = db.rows.lock().unwrap().clone();
+    assert_eq!(
+        rows.get(&1).map(String::as_str),
+        Some("v1"),
+        "the older write came back"
+    );
+    assert!(!rows.contains_key(&2), "the deleted row came back");
+}
