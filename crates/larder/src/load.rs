@@ -337,15 +337,8 @@ where
                 }
             }
         }
-        // Read your writes: a write-behind write of this key still waiting
-        // in this process's queue is newer than what the source holds.
-        if let Some(q) = &self.queue
-            && let Some(v) = q.pending(key)
-        {
-            let ttl = self.cfg.ttl.for_key(text);
-            let meta = EnvelopeMeta::starting_at(now, ttl.fresh_for(self.draw()), ttl.grace());
-            let e = Entry::new(&meta, Some(v), ttl.grace());
-            return Ok(Fetched::new(Arc::new(e), true));
+        if let Some(f) = self.pending_write(key, text, now) {
+            return Ok(f);
         }
         let loader = self.loader.as_ref().ok_or_else(crate::cache::no_loader)?;
         let lease = match (self.cfg.lease, l2_up) {
@@ -625,11 +618,46 @@ where
         }
     }
 
+    /// Read your writes: a write-behind write of `key` waiting or being
+    /// written in this process's queue is newer than what the source holds.
+    fn pending_write(&self, key: &K, text: &str, now: u64) -> Option<Fetched<V>> {
+        let v = self.queue.as_ref()?.pending(key)?;
+        let ttl = self.cfg.ttl.for_key(text);
+        let meta = EnvelopeMeta::starting_at(now, ttl.fresh_for(self.draw()), ttl.grace());
+        let e = Entry::new(&meta, Some(v), ttl.grace());
+        Some(Fetched::new(Arc::new(e), true))
+    }
+
+    /// `fetch_many` for the keys without a write-behind write in this
+    /// process; those are answered from the queue.
     #[cfg_attr(
         feature = "tracing",
         tracing::instrument(name = "larder::load::fetch_many", skip_all, fields(keys = keys.len()))
     )]
     async fn fetch_many(&self, keys: &[K], texts: &[String]) -> Vec<Result<Fetched<V>>> {
+        let now = self.now_ms();
+        let mut out: Vec<Option<Result<Fetched<V>>>> = keys
+            .iter()
+            .zip(texts)
+            .map(|(k, t)| self.pending_write(k, t, now).map(Ok))
+            .collect();
+        let rest: Vec<usize> = (0..keys.len()).filter(|i| out[*i].is_none()).collect();
+        if !rest.is_empty() {
+            let (ks, ts): (Vec<K>, Vec<String>) = rest
+                .iter()
+                .map(|&i| (keys[i].clone(), texts[i].clone()))
+                .unzip();
+            for (i, r) in rest.into_iter().zip(self.load_many(&ks, &ts).await) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(crate::cache::no_loader())))
+            .collect()
+    }
+
+    /// One ticket per key, one `load_many`, one fill per key.
+    async fn load_many(&self, keys: &[K], texts: &[String]) -> Vec<Result<Fetched<V>>> {
         let l2_up = self.l2.is_some();
         let tickets: Vec<Option<u64>> = match &self.l2 {
             Some(l2) => futures_util::future::join_all(texts.iter().map(|t| l2.version(t)))

@@ -150,6 +150,8 @@ struct Pending<K, V> {
     /// Keys in the order they first entered, with when (Tokio's monotonic
     /// clock: a wall-clock step never delays a flush).
     order: VecDeque<(K, tokio::time::Instant)>,
+    /// The batch being written (its values stay readable until written).
+    writing: HashMap<K, V>,
     closing: bool,
 }
 
@@ -212,6 +214,7 @@ where
             pending: Mutex::new(Pending {
                 values: HashMap::new(),
                 order: VecDeque::new(),
+                writing: HashMap::new(),
                 closing: false,
             }),
             work: Notify::new(),
@@ -237,9 +240,10 @@ where
         }
     }
 
-    /// The value of `key` waiting to be written, if any.
+    /// The value of `key` waiting to be written, or being written, if any.
     pub(crate) fn pending(&self, key: &K) -> Option<V> {
-        self.pending.lock().values.get(key).cloned()
+        let p = self.pending.lock();
+        p.values.get(key).or_else(|| p.writing.get(key)).cloned()
     }
 
     /// Queues a write, waiting for room or refusing per the overflow policy.
@@ -334,6 +338,7 @@ where
                             break;
                         };
                         if let Some(v) = p.values.remove(&k) {
+                            p.writing.insert(k.clone(), v.clone());
                             batch.push((k, v));
                         }
                     }
@@ -357,7 +362,12 @@ where
 
     async fn flush_loop(self: Arc<Self>) {
         while let Some(batch) = self.next_batch().await {
+            let keys: Vec<K> = batch.iter().map(|(k, _)| k.clone()).collect();
             self.write(batch).await;
+            let mut p = self.pending.lock();
+            for k in &keys {
+                p.writing.remove(k);
+            }
         }
     }
 

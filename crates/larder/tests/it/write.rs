@@ -559,3 +559,29 @@ async fn put_and_delete_supersede_a_waiting_write_behind_write() {
     );
     assert!(!rows.contains_key(&2), "the deleted row came back");
 }
+
+/// A write-behind value stays readable while its batch is being written,
+/// and bulk loads read it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_behind_value_in_a_batch_being_written_is_served_not_the_old_row() {
+    let clock = MockClock::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let db = MapDb {
+        write_gate: Some(Arc::clone(&gate)),
+        ..MapDb::with(&[(1, "old"), (2, "old2")])
+    };
+    let c = behind(&db, &clock, WriteBehind::new().batch(1));
+    c.put_behind(&1, "new".into()).await.unwrap();
+    until("its batch reached the writer", || {
+        db.writes_entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    c.clear_local();
+    assert_eq!(c.get_or_load(&1).await.unwrap().as_deref(), Some("new"));
+    c.clear_local();
+    let got = c.get_many_or_load(&[1, 2]).await;
+    assert_eq!(got[0].as_ref().unwrap().as_deref(), Some("new"));
+    assert_eq!(got[1].as_ref().unwrap().as_deref(), Some("old2"));
+    gate.add_permits(10);
+    c.close().await;
+}
