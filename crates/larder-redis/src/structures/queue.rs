@@ -390,7 +390,15 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
         // BLOCK 0 would wait for ever: at least 1 ms.
         let block_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
         let deadline = config.connect_timeout + wait + config.response_timeout;
-        let blocking = &self.blocking;
+        // The dedicated connection is taken before the call, outside its
+        // deadline: another `pop` on this handle holding it is not the
+        // node's fault, and must not count against its breaker. No turn
+        // within `wait` is "no push seen": the caller looks again.
+        let Ok(held) =
+            tokio::time::timeout(wait.max(Duration::from_millis(1)), self.blocking.lock()).await
+        else {
+            return Ok(());
+        };
         node.run_blocking(
             Some(&self.ready),
             Cmd::Other,
@@ -401,7 +409,7 @@ impl<T: Serialize + DeserializeOwned, C: Codec> WorkQueue<T, C> {
                 // the connection may still be blocked on the server, so it is
                 // closed, never reused.
                 let mut slot = ResetOnDrop {
-                    slot: blocking.lock().await,
+                    slot: held,
                     done: false,
                 };
                 let conn = match slot.slot.as_mut() {

@@ -191,3 +191,29 @@ pub(crate) async fn blocked_clients(server: &RedisServer, n: u64) {
 fn ready_key(name: &str) -> String {
     format!("larder:{{queue:{name}}}:#ready")
 }
+
+/// Several `pop`s waiting on one handle take turns on its dedicated
+/// connection; waiting for a turn is not a node failure, so a healthy
+/// node's breaker stays closed (five timeouts used to open it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pops_on_one_handle_never_open_the_breaker() {
+    let server = RedisServer::start().unwrap();
+    let s = crate::store(&server.url());
+    let q: WorkQueue<String> = WorkQueue::new(&s, "turns", Duration::from_secs(10)).unwrap();
+    // One handle shared by many tasks (a clone would have its own connection).
+    let q = std::sync::Arc::new(q);
+    let pops = (0..12).map(|_| {
+        let q = std::sync::Arc::clone(&q);
+        tokio::spawn(async move { q.pop(Duration::from_millis(500)).await })
+    });
+    for p in futures_util::future::join_all(pops).await {
+        assert!(p.unwrap().unwrap().is_none(), "an empty queue pops nothing");
+    }
+    assert_eq!(
+        s.breaker_states()[0].1,
+        larder_redis::BreakerState::Closed,
+        "waiting for a turn counted against a healthy node"
+    );
+    q.push(&"after".to_string()).await.unwrap();
+    assert!(q.pop(Duration::from_secs(1)).await.unwrap().is_some());
+}
