@@ -8,7 +8,36 @@
 
 use std::sync::LazyLock;
 
+use larder_core::envelope::{FORMAT_VERSION, MAGIC};
 use redis::Script;
+
+/// Lua helpers every script that reads envelopes starts with: `is_env(s)`
+/// (a Larder envelope of this format: the magic and version bytes of
+/// `larder_core::envelope`), `ver(s)` (its version as a Lua number: exact
+/// below 2^53 only) and `newer(a, b)` (whether `a`'s version is above
+/// `b`'s, byte by byte: exact for every u64). Never a locale-dependent
+/// string compare.
+pub(crate) static ENVELOPE_LUA: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r"
+local function is_env(s)
+  return s and string.len(s) >= 40 and string.byte(s, 1) == {MAGIC} and string.byte(s, 2) == {FORMAT_VERSION}
+end
+local function ver(s)
+  local v = 0
+  for i = 33, 40 do v = v * 256 + string.byte(s, i) end
+  return v
+end
+local function newer(a, b)
+  for i = 33, 40 do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return false
+end
+"
+    )
+});
 
 /// `KEYS[1]` data key; `ARGV[1]` new envelope; `ARGV[2]` PX.
 /// Writes unless the current value is an envelope with a version >= the new
@@ -21,29 +50,20 @@ use redis::Script;
 /// finds its own write and reports it (identical bytes written by another
 /// caller are the same value, so "written" is true either way).
 pub(crate) static SET_IF_NEWER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+    let envelope: &str = &ENVELOPE_LUA;
+    Script::new(&format!(
+        r"{envelope}
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
   return 1
 end
-if cur and string.len(cur) >= 40 and string.byte(cur, 1) == 76 and string.byte(cur, 2) == 1 then
-  local newer = false
-  for i = 33, 40 do
-    local c, n = string.byte(cur, i), string.byte(ARGV[1], i)
-    if c ~= n then
-      newer = n > c
-      break
-    end
-  end
-  if not newer then
-    return 0
-  end
+if is_env(cur) and not newer(ARGV[1], cur) then
+  return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
-",
-    )
+"
+    ))
 });
 
 /// `KEYS[1]`; `ARGV[1]` value; `ARGV[2]` PX. Returns `{1, value}` if it set

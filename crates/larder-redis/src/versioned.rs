@@ -22,15 +22,11 @@ use crate::stats::Cmd;
 use crate::store::{RedisStore, ttl_ms};
 
 /// Lua helpers shared by the scripts below.
-const PRELUDE: &str = r"
-local function is_env(s)
-  return s and string.len(s) >= 40 and string.byte(s, 1) == 76 and string.byte(s, 2) == 1
-end
-local function ver(s)
-  local v = 0
-  for i = 33, 40 do v = v * 256 + string.byte(s, i) end
-  return v
-end
+static PRELUDE: LazyLock<String> =
+    LazyLock::new(|| format!("{}{VERSION_LUA}", *crate::scripts::ENVELOPE_LUA));
+
+/// What only the versioned scripts need: `be8` and `allocate`.
+const VERSION_LUA: &str = r"
 local function be8(v)
   local b = {}
   for i = 8, 1, -1 do
@@ -53,8 +49,9 @@ end
 /// `KEYS[1]` data, `KEYS[2]` version record; `ARGV[1]` envelope whose
 /// version is the ticket; `ARGV[2]` PX. 1 if written (or already there).
 static FILL: LazyLock<Script> = LazyLock::new(|| {
+    let prelude: &str = &PRELUDE;
     Script::new(&format!(
-        r"{PRELUDE}
+        r"{prelude}
 local t = ver(ARGV[1])
 local rec = tonumber(redis.call('GET', KEYS[2]) or '')
 if rec and rec > t then return 0 end
@@ -72,8 +69,9 @@ return 1
 /// `KEYS[1]` data, `KEYS[2]` version record; `ARGV[1]` PX of the record.
 /// Returns the new version.
 static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    let prelude: &str = &PRELUDE;
     Script::new(&format!(
-        r"{PRELUDE}
+        r"{prelude}
 local v = allocate(KEYS[1], KEYS[2])
 redis.call('SET', KEYS[2], string.format('%.0f', v), 'PX', ARGV[1])
 redis.call('DEL', KEYS[1])
@@ -86,8 +84,9 @@ return v
 /// bytes are replaced), `ARGV[2]` PX of the data, `ARGV[3]` PX of the record.
 /// Returns the version written.
 static SET_VERSIONED: LazyLock<Script> = LazyLock::new(|| {
+    let prelude: &str = &PRELUDE;
     Script::new(&format!(
-        r"{PRELUDE}
+        r"{prelude}
 local v = allocate(KEYS[1], KEYS[2])
 local e = string.sub(ARGV[1], 1, 32) .. be8(v) .. string.sub(ARGV[1], 41)
 redis.call('SET', KEYS[1], e, 'PX', ARGV[2])
