@@ -81,6 +81,9 @@ struct Inner {
     failures: u32,
     opened_at: Option<Instant>,
     probe_in_flight: bool,
+    /// Which probe is in flight: a permit of an older probe (from before
+    /// the breaker re-opened and half-opened again) never frees a newer one.
+    probe_id: u64,
 }
 
 /// One node's breaker. Cheap to clone (shared state).
@@ -97,17 +100,25 @@ pub(crate) struct Breaker {
 /// nor failure, and a probe's slot is freed for the next call.
 #[derive(Debug)]
 pub(crate) struct Permit {
-    probe: bool,
+    /// The probe's id, for a half-open probe.
+    probe: Option<u64>,
     inner: Arc<StdMutex<Inner>>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        // `record` clears `probe` first, so this runs only for a permit
+        // `record` takes `probe` first, so this runs only for a permit
         // whose call was abandoned.
-        if self.probe {
-            lock(&self.inner).probe_in_flight = false;
+        if let Some(id) = self.probe {
+            end_probe(&mut lock(&self.inner), id);
         }
+    }
+}
+
+/// Frees the probe slot if `id` is the probe in flight.
+fn end_probe(g: &mut Inner, id: u64) {
+    if g.probe_id == id {
+        g.probe_in_flight = false;
     }
 }
 
@@ -127,6 +138,7 @@ impl Breaker {
                 failures: 0,
                 opened_at: None,
                 probe_in_flight: false,
+                probe_id: 0,
             })),
         }
     }
@@ -164,13 +176,14 @@ impl Breaker {
         self.advance(&mut g);
         match g.state {
             BreakerState::Closed => Ok(Permit {
-                probe: false,
+                probe: None,
                 inner: Arc::clone(&self.inner),
             }),
             BreakerState::HalfOpen if !g.probe_in_flight => {
                 g.probe_in_flight = true;
+                g.probe_id = g.probe_id.wrapping_add(1);
                 Ok(Permit {
-                    probe: true,
+                    probe: Some(g.probe_id),
                     inner: Arc::clone(&self.inner),
                 })
             }
@@ -185,11 +198,12 @@ impl Breaker {
     /// node failures (timeouts, connection errors).
     pub(crate) fn record(&self, mut permit: Permit, failed: bool) {
         // Taken, so that the permit's Drop has nothing left to release.
-        let probe = std::mem::take(&mut permit.probe);
+        let probe = permit.probe.take();
         let mut g = self.lock();
-        if probe {
-            g.probe_in_flight = false;
+        if let Some(id) = probe {
+            end_probe(&mut g, id);
         }
+        let probe = probe.is_some();
         if failed {
             g.failures = g.failures.saturating_add(1);
             if probe
@@ -212,6 +226,32 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A probe from an earlier half-open period, dropped late, does not
+    /// free the slot of the probe in flight now: one probe at a time.
+    #[test]
+    fn an_old_probe_never_frees_a_newer_one() {
+        let clock = MockClock::new();
+        let b = Breaker::new(
+            "n",
+            BreakerConfig::new(1, Duration::from_secs(1)),
+            clock.shared(),
+        );
+        let closed = b.allow().unwrap();
+        b.record(b.allow().unwrap(), true); // open
+        clock.advance(Duration::from_secs(1));
+        let old = b.allow().unwrap(); // probe 1, it hangs
+        b.record(closed, true); // a late failure from before re-opens
+        clock.advance(Duration::from_secs(1));
+        let new = b.allow().unwrap(); // probe 2
+        drop(old);
+        assert!(
+            b.allow().is_err(),
+            "the old probe freed the new probe's slot"
+        );
+        drop(new);
+        assert!(b.allow().is_ok());
+    }
     use larder_core::MockClock;
 
     fn fail(b: &Breaker) {
