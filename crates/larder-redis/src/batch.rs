@@ -9,7 +9,9 @@
 //! `get` (on that caller's runtime), so a store can be built outside a
 //! runtime. It stops when the last clone of the store is dropped; callers
 //! whose batch was in flight then get an `ErrorKind::Closed` error, never a
-//! hang.
+//! hang. It lives on that first runtime: a store shared by several runtimes
+//! gets `Closed` errors from its batched gets once that runtime stops (use
+//! one store per runtime with auto-batching, or none).
 //!
 //! Each caller waits at most the worst case of one call of its own
 //! ([`Node::call_deadline`]), queueing included: behind a slow `MGET` and a
