@@ -4,6 +4,7 @@ mod batch;
 mod breaker;
 mod config;
 mod error;
+mod journal;
 mod node;
 mod scripts;
 mod stats;
@@ -16,6 +17,7 @@ pub use redis;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use config::{HelperClock, RedisConfig, RedisConfigBuilder, RetryPolicy, Topology, redact};
+pub use journal::{Journal, JournalEntry, entry_order};
 pub use store::{KeyTtl, MAX_TTL, RedisStore};
 pub use structures::{
     Delivery, Feed, HashObject, Leaderboard, Ranked, RateDecision, RateLimit, RateLimiter,

@@ -22,7 +22,7 @@ use crate::stats::Cmd;
 use crate::store::{RedisStore, ttl_ms};
 
 /// Lua helpers shared by the scripts below.
-static PRELUDE: LazyLock<String> =
+pub(crate) static PRELUDE: LazyLock<String> =
     LazyLock::new(|| format!("{}{VERSION_LUA}", *crate::scripts::ENVELOPE_LUA));
 
 /// What only the versioned scripts need: `be8` and `allocate`.
@@ -130,7 +130,7 @@ const VERSION_SUFFIX: &str = "v";
 /// The largest version a script can hold exactly (Lua numbers are doubles).
 pub(crate) const MAX_VERSION: u64 = 1 << 53;
 
-fn check_envelope(value: &[u8], what: &str) -> Result<u64> {
+pub(crate) fn check_envelope(value: &[u8], what: &str) -> Result<u64> {
     if value.len() < HEADER_LEN || value[0] != MAGIC {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
@@ -150,7 +150,7 @@ fn check_envelope(value: &[u8], what: &str) -> Result<u64> {
 }
 
 impl RedisStore {
-    fn versioned_keys(&self, key: &str) -> Result<(String, String)> {
+    pub(crate) fn versioned_keys(&self, key: &str) -> Result<(String, String)> {
         let ks = self.keyspace();
         Ok((ks.data_key(key)?, ks.internal_key(key, VERSION_SUFFIX)?))
     }

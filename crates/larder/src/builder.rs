@@ -45,6 +45,8 @@ pub struct CacheBuilder<K, V, C = Postcard> {
     writer: Option<Arc<dyn DynWriter<K, V>>>,
     write_behind: Option<WriteBehind>,
     dead_letter: Option<Box<DeadLetter<K, V>>>,
+    #[cfg(feature = "redis")]
+    durable: Option<DurableSpec<K, V>>,
     ttl: TtlPolicy,
     negative_ttl: Option<Duration>,
     stale_if_error: Option<Duration>,
@@ -86,6 +88,8 @@ impl<K, V> CacheBuilder<K, V, Postcard> {
             writer: None,
             write_behind: None,
             dead_letter: None,
+            #[cfg(feature = "redis")]
+            durable: None,
             ttl: TtlPolicy::default(),
             negative_ttl: None,
             stale_if_error: None,
@@ -103,6 +107,43 @@ impl<K, V> CacheBuilder<K, V, Postcard> {
             hot_ahead: None,
             _types: PhantomData,
         }
+    }
+}
+
+/// What `CacheBuilder::durable` asked for, until `build`.
+#[cfg(feature = "redis")]
+struct DurableSpec<K, V> {
+    consumer: String,
+    encode: Box<crate::writer::EncodeWrite<K, V>>,
+    decode: Box<crate::writer::DecodeWrite<K, V>>,
+}
+
+#[cfg(feature = "redis")]
+impl<K, V, C> CacheBuilder<K, V, C>
+where
+    K: CacheKey + Serialize + DeserializeOwned,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    /// Durable write-behind (`redis` feature; needs
+    /// [`CacheBuilder::write_behind`] and a standalone Redis L2): each
+    /// `put_behind` journals the write in a Redis Stream of the namespace
+    /// in the same script that writes the cache, and returns once both are
+    /// done; the journal entry is acknowledged after the writer wrote it.
+    /// At start, this `consumer`'s writes left by its previous run are
+    /// replayed; writes of other consumers untouched for
+    /// [`WriteBehind::claim_after`] are taken over. `consumer` names this
+    /// process among the live ones and must stay the same across its
+    /// restarts (a host or pod name). Keys and values are journalled with
+    /// postcard, so the key type must be serde too. See
+    /// `docs/GUARANTEES.md` for what survives which crash.
+    pub fn durable(mut self, consumer: &str) -> Self {
+        self.durable = Some(DurableSpec {
+            consumer: consumer.to_owned(),
+            encode: Box::new(|k: &K, v: &V| Postcard.encode(&(k, v))),
+            decode: Box::new(|b: &[u8]| Postcard.decode::<(K, V)>(b)),
+        });
+        self
     }
 }
 
@@ -301,6 +342,8 @@ where
             writer: self.writer,
             write_behind: self.write_behind,
             dead_letter: self.dead_letter,
+            #[cfg(feature = "redis")]
+            durable: self.durable,
             ttl: self.ttl,
             negative_ttl: self.negative_ttl,
             stale_if_error: self.stale_if_error,
@@ -357,6 +400,12 @@ where
                 poll: self.lease_poll.min(ttl),
             }),
         };
+        #[cfg(feature = "redis")]
+        let durable_spec = self.durable;
+        #[cfg(feature = "redis")]
+        if durable_spec.is_some() && self.write_behind.is_none() {
+            return bad("durable needs write_behind (CacheBuilder::write_behind)".into());
+        }
         let queue = match self.write_behind {
             None => None,
             Some(wb) => {
@@ -364,13 +413,42 @@ where
                 let Some(writer) = &self.writer else {
                     return bad("write_behind needs a writer (CacheBuilder::writer)".into());
                 };
+                #[cfg(feature = "redis")]
+                let durable = match durable_spec {
+                    None => None,
+                    Some(spec) => {
+                        let Some(redis) = &self.redis else {
+                            return bad("durable write-behind needs the Redis L2 \
+                                 (CacheBuilder::redis)"
+                                .into());
+                        };
+                        if wb.claim_after <= wb.longest_hold() {
+                            return bad(format!(
+                                "write_behind: claim_after ({:?}) must exceed the longest a live \
+                                 instance keeps a write (interval + attempts x (write timeout + \
+                                 max backoff) = {:?}), or two instances would write it",
+                                wb.claim_after,
+                                wb.longest_hold()
+                            ));
+                        }
+                        let journal = redis.journal(&spec.consumer)?;
+                        Some(crate::writer::Durable::new(
+                            journal,
+                            spec.encode,
+                            spec.decode,
+                        ))
+                    }
+                };
                 Some(Arc::new(Queue::new(
                     wb,
                     Arc::clone(writer),
                     self.dead_letter,
+                    #[cfg(feature = "redis")]
+                    durable,
                 )))
             }
         };
+
         if self.hot_keys == Some(0) {
             return bad("hot_keys needs k >= 1".into());
         }
@@ -407,7 +485,9 @@ where
             lease,
             hot_ahead,
         };
-        Ok(Cache::from_inner(Inner::new(
+        #[cfg(feature = "redis")]
+        let replay_now = queue.as_ref().filter(|q| q.is_durable()).map(Arc::clone);
+        let cache = Cache::from_inner(Inner::new(
             l1,
             self.store,
             #[cfg(feature = "redis")]
@@ -419,6 +499,13 @@ where
             clock,
             self.seed,
             self.hot_keys,
-        )))
+        ));
+        // Durable mode replays a previous run's writes as soon as it can:
+        // now if a runtime is running, else at the first `put_behind`.
+        #[cfg(feature = "redis")]
+        if let Some(q) = replay_now {
+            let _ = q.start();
+        }
+        Ok(cache)
     }
 }

@@ -376,13 +376,13 @@ where
         };
         // Writes of one key reach the source and the cache in one order,
         // and a write-behind write of it still waiting is superseded.
-        let order = self.inner.write_order(key).await;
+        let mut order = self.inner.write_order(key).await;
         writer.write(key, &value).await?;
         // The source changed: the cache is updated to its end even if this
         // future is dropped now.
         let (inner, k) = (Arc::clone(&self.inner), key.clone());
         self.in_task(key, async move {
-            let _order = order;
+            order.written().await;
             inner.store_written(&k, &text, value).await
         })
         .await
@@ -429,6 +429,19 @@ where
         let order = Arc::clone(&self.inner.write_locks[self.inner.stripe(key)])
             .lock_owned()
             .await;
+        #[cfg(feature = "redis")]
+        if queue.is_durable() {
+            // Room first; the journal entry and the cache value are written
+            // together by the cache's task, which then queues the write.
+            let slot = queue.reserve(key).await?;
+            let (inner, k) = (Arc::clone(&self.inner), key.clone());
+            return self
+                .in_task(key, async move {
+                    let _order = order;
+                    inner.journal_written(&k, &text, value, slot).await
+                })
+                .await;
+        }
         queue.enqueue(key.clone(), value.clone()).await?;
         let (inner, k) = (Arc::clone(&self.inner), key.clone());
         self.in_task(key, async move {
@@ -444,6 +457,24 @@ where
             Ok(())
         })
         .await
+    }
+
+    /// Durable write-behind ([`CacheBuilder::durable`]): takes over the
+    /// journalled writes nobody is writing now (this consumer's leftovers
+    /// from its previous run, the first time; then writes of other
+    /// consumers untouched for [`WriteBehind::claim_after`](crate::WriteBehind::claim_after))
+    /// and queues them. The flusher does this by itself when it starts and
+    /// every half `claim_after`; call it to know when a restart's replay is
+    /// queued (then [`Cache::close`] or wait for `Stats::write_behind`).
+    /// Returns how many writes were queued; 0 without durable mode.
+    pub async fn recover_writes(&self) -> Result<usize> {
+        self.inner.check_open()?;
+        #[cfg(feature = "redis")]
+        if let Some(q) = &self.inner.queue {
+            q.start()?;
+            return q.replay(true).await;
+        }
+        Ok(0)
     }
 
     /// Runs the cache half of a write in a task the cache owns, so a caller
@@ -478,11 +509,11 @@ where
             return Err(no_writer());
         };
         let text = key.key_text()?;
-        let order = self.inner.write_order(key).await;
+        let mut order = self.inner.write_order(key).await;
         writer.delete(key).await?;
         let (inner, k) = (Arc::clone(&self.inner), key.clone());
         self.in_task(key, async move {
-            let _order = order;
+            order.written().await;
             inner.invalidate(&k, &text).await
         })
         .await

@@ -558,40 +558,98 @@ where
         text: &str,
         value: V,
     ) -> Result<()> {
-        let now = self.now_ms();
-        let ttl = self.cfg.ttl.for_key(text);
-        let (fresh, grace) = (ttl.fresh_for(self.draw()), ttl.grace());
-        let keep = self.cfg.stale_if_error.map_or(grace, |sie| grace.max(sie));
-        let meta = EnvelopeMeta::starting_at(now, fresh, keep);
-        let entry = Entry::new(&meta, Some(value), grace);
+        let (now, meta, entry, fresh) = self.written_entry(text, value);
         if let Some(l2) = &self.l2 {
-            let written = match envelope::encode_value(
-                &self.cfg.codec,
-                meta,
-                entry.value.as_ref(),
-                self.cfg.compression,
-            ) {
+            let written = match self.encode_written(meta, &entry) {
                 Ok(bytes) => {
                     let ttl = meta.store_ttl(now).unwrap_or(fresh);
                     l2.set_versioned(text, &bytes, ttl, self.cfg.tombstone)
                         .await
                         .map(|_| ())
                 }
-                Err(e) => {
-                    self.stats.encode_errors.incr();
-                    Err(e)
-                }
+                Err(e) => Err(e),
             };
             if let Err(e) = written {
-                // The source has the new value; the cache must not serve
-                // the old one from here.
-                self.invalidate_local(key);
-                if !e.is_backend_unavailable() {
-                    let _ = l2.invalidate(text, self.cfg.tombstone).await;
-                }
+                self.unwrite(key, text, l2, &e).await;
                 return Err(e);
             }
         }
+        self.invalidate_local(key);
+        self.l1_insert(key, &entry, now);
+        self.stats.writes.incr();
+        Ok(())
+    }
+
+    /// A written value's entry: (now, its metadata, the entry, fresh time).
+    fn written_entry(&self, text: &str, value: V) -> (u64, EnvelopeMeta, Entry<V>, Duration) {
+        let now = self.now_ms();
+        let ttl = self.cfg.ttl.for_key(text);
+        let (fresh, grace) = (ttl.fresh_for(self.draw()), ttl.grace());
+        let keep = self.cfg.stale_if_error.map_or(grace, |sie| grace.max(sie));
+        let meta = EnvelopeMeta::starting_at(now, fresh, keep);
+        (now, meta, Entry::new(&meta, Some(value), grace), fresh)
+    }
+
+    fn encode_written(&self, meta: EnvelopeMeta, entry: &Entry<V>) -> Result<Vec<u8>> {
+        envelope::encode_value(
+            &self.cfg.codec,
+            meta,
+            entry.value.as_ref(),
+            self.cfg.compression,
+        )
+        .inspect_err(|_| self.stats.encode_errors.incr())
+    }
+
+    /// A write's cache half failed after the source changed (or may have):
+    /// the cache must not serve the old value from here.
+    async fn unwrite(&self, key: &K, text: &str, l2: &Arc<dyn larder_core::Store>, e: &Error) {
+        self.invalidate_local(key);
+        if !e.is_backend_unavailable() {
+            let _ = l2.invalidate(text, self.cfg.tombstone).await;
+        }
+    }
+
+    /// The task of a durable `put_behind`: the journal entry and the L2
+    /// value in one script, then the queue and the L1. On error the write
+    /// is not queued (the caller learns it) and the key is invalidated here.
+    #[cfg(feature = "redis")]
+    pub(crate) async fn journal_written(
+        self: Arc<Self>,
+        key: &K,
+        text: &str,
+        value: V,
+        slot: crate::writer::Slot<K, V>,
+    ) -> Result<()> {
+        let not_durable = || Error::new(ErrorKind::InvalidConfig, "durable write-behind is off");
+        let queue = self.queue.as_ref().ok_or_else(not_durable)?;
+        let durable = queue.durable.as_ref().ok_or_else(not_durable)?;
+        let l2 = self.l2.as_ref().ok_or_else(not_durable)?;
+        let payload = (durable.encode)(key, &value)?;
+        let (now, meta, entry, fresh) = self.written_entry(text, value.clone());
+        let appended = match self.encode_written(meta, &entry) {
+            Ok(bytes) => {
+                let ttl = meta.store_ttl(now).unwrap_or(fresh);
+                durable
+                    .journal
+                    .append(text, &payload, &bytes, ttl, self.cfg.tombstone)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let (id, _) = match appended {
+            Ok(a) => a,
+            Err(e) => {
+                self.unwrite(key, text, l2, &e).await;
+                return Err(e);
+            }
+        };
+        queue.journalled.incr();
+        queue.fill(
+            slot,
+            key.clone(),
+            value,
+            Some(crate::writer::Journalled::new(text.to_owned(), id)),
+        );
         self.invalidate_local(key);
         self.l1_insert(key, &entry, now);
         self.stats.writes.incr();

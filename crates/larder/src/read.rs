@@ -240,15 +240,17 @@ where
 
     /// Takes `key`'s write lock (its stripe's), for a write that goes to the
     /// source now (`put`, `delete`): a write-behind write of the key still
-    /// waiting in the queue is dropped, as this one supersedes it.
-    pub(crate) async fn write_order(&self, key: &K) -> tokio::sync::OwnedMutexGuard<()> {
-        let order = Arc::clone(&self.write_locks[self.stripe(key)])
+    /// waiting in the queue is taken out, as this one supersedes it; it
+    /// goes back if the direct write fails ([`WriteOrder::written`]).
+    pub(crate) async fn write_order(&self, key: &K) -> WriteOrder<K, V> {
+        let lock = Arc::clone(&self.write_locks[self.stripe(key)])
             .lock_owned()
             .await;
-        if let Some(q) = &self.queue {
-            q.supersede(key);
+        WriteOrder {
+            superseded: self.queue.as_ref().map(|q| q.supersede(key)),
+            queue: self.queue.clone(),
+            _lock: lock,
         }
-        order
     }
 
     /// Invalidates `key` everywhere: this process, then the L2 (versioned),
@@ -378,4 +380,32 @@ where
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A key's write lock, held by a write to the source, with the
+/// write-behind write it superseded (put back if dropped before
+/// [`WriteOrder::written`]).
+pub(crate) struct WriteOrder<K: std::hash::Hash + Eq + Clone, V> {
+    superseded: Option<crate::writer::Superseded<K, V>>,
+    queue: Option<Arc<crate::writer::Queue<K, V>>>,
+    _lock: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl<K, V> WriteOrder<K, V>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// The direct write reached the source: the superseded write-behind
+    /// write is dropped for good (its journal entries acknowledged, in
+    /// durable mode). The lock stays held until `self` is dropped.
+    pub(crate) async fn written(&mut self) {
+        let pairs = self
+            .superseded
+            .take()
+            .and_then(crate::writer::Superseded::written);
+        if let Some(q) = &self.queue {
+            q.settle_superseded(pairs).await;
+        }
+    }
 }

@@ -11,8 +11,11 @@
 //! to the dead-letter callback, each entry once, and is counted. Closing
 //! the cache (or dropping it) flushes everything left first.
 //!
-//! Not durable: a process that crashes loses what waits in its queue (at
-//! most `capacity` keys and one batch in flight).
+//! Not durable by default: a process that crashes loses what waits in its
+//! queue (at most `capacity` keys and one batch in flight). Durable mode
+//! (`CacheBuilder::durable`, `redis` feature) journals every write in a
+//! Redis Stream in the same script as the cache write, acknowledges it
+//! once the writer succeeded, and replays what a crashed process left.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -61,6 +64,7 @@ pub struct WriteBehind {
     backoff: Duration,
     max_backoff: Duration,
     write_timeout: Duration,
+    pub(crate) claim_after: Duration,
 }
 
 impl Default for WriteBehind {
@@ -83,6 +87,7 @@ impl WriteBehind {
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
+            claim_after: Duration::from_secs(300),
         }
     }
 
@@ -130,6 +135,26 @@ impl WriteBehind {
         self
     }
 
+    /// Durable mode only: a journalled write that no instance has touched
+    /// for this long is taken over and written by another instance (its
+    /// writer presumably died). Must exceed the longest a live instance
+    /// keeps a write: the interval plus every attempt with its timeout and
+    /// backoff (checked at build). Default 5 minutes.
+    pub fn claim_after(mut self, d: Duration) -> Self {
+        self.claim_after = d;
+        self
+    }
+
+    /// The longest a live instance keeps a write before it is written or
+    /// dead-lettered.
+    #[cfg(feature = "redis")]
+    pub(crate) fn longest_hold(&self) -> Duration {
+        let attempts = self.max_attempts;
+        self.interval.saturating_add(
+            (self.write_timeout.saturating_add(self.max_backoff)).saturating_mul(attempts),
+        )
+    }
+
     pub(crate) fn check(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::new(ErrorKind::InvalidConfig, m.to_owned()));
         if self.batch == 0 || self.capacity == 0 || self.max_attempts == 0 {
@@ -145,14 +170,79 @@ impl WriteBehind {
 /// Called once per write that could not be written after every attempt.
 pub(crate) type DeadLetter<K, V> = dyn Fn(&K, &V, &Error) + Send + Sync;
 
+/// Turns a queued write into journal bytes and back (durable mode).
+#[cfg(feature = "redis")]
+pub(crate) type EncodeWrite<K, V> = dyn Fn(&K, &V) -> Result<Vec<u8>> + Send + Sync;
+/// See [`EncodeWrite`].
+#[cfg(feature = "redis")]
+pub(crate) type DecodeWrite<K, V> = dyn Fn(&[u8]) -> Result<(K, V)> + Send + Sync;
+
+/// A key's journal entries while its write waits (durable mode): the key
+/// text and the ids, oldest first (a coalesced key has several).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Journalled {
+    text: String,
+    ids: Vec<String>,
+}
+
+impl Journalled {
+    fn newest(&self) -> Option<&str> {
+        self.ids.last().map(String::as_str)
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.ids.iter().map(|id| (self.text.clone(), id.clone()))
+    }
+}
+
+struct Waiting<V> {
+    value: V,
+    journal: Option<Journalled>,
+}
+
 struct Pending<K, V> {
-    values: HashMap<K, V>,
+    values: HashMap<K, Waiting<V>>,
     /// Keys in the order they first entered, with when (Tokio's monotonic
     /// clock: a wall-clock step never delays a flush).
     order: VecDeque<(K, tokio::time::Instant)>,
     /// The batch being written (its values stay readable until written).
     writing: HashMap<K, V>,
+    /// Room promised to writes on their way in (durable mode journals the
+    /// write before it enters the queue).
+    reserved: usize,
     closing: bool,
+}
+
+/// A batch taken from the queue: the writes, and per write its journal.
+struct Batch<K, V> {
+    items: Vec<(K, V)>,
+    journal: Vec<Option<Journalled>>,
+}
+
+/// Durable mode: the journal and how writes become its bytes.
+#[cfg(feature = "redis")]
+pub(crate) struct Durable<K, V> {
+    pub(crate) journal: larder_redis::Journal,
+    pub(crate) encode: Box<EncodeWrite<K, V>>,
+    pub(crate) decode: Box<DecodeWrite<K, V>>,
+    /// Set once this consumer's own leftovers were replayed.
+    own_done: tokio::sync::Mutex<bool>,
+}
+
+#[cfg(feature = "redis")]
+impl<K, V> Durable<K, V> {
+    pub(crate) fn new(
+        journal: larder_redis::Journal,
+        encode: Box<EncodeWrite<K, V>>,
+        decode: Box<DecodeWrite<K, V>>,
+    ) -> Self {
+        Durable {
+            journal,
+            encode,
+            decode,
+            own_done: tokio::sync::Mutex::new(false),
+        }
+    }
 }
 
 /// The queue, shared by the cache and its flusher task.
@@ -163,11 +253,17 @@ pub(crate) struct Queue<K, V> {
     cfg: WriteBehind,
     writer: Arc<dyn DynWriter<K, V>>,
     dead_letter: Option<Box<DeadLetter<K, V>>>,
+    #[cfg(feature = "redis")]
+    pub(crate) durable: Option<Durable<K, V>>,
     flusher: Mutex<Option<JoinHandle<()>>>,
     pub(crate) flushed: Counter,
     pub(crate) retries: Counter,
     pub(crate) dead_letters: Counter,
     pub(crate) coalesced: Counter,
+    pub(crate) journalled: Counter,
+    pub(crate) replayed: Counter,
+    pub(crate) superseded: Counter,
+    pub(crate) journal_errors: Counter,
     pub(crate) last_error: Mutex<Option<Error>>,
 }
 
@@ -183,12 +279,71 @@ pub struct WriteBehindStats {
     pub flushed: u64,
     /// Batches retried after an error.
     pub retries: u64,
-    /// Writes given up after every attempt (and handed to the dead-letter callback).
+    /// Writes given up after every attempt (and handed to the dead-letter
+    /// callback; in durable mode also moved to the dead-letter stream).
     pub dead_letters: u64,
     /// Writes that replaced a waiting write of the same key.
     pub coalesced: u64,
-    /// The last error of the writer, if any.
+    /// Durable mode: writes journalled.
+    pub journalled: u64,
+    /// Durable mode: journalled writes taken over from a previous run or
+    /// another instance and queued here.
+    pub replayed: u64,
+    /// Durable mode: writes not sent because a later write of the key (by
+    /// any instance) was journalled after them.
+    pub superseded: u64,
+    /// Durable mode: journal calls that failed (acknowledgements retried
+    /// later by a replay, claims retried at the next interval).
+    pub journal_errors: u64,
+    /// The last error of the writer or the journal, if any.
     pub last_error: Option<String>,
+}
+
+/// Room for one write, held between waiting for it and queueing the write
+/// (durable mode journals in between). Dropped unused, it frees the room.
+pub(crate) struct Slot<K, V> {
+    queue: Arc<Queue<K, V>>,
+    reserved: bool,
+}
+
+impl<K, V> Drop for Slot<K, V> {
+    fn drop(&mut self) {
+        if self.reserved {
+            self.queue.pending.lock().reserved -= 1;
+            self.queue.room.notify_waiters();
+        }
+    }
+}
+
+/// A waiting write taken out of the queue by a write that goes to the
+/// source directly (`put`, `delete`); put back if that write fails.
+pub(crate) struct Superseded<K: Hash + Eq + Clone, V> {
+    queue: Arc<Queue<K, V>>,
+    held: Option<(K, Waiting<V>)>,
+}
+
+impl<K: Hash + Eq + Clone, V> Superseded<K, V> {
+    /// The direct write reached the source: the waiting write is gone for
+    /// good. Returns its journal entries, to acknowledge.
+    pub(crate) fn written(mut self) -> Option<Vec<(String, String)>> {
+        let (_, w) = self.held.take()?;
+        self.queue.superseded.incr();
+        w.journal.map(|j| j.pairs().collect())
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> Drop for Superseded<K, V> {
+    fn drop(&mut self) {
+        if let Some((k, w)) = self.held.take() {
+            let p = &mut *self.queue.pending.lock();
+            if let std::collections::hash_map::Entry::Vacant(e) = p.values.entry(k) {
+                p.order
+                    .push_back((e.key().clone(), tokio::time::Instant::now()));
+                e.insert(w);
+                self.queue.work.notify_one();
+            }
+        }
+    }
 }
 
 impl<K, V> Queue<K, V> {
@@ -200,6 +355,10 @@ impl<K, V> Queue<K, V> {
     }
 }
 
+/// Journal entries read per replay.
+#[cfg(feature = "redis")]
+const REPLAY_LIMIT: usize = 10_000;
+
 impl<K, V> Queue<K, V>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -209,12 +368,14 @@ where
         cfg: WriteBehind,
         writer: Arc<dyn DynWriter<K, V>>,
         dead_letter: Option<Box<DeadLetter<K, V>>>,
+        #[cfg(feature = "redis")] durable: Option<Durable<K, V>>,
     ) -> Self {
         Queue {
             pending: Mutex::new(Pending {
                 values: HashMap::new(),
                 order: VecDeque::new(),
                 writing: HashMap::new(),
+                reserved: 0,
                 closing: false,
             }),
             work: Notify::new(),
@@ -222,32 +383,62 @@ where
             cfg,
             writer,
             dead_letter,
+            #[cfg(feature = "redis")]
+            durable,
             flusher: Mutex::new(None),
             flushed: Counter::new(),
             retries: Counter::new(),
             dead_letters: Counter::new(),
             coalesced: Counter::new(),
+            journalled: Counter::new(),
+            replayed: Counter::new(),
+            superseded: Counter::new(),
+            journal_errors: Counter::new(),
             last_error: Mutex::new(None),
         }
     }
 
-    /// Drops the waiting write of `key`, if any: a write that goes to the
-    /// source directly supersedes it. (A batch already being written is not
-    /// recalled: see the crate docs.)
-    pub(crate) fn supersede(&self, key: &K) {
-        if self.pending.lock().values.remove(key).is_some() {
+    /// Durable mode is on.
+    #[cfg(feature = "redis")]
+    pub(crate) fn is_durable(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    /// Takes the waiting write of `key` out of the queue, if any: a write
+    /// that goes to the source directly supersedes it once it succeeds
+    /// ([`Superseded::written`]); dropped before, it goes back. (A batch
+    /// already being written is not recalled: see the crate docs.)
+    pub(crate) fn supersede(self: &Arc<Self>, key: &K) -> Superseded<K, V> {
+        let held = self.pending.lock().values.remove_entry(key);
+        if held.is_some() {
             self.room.notify_waiters();
+        }
+        Superseded {
+            queue: Arc::clone(self),
+            held,
         }
     }
 
     /// The value of `key` waiting to be written, or being written, if any.
     pub(crate) fn pending(&self, key: &K) -> Option<V> {
         let p = self.pending.lock();
-        p.values.get(key).or_else(|| p.writing.get(key)).cloned()
+        p.values
+            .get(key)
+            .map(|w| &w.value)
+            .or_else(|| p.writing.get(key))
+            .cloned()
     }
 
     /// Queues a write, waiting for room or refusing per the overflow policy.
     pub(crate) async fn enqueue(self: &Arc<Self>, key: K, value: V) -> Result<()> {
+        let slot = self.reserve(&key).await?;
+        self.fill(slot, key, value, None);
+        Ok(())
+    }
+
+    /// Waits for room for a write of `key` (none needed if a write of it
+    /// waits: they coalesce), or refuses per the overflow policy.
+    pub(crate) async fn reserve(self: &Arc<Self>, key: &K) -> Result<Slot<K, V>> {
         self.start()?;
         // `None` inside `Some`: block without a bound (the wait overflows
         // the clock, as `Duration::MAX` does).
@@ -264,19 +455,12 @@ where
                 if p.closing {
                     return Err(Error::new(ErrorKind::Closed, "the cache was closed"));
                 }
-                if let Some(v) = p.values.get_mut(&key) {
-                    *v = value;
-                    self.coalesced.incr();
-                    return Ok(());
+                if p.values.contains_key(key) {
+                    return Ok(self.slot(false));
                 }
-                if p.values.len() < self.cfg.capacity {
-                    let now = tokio::time::Instant::now();
-                    p.values.insert(key.clone(), value);
-                    p.order.push_back((key, now));
-                    if p.values.len() >= self.cfg.batch || p.values.len() == 1 {
-                        self.work.notify_one();
-                    }
-                    return Ok(());
+                if p.values.len() + p.reserved < self.cfg.capacity {
+                    p.reserved += 1;
+                    return Ok(self.slot(true));
                 }
             }
             let full = || {
@@ -300,10 +484,70 @@ where
         }
     }
 
+    fn slot(self: &Arc<Self>, reserved: bool) -> Slot<K, V> {
+        Slot {
+            queue: Arc::clone(self),
+            reserved,
+        }
+    }
+
+    /// Queues a write in the room `slot` holds. With a journal entry, a
+    /// write of the key already waiting keeps whichever of the two was
+    /// journalled later (a replay may bring older writes than the queue's).
+    pub(crate) fn fill(&self, mut slot: Slot<K, V>, key: K, value: V, journal: Option<Journalled>) {
+        let mut p = self.pending.lock();
+        if std::mem::take(&mut slot.reserved) {
+            p.reserved -= 1;
+        }
+        Self::put(&mut p, key, value, journal, &self.coalesced);
+        if p.values.len() >= self.cfg.batch || p.values.len() == 1 {
+            self.work.notify_one();
+        }
+    }
+
+    fn put(
+        p: &mut Pending<K, V>,
+        key: K,
+        value: V,
+        journal: Option<Journalled>,
+        coalesced: &Counter,
+    ) {
+        match p.values.get_mut(&key) {
+            Some(w) => {
+                coalesced.incr();
+                let newer = match (&journal, &w.journal) {
+                    (Some(new), Some(old)) => {
+                        entry_order(new.newest()) >= entry_order(old.newest())
+                    }
+                    _ => true,
+                };
+                match (journal, &mut w.journal) {
+                    (Some(new), Some(old)) => {
+                        let mut ids = std::mem::take(&mut old.ids);
+                        ids.extend(new.ids);
+                        ids.sort_by_key(|id| entry_order(Some(id)));
+                        ids.dedup();
+                        old.ids = ids;
+                    }
+                    (Some(new), slot @ None) => *slot = Some(new),
+                    (None, _) => {}
+                }
+                if newer {
+                    w.value = value;
+                }
+            }
+            None => {
+                p.order
+                    .push_back((key.clone(), tokio::time::Instant::now()));
+                p.values.insert(key, Waiting { value, journal });
+            }
+        }
+    }
+
     /// Starts the flusher on the current runtime, or again if the one it
     /// ran on stopped (a runtime shut down under it): a queued write always
     /// has a flusher while writes are accepted.
-    fn start(self: &Arc<Self>) -> Result<()> {
+    pub(crate) fn start(self: &Arc<Self>) -> Result<()> {
         let handle =
             tokio::runtime::Handle::try_current().map_err(|_| crate::cache::no_runtime())?;
         let mut f = self.flusher.lock();
@@ -316,7 +560,8 @@ where
 
     /// Takes the next batch: when `batch` keys wait, the oldest waited the
     /// interval, or the queue is closing. `None` when closed and empty.
-    async fn next_batch(&self) -> Option<Vec<(K, V)>> {
+    /// Cancel-safe: the batch is taken and returned without an await.
+    async fn next_batch(&self) -> Option<Batch<K, V>> {
         loop {
             let work = self.work.notified();
             tokio::pin!(work);
@@ -332,14 +577,19 @@ where
                     || (p.closing && !p.values.is_empty())
                     || due.is_some_and(|d| now >= d)
                 {
-                    let mut batch = Vec::with_capacity(self.cfg.batch.min(p.values.len()));
-                    while batch.len() < self.cfg.batch {
+                    let n = self.cfg.batch.min(p.values.len());
+                    let mut batch = Batch {
+                        items: Vec::with_capacity(n),
+                        journal: Vec::with_capacity(n),
+                    };
+                    while batch.items.len() < self.cfg.batch {
                         let Some((k, _)) = p.order.pop_front() else {
                             break;
                         };
-                        if let Some(v) = p.values.remove(&k) {
-                            p.writing.insert(k.clone(), v.clone());
-                            batch.push((k, v));
+                        if let Some(w) = p.values.remove(&k) {
+                            p.writing.insert(k.clone(), w.value.clone());
+                            batch.items.push((k, w.value));
+                            batch.journal.push(w.journal);
                         }
                     }
                     drop(p);
@@ -361,8 +611,35 @@ where
     }
 
     async fn flush_loop(self: Arc<Self>) {
-        while let Some(batch) = self.next_batch().await {
-            let keys: Vec<K> = batch.iter().map(|(k, _)| k.clone()).collect();
+        #[cfg(feature = "redis")]
+        let claim_every = self.cfg.claim_after / 2;
+        #[cfg(feature = "redis")]
+        let mut next_claim = tokio::time::Instant::now();
+        #[cfg(feature = "redis")]
+        if self.durable.is_some() {
+            // A failure is counted; the next claim tries again.
+            let _ = self.replay(true).await;
+            next_claim = tokio::time::Instant::now() + claim_every;
+        }
+        loop {
+            #[cfg(feature = "redis")]
+            let batch = if self.durable.is_some() {
+                tokio::select! {
+                    b = self.next_batch() => b,
+                    () = tokio::time::sleep_until(next_claim) => {
+                        // Own leftovers too, if the first replay failed.
+                        let _ = self.replay(true).await;
+                        next_claim = tokio::time::Instant::now() + claim_every;
+                        continue;
+                    }
+                }
+            } else {
+                self.next_batch().await
+            };
+            #[cfg(not(feature = "redis"))]
+            let batch = self.next_batch().await;
+            let Some(batch) = batch else { break };
+            let keys: Vec<K> = batch.items.iter().map(|(k, _)| k.clone()).collect();
             self.write(batch).await;
             let mut p = self.pending.lock();
             for k in &keys {
@@ -372,13 +649,114 @@ where
     }
 
     /// Writes a batch with retries; dead-letters it after the last attempt.
-    async fn write(&self, batch: Vec<(K, V)>) {
+    /// In durable mode, writes superseded by a later journalled write are
+    /// left out, and the journal is settled after.
+    async fn write(&self, batch: Batch<K, V>) {
+        let Batch { items, journal } = batch;
+        #[cfg(feature = "redis")]
+        let mut items = items;
+        let settle: Vec<(String, String)> = journal
+            .iter()
+            .flatten()
+            .flat_map(Journalled::pairs)
+            .collect();
+        #[cfg(feature = "redis")]
+        if let Some(d) = &self.durable {
+            let newest: Vec<(usize, (String, String))> = journal
+                .iter()
+                .enumerate()
+                .filter_map(|(i, j)| {
+                    let j = j.as_ref()?;
+                    Some((i, (j.text.clone(), j.newest()?.to_owned())))
+                })
+                .collect();
+            let pairs: Vec<(String, String)> = newest.iter().map(|(_, p)| p.clone()).collect();
+            match d.journal.is_latest(&pairs).await {
+                Ok(latest) => {
+                    let stale: std::collections::HashSet<usize> = newest
+                        .iter()
+                        .zip(latest)
+                        .filter(|(_, l)| !l)
+                        .map(|((i, _), _)| *i)
+                        .collect();
+                    if !stale.is_empty() {
+                        self.superseded.add(stale.len() as u64);
+                        let mut i = 0;
+                        items.retain(|_| {
+                            i += 1;
+                            !stale.contains(&(i - 1))
+                        });
+                    }
+                }
+                // Unknown: write them all (at least once beats never).
+                Err(e) => self.journal_failed(e),
+            }
+        }
+        let outcome = if items.is_empty() {
+            Ok(())
+        } else {
+            self.write_with_retries(&items).await
+        };
+        match outcome {
+            Ok(()) => {
+                self.flushed.add(items.len() as u64);
+                self.settle(&settle, None).await;
+            }
+            Err(e) => {
+                *self.last_error.lock() = Some(e.clone());
+                self.settle(&settle, Some(&e)).await;
+                for (k, v) in &items {
+                    self.dead_letters.incr();
+                    if let Some(f) = &self.dead_letter {
+                        // A panicking callback must not stop the flusher.
+                        let _ =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(k, v, &e)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Acknowledges (or, with an error, dead-letters) journal entries. A
+    /// failure leaves them pending: they are replayed later (at least once).
+    async fn settle(&self, pairs: &[(String, String)], error: Option<&Error>) {
+        if pairs.is_empty() {
+            return;
+        }
+        #[cfg(feature = "redis")]
+        if let Some(d) = &self.durable {
+            let done = match error {
+                None => d.journal.ack(pairs).await,
+                Some(e) => d.journal.dead_letter(pairs, &e.to_string()).await,
+            };
+            if let Err(e) = done {
+                self.journal_failed(e);
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = error;
+    }
+
+    #[cfg(feature = "redis")]
+    fn journal_failed(&self, e: Error) {
+        self.journal_errors.incr();
+        *self.last_error.lock() = Some(e);
+    }
+
+    /// Acknowledges the journal entries of writes a direct write superseded.
+    pub(crate) async fn settle_superseded(&self, pairs: Option<Vec<(String, String)>>) {
+        if let Some(pairs) = pairs {
+            self.settle(&pairs, None).await;
+        }
+    }
+
+    async fn write_with_retries(&self, items: &[(K, V)]) -> Result<()> {
         let mut delay = self.cfg.backoff;
-        for attempt in 1..=self.cfg.max_attempts {
+        let mut attempt = 1;
+        loop {
             // The future is made inside the guard: a writer that panics
             // before its first await is caught too. A hung writer is cut.
-            let write =
-                std::panic::AssertUnwindSafe(async { self.writer.write_many(&batch).await });
+            let write = std::panic::AssertUnwindSafe(async { self.writer.write_many(items).await });
             let outcome = match tokio::time::timeout(
                 self.cfg.write_timeout,
                 futures_util::FutureExt::catch_unwind(write),
@@ -393,31 +771,101 @@ where
                 )),
             };
             match outcome {
-                Ok(()) => {
-                    self.flushed.add(batch.len() as u64);
-                    return;
-                }
-                Err(e) if attempt == self.cfg.max_attempts => {
-                    *self.last_error.lock() = Some(e.clone());
-                    for (k, v) in &batch {
-                        self.dead_letters.incr();
-                        if let Some(f) = &self.dead_letter {
-                            // A panicking callback must not stop the flusher.
-                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                f(k, v, &e)
-                            }));
-                        }
-                    }
-                    return;
-                }
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= self.cfg.max_attempts => return Err(e),
                 Err(e) => {
                     *self.last_error.lock() = Some(e);
                     self.retries.incr();
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.cfg.max_backoff);
+                    attempt += 1;
                 }
             }
         }
+    }
+
+    /// Durable mode: takes over journalled writes nobody is writing and
+    /// queues them (no room needed: they were accepted long ago). With
+    /// `own`, first this consumer's leftovers from a previous run (once per
+    /// queue). Returns how many were queued.
+    #[cfg(feature = "redis")]
+    pub(crate) async fn replay(&self, own: bool) -> Result<usize> {
+        let Some(d) = &self.durable else {
+            return Ok(0);
+        };
+        let mut own_done = d.own_done.lock().await;
+        let own = own && !*own_done;
+        let entries = match d
+            .journal
+            .recover(
+                own,
+                self.cfg.claim_after,
+                if own { usize::MAX } else { REPLAY_LIMIT },
+            )
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                self.journal_failed(e.clone());
+                return Err(e);
+            }
+        };
+        if own {
+            *own_done = true;
+        }
+        drop(own_done);
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        for e in entries {
+            match e.payload.as_deref().map(|p| (d.decode)(p)) {
+                Some(Ok((k, v))) => good.push((k, v, (e.key, e.id))),
+                _ => bad.push((e.key, e.id)),
+            }
+        }
+        if !bad.is_empty() {
+            // Not a write of this cache's types: kept in the dead-letter
+            // stream for a person to look at, never written.
+            self.dead_letters.add(bad.len() as u64);
+            if let Err(e) = d
+                .journal
+                .dead_letter(&bad, "not a journal entry of this cache (undecodable)")
+                .await
+            {
+                self.journal_failed(e);
+            }
+        }
+        let pairs: Vec<(String, String)> = good.iter().map(|(_, _, p)| p.clone()).collect();
+        let latest = match d.journal.is_latest(&pairs).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.journal_failed(e.clone());
+                return Err(e);
+            }
+        };
+        let (mut queued, mut stale) = (0, Vec::new());
+        {
+            let mut p = self.pending.lock();
+            for ((k, v, (text, id)), latest) in good.into_iter().zip(latest) {
+                if latest {
+                    let j = Journalled {
+                        text,
+                        ids: vec![id],
+                    };
+                    Self::put(&mut p, k, v, Some(j), &self.coalesced);
+                    queued += 1;
+                } else {
+                    stale.push((text, id));
+                }
+            }
+        }
+        self.replayed.add(queued as u64);
+        if !stale.is_empty() {
+            self.superseded.add(stale.len() as u64);
+            self.settle(&stale, None).await;
+        }
+        if queued > 0 {
+            self.work.notify_one();
+        }
+        Ok(queued)
     }
 
     /// Stops taking writes and lets the flusher write everything left;
@@ -445,7 +893,28 @@ where
             retries: self.retries.get(),
             dead_letters: self.dead_letters.get(),
             coalesced: self.coalesced.get(),
+            journalled: self.journalled.get(),
+            replayed: self.replayed.get(),
+            superseded: self.superseded.get(),
+            journal_errors: self.journal_errors.get(),
             last_error: self.last_error.lock().as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+/// A journal entry id's order (`None` sorts first: no journal).
+fn entry_order(id: Option<&str>) -> Option<(u64, u64)> {
+    let (ms, seq) = id?.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+impl Journalled {
+    /// A key's first journal entry.
+    #[cfg(feature = "redis")]
+    pub(crate) fn new(text: String, id: String) -> Self {
+        Journalled {
+            text,
+            ids: vec![id],
         }
     }
 }

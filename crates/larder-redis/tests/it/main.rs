@@ -7,6 +7,7 @@ mod cluster;
 mod deadline;
 mod escape;
 mod faults;
+mod journal;
 mod keys;
 mod limits;
 mod locale;

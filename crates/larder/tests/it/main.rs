@@ -1,6 +1,8 @@
 //! The multi-level cache: L1-only paths on a mock clock, and L1 + L2 /
 //! L2-only paths against real redis-server processes from larder-testkit.
 
+#[cfg(feature = "redis")]
+mod durable;
 mod l1;
 #[cfg(feature = "redis")]
 mod l2;

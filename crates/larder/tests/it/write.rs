@@ -19,7 +19,7 @@ type Batch = Vec<(u64, String)>;
 /// gate, if any), writes replace it.
 #[derive(Clone, Default)]
 pub(crate) struct MapDb {
-    rows: Arc<Mutex<HashMap<u64, String>>>,
+    pub(crate) rows: Arc<Mutex<HashMap<u64, String>>>,
     pub(crate) loads: Arc<AtomicUsize>,
     pub(crate) gate: Option<Arc<Semaphore>>,
     pub(crate) fail_writes: Arc<std::sync::atomic::AtomicBool>,
