@@ -59,6 +59,7 @@ fn pattern_examples_without_their_servers_say_what_to_set_and_exit_2() {
         ("rate_limiter", "REDIS_URL"),
         ("activity_feed", "REDIS_URL"),
         ("work_queue", "REDIS_URL"),
+        ("write_behind", "REDIS_URL"),
         ("distributed_lock", "REDIS_URL"),
         ("sharded", "REDIS_URLS"),
         ("cluster", "REDIS_CLUSTER_URLS"),
@@ -421,4 +422,36 @@ fn sharded_store_routes_around_a_killed_server_moving_only_its_keys() {
         line_with(&out, "reads: "),
         format!("reads: {written} hits of {written} keys written")
     );
+}
+
+/// The SIGKILL test of durable write-behind: a child process queues writes
+/// into SQLite and is killed with SIGKILL; a new process with the same
+/// consumer name replays the journal. Plain write-behind is the negative
+/// control: the same kill loses every queued write.
+#[test]
+fn write_behind_loses_nothing_acknowledged_to_a_sigkill_when_durable() {
+    let server = RedisServer::start().unwrap();
+    let mut cmd = bare("write_behind");
+    cmd.env("REDIS_URL", server.url());
+    let out = run(cmd);
+    let plain = line_with(&out, "plain write-behind");
+    let durable = line_with(&out, "durable write-behind");
+    for line in [plain, durable] {
+        assert!(
+            number_after(line, ": ").is_some_and(|n| n >= 2000),
+            "at least 2000 acknowledged writes: {line}"
+        );
+    }
+    assert_eq!(
+        number_after(plain, "last acknowledged write of "),
+        Some(50),
+        "the control must lose the queued writes, or the test proves nothing: {plain}"
+    );
+    assert_eq!(
+        number_after(durable, "last acknowledged write of "),
+        Some(0),
+        "{durable}"
+    );
+    assert_eq!(number_after(durable, "("), Some(50), "{durable}");
+    assert_eq!(dbsize(&server), 0, "the example cleans its namespace up");
 }
