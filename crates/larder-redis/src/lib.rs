@@ -10,6 +10,7 @@ mod scripts;
 mod stats;
 mod store;
 pub mod structures;
+mod tracking;
 mod versioned;
 
 /// The `redis` client this crate is built against.
@@ -22,4 +23,7 @@ pub use store::{KeyTtl, MAX_TTL, RedisStore};
 pub use structures::{
     Delivery, Feed, HashObject, Leaderboard, Ranked, RateDecision, RateLimit, RateLimiter,
     WorkQueue,
+};
+pub use tracking::{
+    CoherenceMode, FlushReason, INVALIDATION_BUFFER, Invalidation, InvalidationStats, Invalidations,
 };

@@ -211,6 +211,14 @@ impl RedisStore {
             .await
     }
 
+    /// Every node now: the one of a standalone or Cluster store, or each shard.
+    pub(crate) fn nodes(&self) -> Vec<Arc<Node>> {
+        match &self.inner.backend {
+            Backend::Single(n) => vec![Arc::clone(n)],
+            Backend::Sharded(s) => self.shards(s).nodes.clone(),
+        }
+    }
+
     fn shards(&self, s: &RwLock<Arc<Shards>>) -> Arc<Shards> {
         Arc::clone(&s.read().unwrap_or_else(|p| p.into_inner()))
     }

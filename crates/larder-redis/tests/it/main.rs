@@ -17,6 +17,7 @@ mod sharded;
 mod standalone;
 mod structures;
 mod topologies;
+mod tracking;
 mod versioned;
 
 use std::time::Duration;
