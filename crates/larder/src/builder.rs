@@ -41,6 +41,8 @@ pub struct CacheBuilder<K, V, C = Postcard> {
     store: Option<Arc<dyn Store>>,
     #[cfg(feature = "redis")]
     redis: Option<larder_redis::RedisStore>,
+    #[cfg(feature = "redis")]
+    coherence: Option<larder_redis::CoherenceMode>,
     loader: Option<Box<dyn DynLoader<K, V>>>,
     writer: Option<Arc<dyn DynWriter<K, V>>>,
     write_behind: Option<WriteBehind>,
@@ -84,6 +86,8 @@ impl<K, V> CacheBuilder<K, V, Postcard> {
             store: None,
             #[cfg(feature = "redis")]
             redis: None,
+            #[cfg(feature = "redis")]
+            coherence: None,
             loader: None,
             writer: None,
             write_behind: None,
@@ -185,6 +189,25 @@ where
     pub fn redis(mut self, store: larder_redis::RedisStore) -> Self {
         self.store = Some(Arc::new(store.clone()));
         self.redis = Some(store);
+        self
+    }
+
+    /// Coherence across instances (`redis` feature; needs the L1 and a
+    /// standalone or sharded Redis L2): each instance's L1 drops a key
+    /// when it changes in Redis. [`CoherenceMode::Tracking`](larder_redis::CoherenceMode::Tracking)
+    /// (Redis 6+, RESP3 client tracking) sees every write under the
+    /// namespace, by any client; [`CoherenceMode::PubSub`](larder_redis::CoherenceMode::PubSub)
+    /// sees only what Larder's instances announce (each write and
+    /// invalidation publishes its keys; fills never do). Either way a lost
+    /// connection clears the L1, and unless
+    /// [`CacheBuilder::memory_ttl_cap`] says otherwise each L1 entry lives
+    /// at most [`DEFAULT_COHERENT_L1_CAP`](crate::DEFAULT_COHERENT_L1_CAP):
+    /// the backstop. The stream opens in the background at `build` (on the
+    /// current runtime) or at the first call; [`Cache::coherence_ready`]
+    /// waits for it. See `docs/patterns.md` for the bounds.
+    #[cfg(feature = "redis")]
+    pub fn coherence(mut self, mode: larder_redis::CoherenceMode) -> Self {
+        self.coherence = Some(mode);
         self
     }
 
@@ -338,6 +361,8 @@ where
             store: self.store,
             #[cfg(feature = "redis")]
             redis: self.redis,
+            #[cfg(feature = "redis")]
+            coherence: self.coherence,
             loader: self.loader,
             writer: self.writer,
             write_behind: self.write_behind,
@@ -471,6 +496,30 @@ where
                 .clock(Arc::clone(&clock))
                 .build()
         });
+        #[cfg(feature = "redis")]
+        let coherence = match (self.coherence, &self.redis) {
+            (None, _) => None,
+            (Some(mode), redis) => {
+                crate::coherence::check(self.memory.is_some(), redis.is_some())?;
+                let store = redis.clone().expect("checked");
+                if matches!(
+                    store.config().topology(),
+                    larder_redis::Topology::Cluster(_)
+                ) {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "coherence on Redis Cluster is not supported (standalone or sharded only)",
+                    ));
+                }
+                Some(crate::coherence::Coherence::new(mode, store))
+            }
+        };
+        #[cfg(feature = "redis")]
+        let memory_ttl_cap = self.memory_ttl_cap.or(coherence
+            .as_ref()
+            .map(|_| crate::coherence::DEFAULT_COHERENT_L1_CAP));
+        #[cfg(not(feature = "redis"))]
+        let memory_ttl_cap = self.memory_ttl_cap;
         let cfg = Config {
             codec: self.codec,
             compression: self.compression,
@@ -481,7 +530,7 @@ where
             load_timeout: self.load_timeout,
             wait_timeout,
             tombstone,
-            memory_ttl_cap: self.memory_ttl_cap,
+            memory_ttl_cap,
             lease,
             hot_ahead,
         };
@@ -492,6 +541,8 @@ where
             self.store,
             #[cfg(feature = "redis")]
             self.redis,
+            #[cfg(feature = "redis")]
+            coherence,
             self.loader,
             self.writer,
             queue,
@@ -506,6 +557,8 @@ where
         if let Some(q) = replay_now {
             let _ = q.start();
         }
+        #[cfg(feature = "redis")]
+        cache.inner.start_coherence();
         Ok(cache)
     }
 }

@@ -56,6 +56,9 @@ pub(crate) struct Inner<K, V, C> {
     pub(crate) l2: Option<Arc<dyn Store>>,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<larder_redis::RedisStore>,
+    /// Coherence across instances (`redis` feature), when on.
+    #[cfg(feature = "redis")]
+    pub(crate) coherence: Option<crate::coherence::Coherence>,
     pub(crate) loader: Option<Box<dyn DynLoader<K, V>>>,
     pub(crate) writer: Option<Arc<dyn DynWriter<K, V>>>,
     pub(crate) queue: Option<Arc<Queue<K, V>>>,
@@ -88,6 +91,7 @@ where
         l1: Option<MemoryCache<K, Entry<V>>>,
         l2: Option<Arc<dyn Store>>,
         #[cfg(feature = "redis")] redis: Option<larder_redis::RedisStore>,
+        #[cfg(feature = "redis")] coherence: Option<crate::coherence::Coherence>,
         loader: Option<Box<dyn DynLoader<K, V>>>,
         writer: Option<Arc<dyn DynWriter<K, V>>>,
         queue: Option<Arc<Queue<K, V>>>,
@@ -101,6 +105,8 @@ where
             l2,
             #[cfg(feature = "redis")]
             redis,
+            #[cfg(feature = "redis")]
+            coherence,
             loader,
             writer,
             queue,
@@ -118,6 +124,29 @@ where
             tasks: Mutex::new(Some(JoinSet::new())),
             rng: seed.map(|s| Mutex::new(fastrand::Rng::with_seed(s))),
         }
+    }
+
+    /// Empties the L1: running loads will not publish, promotions that
+    /// raced are undone.
+    pub(crate) fn clear_l1(&self) {
+        for e in self.epochs.iter() {
+            e.fetch_add(1, Ordering::SeqCst);
+        }
+        self.flights.forget_all();
+        if let Some(l1) = &self.l1 {
+            l1.clear();
+        }
+    }
+
+    /// Tells the other instances that `keys` changed (coherence in pub/sub
+    /// mode; tracking needs nothing).
+    pub(crate) async fn announce(&self, keys: &[String]) {
+        #[cfg(feature = "redis")]
+        if let Some(co) = &self.coherence {
+            co.announce(keys).await;
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = keys;
     }
 }
 
@@ -150,6 +179,11 @@ impl<K, V, C> Inner<K, V, C> {
         }
     }
 
+    #[cfg(feature = "redis")]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(Error::new(ErrorKind::Closed, "the cache was closed"));
@@ -180,6 +214,10 @@ impl<K, V, C> Drop for Inner<K, V, C> {
         // queued write, then stops.
         if let Some(q) = &self.queue {
             q.close_now();
+        }
+        #[cfg(feature = "redis")]
+        if let Some(co) = &self.coherence {
+            co.stop();
         }
     }
 }
@@ -522,13 +560,7 @@ where
     /// Removes every entry of this instance's L1; running loads will not
     /// publish (other instances and the L2 keep theirs).
     pub fn clear_local(&self) {
-        for e in self.inner.epochs.iter() {
-            e.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.flights.forget_all();
-        if let Some(l1) = &self.inner.l1 {
-            l1.clear();
-        }
+        self.inner.clear_l1();
     }
 
     /// Removes everything this cache holds: its L1, and (`redis` feature,
@@ -625,7 +657,24 @@ where
         if let Some(redis) = &self.inner.redis {
             s.breakers = redis.breaker_states();
         }
+        #[cfg(feature = "redis")]
+        {
+            s.coherence = self.inner.coherence.as_ref().map(|c| c.stats());
+        }
         s
+    }
+
+    /// Coherence on ([`CacheBuilder::coherence`]): waits until this
+    /// instance's invalidation stream is up, so that every write from now
+    /// on evicts its L1 copy. Starts the stream if the cache was built
+    /// outside a runtime. Returns at once without coherence; bound it with
+    /// a timeout (the stream retries with backoff while Redis is down).
+    #[cfg(feature = "redis")]
+    pub async fn coherence_ready(&self) {
+        self.inner.start_coherence();
+        if let Some(co) = &self.inner.coherence {
+            co.ready().await;
+        }
     }
 
     /// The Redis store behind the L2 (`redis` feature), for its own figures
@@ -644,6 +693,10 @@ where
     /// lease). Nothing outlives the cache silently.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
+        #[cfg(feature = "redis")]
+        if let Some(co) = &self.inner.coherence {
+            co.stop();
+        }
         if let Some(q) = &self.inner.queue {
             q.close().await;
         }

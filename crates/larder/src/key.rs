@@ -47,6 +47,28 @@ pub trait CacheKey: Hash + Eq + Clone + Send + Sync + 'static {
         validate_key(&s)?;
         Ok(s)
     }
+
+    /// The key whose text is `text`, if this type can tell: what a
+    /// [coherent](crate::CacheBuilder::coherence) cache uses to evict a key
+    /// that another instance (or client) changed in Redis. The default,
+    /// `None`, makes each such invalidation clear the whole L1 of this
+    /// instance: correct, but costly when writes are frequent. Implemented
+    /// for every key type above except `&'static str`.
+    ///
+    /// ```
+    /// use larder::CacheKey;
+    ///
+    /// assert_eq!(u64::from_key_text("42"), Some(42));
+    /// assert_eq!(<(String, u32)>::from_key_text("a\\:b:7"), Some(("a:b".into(), 7)));
+    /// assert_eq!(u64::from_key_text("x"), None);
+    /// ```
+    fn from_key_text(text: &str) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        let _ = text;
+        None
+    }
 }
 
 macro_rules! display_keys {
@@ -55,6 +77,10 @@ macro_rules! display_keys {
             fn write_key(&self, out: &mut String) {
                 use std::fmt::Write;
                 let _ = write!(out, "{self}");
+            }
+
+            fn from_key_text(text: &str) -> Option<Self> {
+                text.parse().ok()
             }
         }
     )*};
@@ -68,6 +94,10 @@ impl CacheKey for String {
     fn write_key(&self, out: &mut String) {
         out.push_str(self);
     }
+
+    fn from_key_text(text: &str) -> Option<Self> {
+        Some(text.into())
+    }
 }
 
 impl CacheKey for &'static str {
@@ -80,17 +110,29 @@ impl CacheKey for Arc<str> {
     fn write_key(&self, out: &mut String) {
         out.push_str(self);
     }
+
+    fn from_key_text(text: &str) -> Option<Self> {
+        Some(text.into())
+    }
 }
 
 impl CacheKey for Box<str> {
     fn write_key(&self, out: &mut String) {
         out.push_str(self);
     }
+
+    fn from_key_text(text: &str) -> Option<Self> {
+        Some(text.into())
+    }
 }
 
 impl CacheKey for Cow<'static, str> {
     fn write_key(&self, out: &mut String) {
         out.push_str(self);
+    }
+
+    fn from_key_text(text: &str) -> Option<Self> {
+        Some(Cow::Owned(text.to_owned()))
     }
 }
 
@@ -109,6 +151,26 @@ fn write_part<T: CacheKey>(part: &T, out: &mut String) {
     }
 }
 
+/// Splits a tuple key's text at its unescaped separators, unescaping the
+/// parts; `None` unless there are exactly `n` parts.
+fn split_parts(text: &str, n: usize) -> Option<Vec<String>> {
+    let mut parts = vec![String::new()];
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => parts.last_mut()?.push(chars.next()?),
+            ':' => {
+                if parts.len() == n {
+                    return None;
+                }
+                parts.push(String::new());
+            }
+            c => parts.last_mut()?.push(c),
+        }
+    }
+    (parts.len() == n).then_some(parts)
+}
+
 macro_rules! tuple_keys {
     ($(($($n:tt $t:ident),+)),*) => {$(
         impl<$($t: CacheKey),+> CacheKey for ($($t,)+) {
@@ -122,6 +184,12 @@ macro_rules! tuple_keys {
                     write_part(&self.$n, out);
                 )+
                 let _ = first;
+            }
+
+            fn from_key_text(text: &str) -> Option<Self> {
+                let n = [$(stringify!($t)),+].len();
+                let parts = split_parts(text, n)?;
+                Some(($($t::from_key_text(&parts[$n])?,)+))
             }
         }
     )*};
@@ -142,5 +210,32 @@ mod tests {
         assert_eq!(("a", "b:c").key_text().unwrap(), "a:b\\:c");
         let long = "k".repeat(larder_core::MAX_KEY_LEN + 1);
         assert!(long.key_text().unwrap_err().is_invalid_input());
+    }
+
+    /// `from_key_text` inverts `key_text` for every built-in key type.
+    #[test]
+    fn texts_round_trip() {
+        fn back<K: CacheKey + std::fmt::Debug>(k: K) {
+            let text = k.key_text().unwrap();
+            assert_eq!(K::from_key_text(&text).as_ref(), Some(&k), "{text}");
+        }
+        back(-3i32);
+        back(u128::MAX);
+        back('x');
+        back(true);
+        back(String::from("a:b\\c"));
+        back(Arc::<str>::from("k"));
+        back((String::from("a\\"), 1u8, 'x'));
+        back((String::from("a:b"), String::from("c")));
+        back((String::from(":"), (String::from("x:y"), 2u64)));
+        back((1u8, 2u16, 3u32, 4u64));
+        assert_eq!(<(u8, u8)>::from_key_text("1:2:3"), None);
+        assert_eq!(<(u8, u8)>::from_key_text("1"), None);
+        assert_eq!(
+            <(String, u8)>::from_key_text("a\\"),
+            None,
+            "a dangling escape"
+        );
+        assert_eq!(<&'static str>::from_key_text("k"), None);
     }
 }

@@ -2,6 +2,8 @@
 
 mod builder;
 mod cache;
+#[cfg(feature = "redis")]
+mod coherence;
 mod entry;
 mod hot;
 mod key;
@@ -19,7 +21,12 @@ pub use builder::{
     CacheBuilder, DEFAULT_LEASE_POLL, DEFAULT_LOAD_TIMEOUT, DEFAULT_MEMORY_CAPACITY,
 };
 pub use cache::{Cache, WarmReport};
+#[cfg(feature = "redis")]
+pub use coherence::{CoherenceStats, DEFAULT_COHERENT_L1_CAP};
 pub use key::CacheKey;
+/// How instances learn of each other's writes (`redis` feature).
+#[cfg(feature = "redis")]
+pub use larder_redis::CoherenceMode;
 pub use stats::Stats;
 pub use ttl::{Ttl, TtlPolicy};
 pub use writer::{Overflow, WriteBehind, WriteBehindStats};

@@ -577,6 +577,9 @@ where
         self.invalidate_local(key);
         self.l1_insert(key, &entry, now);
         self.stats.writes.incr();
+        if self.l2.is_some() {
+            self.announce(&[text.to_owned()]).await;
+        }
         Ok(())
     }
 
@@ -653,6 +656,7 @@ where
         self.invalidate_local(key);
         self.l1_insert(key, &entry, now);
         self.stats.writes.incr();
+        self.announce(&[text.to_owned()]).await;
         Ok(())
     }
 

@@ -262,6 +262,7 @@ where
         if let Some(l2) = &self.l2 {
             l2.invalidate(text, self.cfg.tombstone).await?;
             self.invalidate_local(key);
+            self.announce(&[text.to_owned()]).await;
         }
         Ok(())
     }

@@ -93,6 +93,9 @@ pub struct Stats {
     /// Each Redis node's circuit breaker (`redis` feature, Redis L2).
     #[cfg(feature = "redis")]
     pub breakers: Vec<(String, larder_redis::BreakerState)>,
+    /// Coherence across instances (`redis` feature), when on.
+    #[cfg(feature = "redis")]
+    pub coherence: Option<crate::CoherenceStats>,
 }
 
 impl Stats {
@@ -137,6 +140,8 @@ impl Recorders {
             write_behind: None,
             #[cfg(feature = "redis")]
             breakers: Vec::new(),
+            #[cfg(feature = "redis")]
+            coherence: None,
         }
     }
 }

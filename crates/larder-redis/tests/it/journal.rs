@@ -12,6 +12,9 @@ use crate::{env, quick_config, raw_get, store};
 
 const T: Duration = Duration::from_secs(30);
 
+/// A stream entry as `XRANGE` answers it: id and field pairs.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_writes_the_value_and_the_entry_together_and_ack_removes_it() {
     let server = RedisServer::start().unwrap();
@@ -115,7 +118,7 @@ async fn dead_letters_keep_the_payload_and_the_error_and_foreign_entries_are_fla
         .unwrap()
         .get_connection()
         .unwrap();
-    let dead: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    let dead: Vec<Entry> = redis::cmd("XRANGE")
         .arg(j.dead_letter_key())
         .arg("-")
         .arg("+")

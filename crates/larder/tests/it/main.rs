@@ -2,6 +2,8 @@
 //! L2-only paths against real redis-server processes from larder-testkit.
 
 #[cfg(feature = "redis")]
+mod coherence;
+#[cfg(feature = "redis")]
 mod durable;
 mod l1;
 #[cfg(feature = "redis")]
