@@ -28,7 +28,9 @@ where
     /// | `larder_coalesced_total`, `larder_stale_served_total`, `larder_stale_if_error_total`, `larder_early_refreshes_total`, `larder_hot_refreshes_total`, `larder_background_refreshes_total`, `larder_negative_hits_total`, `larder_corrupt_total`, `larder_l2_errors_total`, `larder_fills_refused_total`, `larder_invalidations_total`, `larder_writes_total`, `larder_lease_waits_total`, `larder_lease_takeovers_total` | counter | |
     /// | `larder_l1_entries`, `larder_in_flight` | gauge | |
     /// | `larder_write_behind_queued`, `larder_write_behind_oldest_seconds` | gauge | (write-behind on) |
-    /// | `larder_write_behind_flushed_total`, `_retries_total`, `_dead_letters_total`, `_coalesced_total` | counter | (write-behind on) |
+    /// | `larder_write_behind_flushed_total`, `_retries_total`, `_dead_letters_total`, `_coalesced_total`, `_journalled_total`, `_replayed_total`, `_superseded_total`, `_journal_errors_total` | counter | (write-behind on) |
+    /// | `larder_coherence_connected` (`redis` feature) | gauge (1 up, 0 down) | (coherence on) |
+    /// | `larder_coherence_received_total`, `_sent_total`, `_send_errors_total`, `_evicted_total`, `_l1_flushes_total`, `_disconnects_total`, `_reconnects_total` (`redis` feature) | counter | (coherence on) |
     /// | `larder_breaker_open` (`redis` feature) | gauge (1 open, 0.5 half-open, 0 closed) | `node` |
     pub fn export_metrics(&self, name: &str) {
         let s = self.stats();
@@ -80,6 +82,32 @@ where
                 ("larder_write_behind_retries_total", wb.retries),
                 ("larder_write_behind_dead_letters_total", wb.dead_letters),
                 ("larder_write_behind_coalesced_total", wb.coalesced),
+                ("larder_write_behind_journalled_total", wb.journalled),
+                ("larder_write_behind_replayed_total", wb.replayed),
+                ("larder_write_behind_superseded_total", wb.superseded),
+                (
+                    "larder_write_behind_journal_errors_total",
+                    wb.journal_errors,
+                ),
+            ] {
+                counter!(metric, "cache" => cache.clone()).absolute(v);
+            }
+        }
+        #[cfg(feature = "redis")]
+        if let Some(co) = &s.coherence {
+            gauge!("larder_coherence_connected", "cache" => cache.clone()).set(if co.connected {
+                1.0
+            } else {
+                0.0
+            });
+            for (metric, v) in [
+                ("larder_coherence_received_total", co.received),
+                ("larder_coherence_sent_total", co.sent),
+                ("larder_coherence_send_errors_total", co.send_errors),
+                ("larder_coherence_evicted_total", co.evicted),
+                ("larder_coherence_l1_flushes_total", co.l1_flushes),
+                ("larder_coherence_disconnects_total", co.disconnects),
+                ("larder_coherence_reconnects_total", co.reconnects),
             ] {
                 counter!(metric, "cache" => cache.clone()).absolute(v);
             }

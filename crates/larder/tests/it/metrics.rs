@@ -93,3 +93,40 @@ async fn export_metrics_publishes_the_figures_per_level() {
     assert_eq!(get("larder_loads_total{cache=products,result=ok}"), 1.0);
     assert_eq!(get("larder_l1_entries{cache=products}"), 1.0);
 }
+
+/// The write-side figures: the durable journal and coherence.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_metrics_publishes_the_journal_and_coherence_figures() {
+    use std::time::Duration;
+
+    let server = larder_testkit::RedisServer::start().unwrap();
+    let db = crate::write::MapDb::default();
+    let c: Cache<u64, String> = Cache::builder()
+        .redis(larder::redis::RedisStore::from_url(&server.url()).unwrap())
+        .loader(db.clone())
+        .writer(db.clone())
+        .write_behind(larder::WriteBehind::new())
+        .durable("metrics-test")
+        .coherence(larder::CoherenceMode::Tracking)
+        .build()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), c.coherence_ready())
+        .await
+        .unwrap();
+    c.put_behind(&1, "v".into()).await.unwrap();
+    let seen = Seen::default();
+    metrics::with_local_recorder(&seen, || c.export_metrics("shop"));
+    let m = seen.0.lock().unwrap();
+    assert_eq!(
+        m.get("larder_write_behind_journalled_total{cache=shop}"),
+        Some(&1.0)
+    );
+    assert_eq!(m.get("larder_coherence_connected{cache=shop}"), Some(&1.0));
+    assert!(
+        m.contains_key("larder_coherence_evicted_total{cache=shop}"),
+        "{m:?}"
+    );
+    drop(m);
+    c.close().await;
+}
