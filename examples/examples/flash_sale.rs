@@ -11,6 +11,11 @@
 //! whose price was already replaced before the read began is counted as
 //! wrong (expected: 0).
 //!
+//! A last phase keeps the stock of the flash-sale products in a second
+//! cache with write-behind: an order updates the cached stock at once and
+//! SQLite in batches (durable, journalled in Redis, with `--redis`); at the
+//! end the demo checks that SQLite's stock matches the orders exactly.
+//!
 //! Run: `cargo run --release --example flash_sale`
 //! Options: `--shoppers N` (64), `--seconds S` per phase (8), `--products N`
 //! (100000), `--reviews N` per product (5), `--db-delay-ms F` emulated
@@ -140,6 +145,79 @@ impl Truth {
     }
 }
 
+/// The stock of products, kept by write-behind: read from SQLite on a miss,
+/// written back in batches.
+#[derive(Clone)]
+struct StockDb {
+    db: Arc<Db>,
+    batches: Arc<AtomicU64>,
+}
+
+impl Loader<u64, i64> for StockDb {
+    async fn load(&self, id: &u64) -> Result<Option<i64>> {
+        let (db, id) = (Arc::clone(&self.db), *id);
+        tokio::task::spawn_blocking(move || db.stock(id))
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Source, "query task", e))?
+    }
+}
+
+impl Writer<u64, i64> for StockDb {
+    async fn write(&self, id: &u64, stock: &i64) -> Result<()> {
+        self.write_many(&[(*id, *stock)]).await
+    }
+
+    async fn delete(&self, _id: &u64) -> Result<()> {
+        Err(Error::new(ErrorKind::Unsupported, "stock is never deleted"))
+    }
+
+    async fn write_many(&self, rows: &[(u64, i64)]) -> Result<()> {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let (db, rows) = (Arc::clone(&self.db), rows.to_vec());
+        tokio::task::spawn_blocking(move || db.set_stocks(&rows))
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Source, "query task", e))?
+    }
+}
+
+/// How orders take stock: straight in the database, or through the stock
+/// cache with write-behind (one lock per product: read, check, decrement).
+#[derive(Clone)]
+enum Orders {
+    Direct,
+    Behind {
+        stock: Cache<u64, i64>,
+        locks: Arc<HashMap<u64, tokio::sync::Mutex<()>>>,
+    },
+}
+
+impl Orders {
+    /// Takes one unit of `id` if there is one: `true` if sold.
+    async fn buy(&self, db: &Arc<Db>, id: u64) -> Result<bool> {
+        match self {
+            Orders::Direct => {
+                let d = Arc::clone(db);
+                tokio::task::spawn_blocking(move || d.buy(id))
+                    .await
+                    .map_err(|e| Error::with_source(ErrorKind::Source, "query task", e))?
+            }
+            Orders::Behind { stock, locks } => {
+                let _one_at_a_time = match locks.get(&id) {
+                    Some(l) => Some(l.lock().await),
+                    None => None,
+                };
+                match stock.get_or_load(&id).await? {
+                    Some(n) if n > 0 => {
+                        stock.put_behind(&id, n - 1).await?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 enum Level {
     Db(Arc<Db>),
@@ -187,6 +265,8 @@ struct Phase {
     price_changes: u64,
     stats: Option<Stats>,
     timeline: Vec<(f64, f64, f64)>,
+    /// Per product, the orders taken (for the stock check).
+    sold: HashMap<u64, u64>,
 }
 
 async fn run_phase(
@@ -195,6 +275,7 @@ async fn run_phase(
     db: &Arc<Db>,
     truth: &Arc<Truth>,
     args: &Args,
+    orders: &Orders,
 ) -> Phase {
     let zipf = Arc::new(Zipf::new(args.products, 1.0));
     let duration = Duration::from_secs_f64(args.seconds);
@@ -242,18 +323,20 @@ async fn run_phase(
 
     let mut shoppers = Vec::new();
     for s in 0..args.shoppers {
-        let (level, db, truth, zipf, ticks, done) = (
+        let (level, db, truth, zipf, ticks, done, buyer) = (
             level.clone(),
             Arc::clone(db),
             Arc::clone(truth),
             Arc::clone(&zipf),
             Arc::clone(&ticks),
             Arc::clone(&done),
+            orders.clone(),
         );
         shoppers.push(tokio::spawn(async move {
             let mut rng = fastrand::Rng::with_seed(1000 + s as u64);
             let mut lat = Vec::with_capacity(1 << 16);
-            let (mut errors, mut wrong, mut orders) = (0u64, 0u64, 0u64);
+            let (mut errors, mut wrong) = (0u64, 0u64);
+            let mut sold: HashMap<u64, u64> = HashMap::new();
             while !done.load(Ordering::Relaxed) {
                 let since = start.elapsed();
                 let sale = since >= sale_from && since < sale_to;
@@ -283,14 +366,17 @@ async fn run_phase(
                 }
                 // Some flash-sale shoppers buy: a write, then an invalidation.
                 if hot && rng.f64() < 0.02 {
-                    let d = Arc::clone(&db);
-                    if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || d.buy(id)).await {
-                        orders += 1;
-                        let _ = level.after_write(id).await;
+                    match buyer.buy(&db, id).await {
+                        Ok(true) => {
+                            *sold.entry(id).or_default() += 1;
+                            let _ = level.after_write(id).await;
+                        }
+                        Ok(false) => {}
+                        Err(_) => errors += 1,
                     }
                 }
             }
-            (lat, errors, wrong, orders)
+            (lat, errors, wrong, sold)
         }));
     }
 
@@ -338,13 +424,17 @@ async fn run_phase(
             Level::Db(_) => None,
         },
         timeline: Vec::new(),
+        sold: HashMap::new(),
     };
     for s in shoppers {
-        if let Ok((lat, errors, wrong, orders)) = s.await {
+        if let Ok((lat, errors, wrong, sold)) = s.await {
             phase.latencies_us.extend(lat);
             phase.errors += errors;
             phase.wrong_prices += wrong;
-            phase.orders += orders;
+            for (id, n) in sold {
+                phase.orders += n;
+                *phase.sold.entry(id).or_default() += n;
+            }
         }
     }
     phase.requests = phase.latencies_us.len() as u64;
@@ -390,6 +480,41 @@ fn cache_level(db: &Arc<Db>, redis: Option<&str>) -> Result<Level> {
         None => builder,
     };
     Ok(Level::Cache(builder.build()?))
+}
+
+/// The stock cache of the write-behind phase: L1 (and, with Redis, L2 and
+/// the durable journal), batches every 100 ms.
+fn stock_cache(
+    db: &Arc<Db>,
+    batches: &Arc<AtomicU64>,
+    redis: Option<&str>,
+) -> Result<Cache<u64, i64>> {
+    let source = StockDb {
+        db: Arc::clone(db),
+        batches: Arc::clone(batches),
+    };
+    let builder = Cache::<u64, i64>::builder()
+        .ttl(Ttl::fixed(Duration::from_secs(60)))
+        .loader(source.clone())
+        .writer(source)
+        .write_behind(
+            WriteBehind::new()
+                .batch(500)
+                .interval(Duration::from_millis(100)),
+        );
+    match redis {
+        Some(url) => {
+            let ns = format!("flash-sale-stock-{}", std::process::id());
+            let config = RedisConfig::builder(Topology::Standalone(url.to_owned()))
+                .namespace(&ns)
+                .build()?;
+            builder
+                .redis(RedisStore::new(config)?)
+                .durable(&format!("flash-sale-{}", std::process::id()))
+                .build()
+        }
+        None => builder.build(),
+    }
 }
 
 fn quantile(sorted: &[u32], q: f64) -> f64 {
@@ -451,7 +576,7 @@ fn print_table(phases: &mut [Phase]) {
 fn chart(phases: &[Phase]) -> String {
     const W: f64 = 760.0;
     const H: f64 = 220.0;
-    const COLORS: [&str; 3] = ["#c0392b", "#2471a3", "#1e8449"];
+    const COLORS: [&str; 4] = ["#c0392b", "#2471a3", "#1e8449", "#b9770e"];
     let max_t = phases
         .iter()
         .flat_map(|p| p.timeline.iter().map(|t| t.0))
@@ -562,15 +687,81 @@ async fn run(args: Args) -> Result<u64> {
             &db,
             &truth,
             &args,
+            &Orders::Direct,
         )
         .await,
     ];
-    phases.push(run_phase("larder L1", cache_level(&db, None)?, &db, &truth, &args).await);
+    let direct = Orders::Direct;
+    phases.push(
+        run_phase(
+            "larder L1",
+            cache_level(&db, None)?,
+            &db,
+            &truth,
+            &args,
+            &direct,
+        )
+        .await,
+    );
     if let Some(url) = &args.redis {
         let level = cache_level(&db, Some(url))?;
-        phases.push(run_phase("larder L1 + L2", level, &db, &truth, &args).await);
+        phases.push(run_phase("larder L1 + L2", level, &db, &truth, &args, &direct).await);
+    }
+    // The same again (on the last phase's levels), with orders through a
+    // stock cache with write-behind.
+    let before: Vec<(u64, i64)> = HOT
+        .iter()
+        .map(|&id| Ok((id, db.stock(id)?.unwrap_or(0))))
+        .collect::<Result<_>>()?;
+    let batches = Arc::new(AtomicU64::new(0));
+    let stock = stock_cache(&db, &batches, args.redis.as_deref())?;
+    let orders = Orders::Behind {
+        stock: stock.clone(),
+        locks: Arc::new(
+            HOT.iter()
+                .map(|&id| (id, tokio::sync::Mutex::new(())))
+                .collect(),
+        ),
+    };
+    let name = if args.redis.is_some() {
+        "+ write-behind (durable)"
+    } else {
+        "+ write-behind"
+    };
+    let level = cache_level(&db, args.redis.as_deref())?;
+    phases.push(run_phase(name, level, &db, &truth, &args, &orders).await);
+    stock.close().await;
+    let wb = stock.stats().write_behind.unwrap_or_default();
+    let last = phases.last().expect("phases");
+    let mismatched: Vec<u64> = before
+        .iter()
+        .filter(|&&(id, was)| {
+            let sold = last.sold.get(&id).copied().unwrap_or(0).cast_signed();
+            db.stock(id).ok().flatten() != Some(was - sold)
+        })
+        .map(|&(id, _)| id)
+        .collect();
+    let wb_line = format!(
+        "write-behind: {} orders took stock in the cache; SQLite got them in {} batches \
+         ({} writes coalesced, {} journalled, {} dead letters); SQLite's stock matches the \
+         orders for {} of {} products",
+        last.orders,
+        batches.load(Ordering::Relaxed),
+        wb.coalesced,
+        wb.journalled,
+        wb.dead_letters,
+        HOT.len() - mismatched.len(),
+        HOT.len()
+    );
+    if let Some(redis) = stock.redis() {
+        redis.clear_namespace().await?;
+        let journal = redis.keyspace().global_key("wb:journal")?;
+        let mut del = larder::redis::redis::cmd("DEL");
+        del.arg(&journal);
+        redis.command::<u64>(Some(&journal), del, true).await?;
     }
     print_table(&mut phases);
+    println!("{wb_line}");
     let wrong: u64 = phases.iter().map(|p| p.wrong_prices).sum();
     let base = phases[0].requests as f64 / phases[0].elapsed.as_secs_f64();
     for p in &phases[1..] {
@@ -594,5 +785,5 @@ async fn run(args: Args) -> Result<u64> {
             .map_err(|e| Error::with_source(ErrorKind::InvalidArgument, "writing the chart", e))?;
         println!("chart written to {path}");
     }
-    Ok(wrong)
+    Ok(wrong + mismatched.len() as u64)
 }

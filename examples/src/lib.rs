@@ -149,6 +149,35 @@ pub mod shop {
             })
         }
 
+        /// The stock of a product (blocking).
+        pub fn stock(&self, id: u64) -> Result<Option<i64>> {
+            self.with_conn(|c| {
+                c.prepare_cached("SELECT stock FROM products WHERE id = ?1")?
+                    .query_row(params![id as i64], |r| r.get(0))
+                    .optional()
+            })
+        }
+
+        /// Sets the stock of several products in one transaction (blocking).
+        pub fn set_stocks(&self, rows: &[(u64, i64)]) -> Result<()> {
+            self.queries.fetch_add(1, Ordering::Relaxed);
+            if !self.delay.is_zero() {
+                std::thread::sleep(self.delay);
+            }
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+            let mut conn = self.pool[i].lock();
+            let tx = conn.transaction().map_err(db_error)?;
+            {
+                let mut q = tx
+                    .prepare_cached("UPDATE products SET stock = ?2 WHERE id = ?1")
+                    .map_err(db_error)?;
+                for (id, stock) in rows {
+                    q.execute(params![*id as i64, stock]).map_err(db_error)?;
+                }
+            }
+            tx.commit().map_err(db_error)
+        }
+
         /// The current price (blocking).
         pub fn price(&self, id: u64) -> Result<Option<i64>> {
             self.with_conn(|c| {

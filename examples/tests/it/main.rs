@@ -56,7 +56,16 @@ fn flash_sale_serves_no_wrong_price_with_l1_and_with_redis() {
         .arg("--chart")
         .arg(&chart);
     let out = run(cmd);
-    for phase in ["| database only |", "| larder L1 |", "| larder L1 + L2 |"] {
+    assert!(
+        out.contains("SQLite's stock matches the orders for 5 of 5 products"),
+        "write-behind lost or doubled an order:\n{out}"
+    );
+    for phase in [
+        "| database only |",
+        "| larder L1 |",
+        "| larder L1 + L2 |",
+        "| + write-behind (durable) |",
+    ] {
         assert!(out.contains(phase), "no {phase} row:\n{out}");
     }
     assert!(out.contains(": 0 (expected 0)"), "{out}");
