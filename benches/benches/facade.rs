@@ -165,6 +165,90 @@ fn facade_benches(c: &mut Criterion) {
     stampede_group(&mut m, &rt, &server);
     flash_sale_group(&mut m, &rt, &server);
     write_modes_group(&mut m, &rt);
+    coherence_group(&mut m, &rt, &server);
+}
+
+/// Invalidation latency: from the start of a write on one instance to the
+/// eviction of the key from another instance's L1, per coherence mode.
+fn coherence_group(m: &mut Manifest, rt: &tokio::runtime::Runtime, server: &RedisServer) {
+    let group = "facade/coherence";
+    if !wanted(group) {
+        return;
+    }
+    for (mode, name) in [
+        (larder::CoherenceMode::Tracking, "tracking"),
+        (larder::CoherenceMode::PubSub, "pub/sub"),
+    ] {
+        let mut lat = rt.block_on(invalidation_latency(&server.url(), mode));
+        lat.sort_unstable();
+        let q = |p: f64| f64::from(lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)]);
+        m.value(
+            group,
+            &format!("{name}: write to remote L1 eviction, p50"),
+            q(0.5),
+            "µs",
+            Better::Lower,
+        );
+        m.value(
+            group,
+            &format!("{name}: write to remote L1 eviction, p99"),
+            q(0.99),
+            "µs",
+            Better::Lower,
+        );
+    }
+}
+
+/// 300 writes (`insert`: the cache only, no source) on instance A of a key
+/// that instance B holds in its L1; for each, the time until B's L1 lost it.
+async fn invalidation_latency(url: &str, mode: larder::CoherenceMode) -> Vec<u32> {
+    let ns = format!("bench-coherence-{}-{mode:?}", std::process::id());
+    let make = || -> Cache<u64, String> {
+        Cache::builder()
+            .redis(redis_store(url, &ns))
+            .ttl(Ttl::fixed(Duration::from_secs(600)))
+            .loader(FnLoader::new(|k: u64| async move {
+                Ok::<_, Error>(Some(value(k)))
+            }))
+            .coherence(mode)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (make(), make());
+    for c in [&a, &b] {
+        tokio::time::timeout(Duration::from_secs(10), c.coherence_ready())
+            .await
+            .expect("the invalidation stream came up");
+    }
+    let evicted = |c: &Cache<u64, String>| c.stats().coherence.map_or(0, |s| s.evicted);
+    let mut lat = Vec::with_capacity(300);
+    for i in 0..300u64 {
+        // B holds the key in its L1 (its own fill's invalidation may evict
+        // it once: read until an L1 hit).
+        loop {
+            let hits = b.stats().l1_hits;
+            black_box(b.get_or_load(&1).await.unwrap());
+            if b.stats().l1_hits > hits {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let before = evicted(&b);
+        let t0 = Instant::now();
+        a.insert(&1, format!("v{i}")).await.unwrap();
+        let deadline = t0 + Duration::from_secs(5);
+        while evicted(&b) == before {
+            assert!(Instant::now() < deadline, "no eviction within 5 s");
+            tokio::task::yield_now().await;
+        }
+        lat.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+    }
+    if let Some(r) = a.redis() {
+        let _ = r.clear_namespace().await;
+    }
+    a.close().await;
+    b.close().await;
+    lat
 }
 
 /// 10,000 waiters on one key: each registers its waker and is woken once.
