@@ -60,6 +60,7 @@ fn pattern_examples_without_their_servers_say_what_to_set_and_exit_2() {
         ("activity_feed", "REDIS_URL"),
         ("work_queue", "REDIS_URL"),
         ("write_behind", "REDIS_URL"),
+        ("coherence", "REDIS_URL"),
         ("distributed_lock", "REDIS_URL"),
         ("sharded", "REDIS_URLS"),
         ("cluster", "REDIS_CLUSTER_URLS"),
@@ -453,5 +454,28 @@ fn write_behind_loses_nothing_acknowledged_to_a_sigkill_when_durable() {
         "{durable}"
     );
     assert_eq!(number_after(durable, "("), Some(50), "{durable}");
+    assert_eq!(dbsize(&server), 0, "the example cleans its namespace up");
+}
+
+/// Two processes share Redis: a write in one reaches the other's L1 within
+/// the bound, in both coherence modes; without coherence (the control) the
+/// other process keeps serving the old price.
+#[test]
+fn coherence_a_write_in_one_process_evicts_the_other_processs_l1() {
+    let server = RedisServer::start().unwrap();
+    let mut cmd = bare("coherence");
+    cmd.env("REDIS_URL", server.url());
+    let out = run(cmd);
+    for mode in ["tracking", "pub/sub"] {
+        let line = line_with(&out, &format!("{mode} "));
+        assert_eq!(number_after(line, ": "), Some(50), "{line}");
+        assert_eq!(number_after(line, "); "), Some(0), "{line}");
+    }
+    let control = line_with(&out, "no coherence");
+    assert_eq!(
+        number_after(control, ": "),
+        Some(0),
+        "without coherence the other process must serve the old price: {control}"
+    );
     assert_eq!(dbsize(&server), 0, "the example cleans its namespace up");
 }
