@@ -239,6 +239,40 @@ impl Journal {
             .collect())
     }
 
+    /// A write of each of `keys` went to the source directly: every entry
+    /// journalled before for them is superseded (none is the latest any
+    /// more, so no replay or flush writes it).
+    pub async fn supersede(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .run_home(&self.latest, Cmd::Other, true, "journal HDEL", |mut c| {
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(&self.latest).arg(keys);
+                async move { cmd.query_async::<u64>(&mut c).await }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Resets the idle time of entries this consumer still holds (waiting
+    /// in its queue), so no other consumer takes them over while this one
+    /// lives: call it more often than the claim bound.
+    pub async fn touch(&self, ids: &[String]) -> Result<()> {
+        for chunk in ids.chunks(CLAIM_BATCH) {
+            self.store
+                .run_home(&self.stream, Cmd::Other, true, "journal XCLAIM", |mut c| {
+                    let mut cmd = redis::cmd("XCLAIM");
+                    cmd.arg(&self.stream).arg(GROUP).arg(&self.consumer).arg(0);
+                    cmd.arg(chunk).arg("JUSTID");
+                    async move { cmd.query_async::<redis::Value>(&mut c).await }
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Acknowledges entries whose writes reached the source of truth (or
     /// were superseded): they leave the journal. Idempotent.
     pub async fn ack(&self, entries: &[(String, String)]) -> Result<u64> {

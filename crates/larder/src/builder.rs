@@ -169,10 +169,12 @@ where
         self
     }
 
-    /// The longest an L1 entry lives, whatever its L2 lifetime: the backstop
-    /// that bounds how long an instance can serve a value another instance
-    /// changed (until cross-instance invalidation). Default: none (an L1
-    /// entry lives as long as what is left of the value's lifetime).
+    /// The longest an L1 entry lives, whatever its L2 lifetime: the bound on
+    /// how long an instance can serve a value another instance changed
+    /// without [`CacheBuilder::coherence`], and the backstop with it.
+    /// Default: none without coherence (an L1 entry lives as long as what
+    /// is left of the value's lifetime), [`DEFAULT_COHERENT_L1_CAP`](crate::DEFAULT_COHERENT_L1_CAP)
+    /// with it.
     pub fn memory_ttl_cap(mut self, cap: Duration) -> Self {
         self.memory_ttl_cap = Some(cap);
         self
@@ -196,10 +198,13 @@ where
     /// standalone or sharded Redis L2): each instance's L1 drops a key
     /// when it changes in Redis. [`CoherenceMode::Tracking`](larder_redis::CoherenceMode::Tracking)
     /// (Redis 6+, RESP3 client tracking) sees every write under the
-    /// namespace, by any client; [`CoherenceMode::PubSub`](larder_redis::CoherenceMode::PubSub)
-    /// sees only what Larder's instances announce (each write and
-    /// invalidation publishes its keys; fills never do). Either way a lost
-    /// connection clears the L1, and unless
+    /// namespace, by any client, and clears the L1 when its connection is
+    /// lost and again when it is back; [`CoherenceMode::PubSub`](larder_redis::CoherenceMode::PubSub)
+    /// sees only what Larder's instances in pub/sub mode announce (each
+    /// write and invalidation publishes its keys; fills never do: give every
+    /// instance of a namespace the same mode), and after a lost connection
+    /// clears the L1 once it is back if the namespace's generation counter
+    /// moved meanwhile. Unless
     /// [`CacheBuilder::memory_ttl_cap`] says otherwise each L1 entry lives
     /// at most [`DEFAULT_COHERENT_L1_CAP`](crate::DEFAULT_COHERENT_L1_CAP):
     /// the backstop. The stream opens in the background at `build` (on the

@@ -389,12 +389,19 @@ where
             return Err(no_writer());
         };
         let text = key.key_text()?;
+        // Like `put`: ordered with the key's other writes, superseding a
+        // queued write-behind write of it.
+        let mut order = self.inner.write_order(key).await;
         writer.write(key, value).await?;
+        order.written();
         // The source changed: the invalidation runs to its end even if this
         // future is dropped now.
         let (inner, k) = (Arc::clone(&self.inner), key.clone());
-        self.in_task(key, async move { inner.invalidate(&k, &text).await })
-            .await
+        self.in_task(key, async move {
+            order.settle(&text).await;
+            inner.invalidate(&k, &text).await
+        })
+        .await
     }
 
     /// Write-through: writes `value` to the source of truth through the
@@ -416,11 +423,12 @@ where
         // and a write-behind write of it still waiting is superseded.
         let mut order = self.inner.write_order(key).await;
         writer.write(key, &value).await?;
+        order.written();
         // The source changed: the cache is updated to its end even if this
         // future is dropped now.
         let (inner, k) = (Arc::clone(&self.inner), key.clone());
         self.in_task(key, async move {
-            order.written().await;
+            order.settle(&text).await;
             inner.store_written(&k, &text, value).await
         })
         .await
@@ -549,9 +557,10 @@ where
         let text = key.key_text()?;
         let mut order = self.inner.write_order(key).await;
         writer.delete(key).await?;
+        order.written();
         let (inner, k) = (Arc::clone(&self.inner), key.clone());
         self.in_task(key, async move {
-            order.written().await;
+            order.settle(&text).await;
             inner.invalidate(&k, &text).await
         })
         .await
@@ -566,7 +575,10 @@ where
     /// Removes everything this cache holds: its L1, and (`redis` feature,
     /// with a Redis L2) every key of the store's namespace, by `SCAN` and
     /// `UNLINK` on every node, never `KEYS`. Other instances' L1s keep
-    /// their entries until they expire. With an L2 that is not a
+    /// their entries until they expire, unless they use coherence by
+    /// tracking (the deletions evict them; pub/sub mode announces nothing
+    /// here). The durable journal (`{ns}:wb:*`) and pub/sub's generation
+    /// counter are not data and stay. With an L2 that is not a
     /// `RedisStore`: [`ErrorKind::Unsupported`] after the L1 is cleared.
     ///
     /// Not a versioned invalidation: it removes the version records too, so

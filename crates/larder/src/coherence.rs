@@ -51,7 +51,8 @@ pub struct CoherenceStats {
     pub sent: u64,
     /// Announcements that failed (pub/sub mode; the write itself stood).
     pub send_errors: u64,
-    /// Keys evicted from the L1 by an invalidation.
+    /// Keys named by invalidations and evicted from the L1 (counted
+    /// whether or not the L1 held them).
     pub evicted: u64,
     /// Times the whole L1 was cleared (a flush event, the first
     /// connection, a key the key type cannot read back).

@@ -4,6 +4,8 @@
 pub use crate::{
     Cache, CacheBuilder, CacheKey, Overflow, Stats, Ttl, WarmReport, WriteBehind, WriteBehindStats,
 };
+#[cfg(feature = "redis")]
+pub use crate::{CoherenceMode, CoherenceStats, DEFAULT_COHERENT_L1_CAP};
 #[cfg(feature = "bincode")]
 pub use larder_core::Bincode;
 #[cfg(feature = "json")]

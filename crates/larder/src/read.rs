@@ -248,6 +248,7 @@ where
             .await;
         WriteOrder {
             superseded: self.queue.as_ref().map(|q| q.supersede(key)),
+            acks: None,
             queue: self.queue.clone(),
             _lock: lock,
         }
@@ -388,6 +389,8 @@ fn millis(d: Duration) -> u64 {
 /// [`WriteOrder::written`]).
 pub(crate) struct WriteOrder<K: std::hash::Hash + Eq + Clone, V> {
     superseded: Option<crate::writer::Superseded<K, V>>,
+    /// The superseded write's journal entries, once the write succeeded.
+    acks: Option<Vec<(String, String)>>,
     queue: Option<Arc<crate::writer::Queue<K, V>>>,
     _lock: tokio::sync::OwnedMutexGuard<()>,
 }
@@ -398,15 +401,24 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// The direct write reached the source: the superseded write-behind
-    /// write is dropped for good (its journal entries acknowledged, in
-    /// durable mode). The lock stays held until `self` is dropped.
-    pub(crate) async fn written(&mut self) {
-        let pairs = self
+    /// write is dropped for good. Call it right after the source write
+    /// returned, with no await in between, so a caller dropped later cannot
+    /// put the older write back.
+    pub(crate) fn written(&mut self) {
+        self.acks = self
             .superseded
             .take()
             .and_then(crate::writer::Superseded::written);
+    }
+
+    /// In the cache's task, after [`WriteOrder::written`]: in durable mode,
+    /// acknowledges the superseded write's journal entries and makes every
+    /// journalled write of `text` (by any instance, a crashed one's
+    /// included) older than this one, so no replay writes it over this
+    /// write. The lock stays held until `self` is dropped.
+    pub(crate) async fn settle(&mut self, text: &str) {
         if let Some(q) = &self.queue {
-            q.settle_superseded(pairs).await;
+            q.settle_superseded(self.acks.take(), text).await;
         }
     }
 }

@@ -256,6 +256,8 @@ pub(crate) struct Queue<K, V> {
     #[cfg(feature = "redis")]
     pub(crate) durable: Option<Durable<K, V>>,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    /// Journal ids of the batch being written (durable mode).
+    in_flight: Mutex<Vec<String>>,
     pub(crate) flushed: Counter,
     pub(crate) retries: Counter,
     pub(crate) dead_letters: Counter,
@@ -386,6 +388,7 @@ where
             #[cfg(feature = "redis")]
             durable,
             flusher: Mutex::new(None),
+            in_flight: Mutex::new(Vec::new()),
             flushed: Counter::new(),
             retries: Counter::new(),
             dead_letters: Counter::new(),
@@ -627,6 +630,9 @@ where
                 tokio::select! {
                     b = self.next_batch() => b,
                     () = tokio::time::sleep_until(next_claim) => {
+                        // Ours stay ours: no other instance takes over a
+                        // write this one still holds.
+                        self.touch_held().await;
                         // Own leftovers too, if the first replay failed.
                         let _ = self.replay(true).await;
                         next_claim = tokio::time::Instant::now() + claim_every;
@@ -660,6 +666,7 @@ where
             .flatten()
             .flat_map(Journalled::pairs)
             .collect();
+        *self.in_flight.lock() = settle.iter().map(|(_, id)| id.clone()).collect();
         #[cfg(feature = "redis")]
         if let Some(d) = &self.durable {
             let newest: Vec<(usize, (String, String))> = journal
@@ -717,6 +724,25 @@ where
         }
     }
 
+    /// Durable mode: resets the idle time of every journal entry this
+    /// instance holds (waiting, or in the batch being written).
+    #[cfg(feature = "redis")]
+    async fn touch_held(&self) {
+        let Some(d) = &self.durable else { return };
+        let mut ids: Vec<String> = self.in_flight.lock().clone();
+        ids.extend(
+            self.pending
+                .lock()
+                .values
+                .values()
+                .filter_map(|w| w.journal.as_ref())
+                .flat_map(|j| j.ids.iter().cloned()),
+        );
+        if let Err(e) = d.journal.touch(&ids).await {
+            self.journal_failed(e);
+        }
+    }
+
     /// Acknowledges (or, with an error, dead-letters) journal entries. A
     /// failure leaves them pending: they are replayed later (at least once).
     async fn settle(&self, pairs: &[(String, String)], error: Option<&Error>) {
@@ -743,8 +769,18 @@ where
         *self.last_error.lock() = Some(e);
     }
 
-    /// Acknowledges the journal entries of writes a direct write superseded.
-    pub(crate) async fn settle_superseded(&self, pairs: Option<Vec<(String, String)>>) {
+    /// A direct write of `text` reached the source (durable mode):
+    /// acknowledges the journal entries of the queued write it superseded
+    /// here, and makes every journalled write of the key older than it.
+    pub(crate) async fn settle_superseded(&self, pairs: Option<Vec<(String, String)>>, text: &str) {
+        #[cfg(feature = "redis")]
+        if let Some(d) = &self.durable
+            && let Err(e) = d.journal.supersede(&[text.to_owned()]).await
+        {
+            self.journal_failed(e);
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = text;
         if let Some(pairs) = pairs {
             self.settle(&pairs, None).await;
         }
@@ -813,7 +849,8 @@ where
         if own {
             *own_done = true;
         }
-        drop(own_done);
+        // `own_done` stays locked until the entries are queued: a second
+        // caller (recover_writes) returns only once they are.
         let (mut good, mut bad) = (Vec::new(), Vec::new());
         for e in entries {
             match e.payload.as_deref().map(|p| (d.decode)(p)) {

@@ -347,3 +347,26 @@ async fn durable_mode_checks_its_settings() {
         ErrorKind::InvalidArgument
     );
 }
+
+/// A direct write (`put`, here by another instance) makes every journalled
+/// write of the key older than it: the crashed instance's entry is not
+/// replayed over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_write_supersedes_another_instances_journalled_write() {
+    let server = RedisServer::start().unwrap();
+    crash_with(&server.url(), "web-1", &[(1, "queued before the crash")]);
+    let db = MapDb::default();
+    let b = durable(&server.url(), &db, "web-2", held());
+    b.put(&1, "direct".into()).await.unwrap();
+    b.close().await;
+    let a = durable(&server.url(), &db, "web-1", held());
+    a.recover_writes().await.unwrap();
+    a.close().await;
+    assert_eq!(
+        db.rows.lock().unwrap().get(&1).map(String::as_str),
+        Some("direct"),
+        "the replay wrote the crashed instance's older value over the direct write"
+    );
+    let s = a.stats().write_behind.unwrap();
+    assert_eq!((s.replayed, s.superseded), (0, 1));
+}

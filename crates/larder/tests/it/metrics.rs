@@ -117,16 +117,17 @@ async fn export_metrics_publishes_the_journal_and_coherence_figures() {
     c.put_behind(&1, "v".into()).await.unwrap();
     let seen = Seen::default();
     metrics::with_local_recorder(&seen, || c.export_metrics("shop"));
-    let m = seen.0.lock().unwrap();
-    assert_eq!(
-        m.get("larder_write_behind_journalled_total{cache=shop}"),
-        Some(&1.0)
-    );
-    assert_eq!(m.get("larder_coherence_connected{cache=shop}"), Some(&1.0));
-    assert!(
-        m.contains_key("larder_coherence_evicted_total{cache=shop}"),
-        "{m:?}"
-    );
-    drop(m);
+    {
+        let m = seen.0.lock().unwrap();
+        assert_eq!(
+            m.get("larder_write_behind_journalled_total{cache=shop}"),
+            Some(&1.0)
+        );
+        assert_eq!(m.get("larder_coherence_connected{cache=shop}"), Some(&1.0));
+        assert!(
+            m.contains_key("larder_coherence_evicted_total{cache=shop}"),
+            "{m:?}"
+        );
+    }
     c.close().await;
 }

@@ -560,6 +560,29 @@ async fn put_and_delete_supersede_a_waiting_write_behind_write() {
     assert!(!rows.contains_key(&2), "the deleted row came back");
 }
 
+/// `update` (cache-aside) supersedes a waiting write-behind write like
+/// `put` does: the queued older value never reaches the source after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_supersedes_a_waiting_write_behind_write() {
+    let clock = MockClock::new();
+    let db = MapDb::default();
+    let c = behind(
+        &db,
+        &clock,
+        WriteBehind::new()
+            .batch(1000)
+            .interval(Duration::from_secs(3600)),
+    );
+    c.put_behind(&1, "queued".into()).await.unwrap();
+    c.update(&1, &"direct".to_owned()).await.unwrap();
+    c.close().await;
+    assert_eq!(
+        db.rows.lock().unwrap().get(&1).map(String::as_str),
+        Some("direct"),
+        "the queued older write came back over the update"
+    );
+}
+
 /// A write-behind value stays readable while its batch is being written,
 /// and bulk loads read it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
