@@ -279,8 +279,24 @@ impl CategoryName for redis::ErrorKind {
     }
 }
 
-/// A URL with its password replaced by `***` (user names are kept).
+/// A URL with its password replaced by `***` (user names are kept): the
+/// one in the authority, and a socket URL's `pass=` query parameter.
 pub fn redact(url: &str) -> String {
+    let out = redact_userinfo(url);
+    let Some((head, query)) = out.split_once('?') else {
+        return out;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("pass") => format!("{k}=***"),
+            _ => p.to_owned(),
+        })
+        .collect();
+    format!("{head}?{}", query.join("&"))
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -308,6 +324,10 @@ mod tests {
         assert_eq!(redact("redis://u:secret@h:1/2"), "redis://u:***@h:1/2");
         assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
         assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(
+            redact("redis+unix:///tmp/r.sock?db=1&pass=secret"),
+            "redis+unix:///tmp/r.sock?db=1&pass=***"
+        );
         let cfg = RedisConfig::from_url("redis://app:hunter2@127.0.0.1:6379/0").unwrap();
         let dbg = format!("{cfg:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");

@@ -39,9 +39,11 @@ local function allocate(data_key, ver_key)
   local t = redis.call('TIME')
   local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local rec = tonumber(redis.call('GET', ver_key) or '')
-  if rec and rec + 1 > v then v = rec + 1 end
+  if rec and rec + 1 > v and rec + 1 < 9007199254740992 then v = rec + 1 end
   local cur = redis.call('GET', data_key)
-  if is_env(cur) and ver(cur) + 1 > v then v = ver(cur) + 1 end
+  -- A version at or above 2^53 was never allocated here (foreign bytes):
+  -- following it would make a version no script or client can hold.
+  if is_env(cur) and ver(cur) + 1 > v and ver(cur) + 1 < 9007199254740992 then v = ver(cur) + 1 end
   return v
 end
 ";

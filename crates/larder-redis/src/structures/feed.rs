@@ -78,7 +78,8 @@ impl<T: Serialize + DeserializeOwned, C: Codec> Feed<T, C> {
     pub async fn push(&self, owner: &str, item: &T) -> Result<u64> {
         let key = self.key(owner)?;
         let bytes = self.codec.encode(item)?;
-        let ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        // Capped at MAX_TTL: a longer PEXPIRE fails after the LPUSH ran.
+        let ms = crate::store::ttl_ms(self.ttl)?;
         let (len,): (u64,) = self
             .store
             .run_home(

@@ -34,14 +34,11 @@ return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
     )
 });
 
+/// A TTL in ms, capped at [`crate::MAX_TTL`] (a longer `PEXPIRE` fails
+/// inside the `MULTI` after `DEL` and `HSET` ran, leaving the object without
+/// an expiry).
 fn ms(d: Duration) -> Result<u64> {
-    match u64::try_from(d.as_millis()).unwrap_or(u64::MAX) {
-        0 => Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "a TTL must be at least 1 ms",
-        )),
-        n => Ok(n),
-    }
+    crate::store::ttl_ms(d)
 }
 
 /// A struct stored as the fields of a Redis hash, one field per struct

@@ -165,8 +165,10 @@ pub struct RateLimiter {
     limit: RateLimit,
 }
 
+/// A window in ms, capped at [`crate::MAX_TTL`]: the scripts `PEXPIRE` the
+/// counter by it after writing it, and Redis refuses a longer expiry.
 fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(d.min(crate::MAX_TTL).as_millis()).unwrap_or(u64::MAX)
 }
 
 impl RateLimiter {
@@ -277,7 +279,8 @@ impl RateLimiter {
                 burst,
             } => {
                 let key = ks.helper_key(&tag, "tat")?;
-                let t_us = (period.as_micros() as f64 / rate as f64).max(1.0);
+                // The period is capped like a window: the key's PX is one interval.
+                let t_us = (period.min(crate::MAX_TTL).as_micros() as f64 / rate as f64).max(1.0);
                 let (ok, remaining, retry_ms): (i64, u64, u64) = self
                     .store
                     .run_home(&key, Cmd::Script, false, "token-bucket limiter", |mut c| {

@@ -7,6 +7,7 @@ mod cluster;
 mod deadline;
 mod escape;
 mod faults;
+mod hostile;
 mod journal;
 mod keys;
 mod limits;

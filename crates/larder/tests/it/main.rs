@@ -5,11 +5,14 @@
 mod coherence;
 #[cfg(feature = "redis")]
 mod durable;
+mod hostile;
 mod l1;
 #[cfg(feature = "redis")]
 mod l2;
 #[cfg(feature = "metrics")]
 mod metrics;
+#[cfg(feature = "redis")]
+mod security;
 mod write;
 
 use std::sync::Arc;
