@@ -8,6 +8,8 @@
 //!   to `docs/benchmarks.md`.
 //! - `fuzz [--seconds N] [--target NAME]`: builds the libFuzzer targets in
 //!   `fuzz/` on the stable toolchain and runs one for a bounded time.
+//! - `chaos [--seconds N] [--seed S]`: the chaos soak (`chaos/`) in release
+//!   mode: worker processes, a seeded nemesis, the checkers.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool
 
@@ -30,6 +32,9 @@ commands:
                                 peers and Belady's OPT
   fuzz [--seconds N] [--target NAME]
                                 fuzz a target in fuzz/ (default envelope_decode, 60 s)
+  chaos [--seconds N] [--seed S] [--workers W] [--break NAME]
+                                the chaos soak: worker processes, a seeded nemesis,
+                                checkers (default 60 s; see docs/chaos.md)
   invariants                    check the crate dependency invariants";
 
 fn main() -> ExitCode {
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("sim") => sim(&args[1..]),
+        Some("chaos") => redis::ensure_redis_server().and_then(|bin| chaos(&bin, &args[1..])),
         Some("invariants") => {
             invariants::check_all().map(|n| println!("invariants: {n} passed, 0 failed"))
         }
@@ -55,6 +61,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask chaos`: the soak in release mode (`chaos/`), its arguments
+/// passed on.
+fn chaos(redis_server: &std::path::Path, args: &[String]) -> Result<(), String> {
+    let mut build = util::cargo();
+    build.args(["build", "--release", "--package", "larder-chaos"]);
+    util::run(build)?;
+    let exe = util::project_root().join("target/release/larder-chaos");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("run")
+        .args(args)
+        .env("LARDER_REDIS_SERVER", redis_server);
+    util::run(cmd)
 }
 
 /// `cargo xtask sim`: the trace simulator (benches/src/bin/sim.rs), in release mode.

@@ -1,0 +1,76 @@
+//! The chaos soak, short: the checkers pass on a seeded run with faults,
+//! and each negative control (a guarantee broken on purpose in the
+//! workers) makes its checker fail, so no checker passes vacuously.
+
+use std::process::Command;
+
+fn soak(out: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_larder-chaos"))
+        .arg("run")
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .output()
+        .expect("larder-chaos runs");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
+#[test]
+fn the_soak_passes_and_each_negative_control_fails_its_checker() {
+    let dir = std::env::temp_dir().join(format!("larder-chaos-test-{}", std::process::id()));
+    let (ok, out) = soak(&dir.join("soak"), &["--seconds", "30", "--seed", "7"]);
+    assert!(ok, "the soak failed:\n{out}");
+    for line in [
+        "check no panic",
+        "check no operation hung",
+        "check every acknowledged write is in SQLite",
+        "check fencing: no stale token accepted",
+        "check L1s converge to Redis",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(line) && l.contains("PASS")),
+            "{line} did not pass:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("SIGKILL worker"),
+        "the nemesis killed no worker:\n{out}"
+    );
+
+    for (name, checker) in [
+        ("ack", "check every acknowledged write is in SQLite"),
+        ("hang", "check no operation hung"),
+        ("converge", "check L1s converge to Redis"),
+        ("fence", "check fencing: no stale token accepted"),
+        ("panic", "check no panic"),
+    ] {
+        let (ok, out) = soak(
+            &dir.join(name),
+            &[
+                "--seconds",
+                "4",
+                "--seed",
+                "7",
+                "--workers",
+                "2",
+                "--watchdog",
+                "3",
+                "--break",
+                name,
+            ],
+        );
+        assert!(!ok, "negative control {name}: the soak passed:\n{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(checker) && l.contains("FAIL")),
+            "negative control {name}: {checker} did not fail:\n{out}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
