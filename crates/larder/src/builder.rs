@@ -208,7 +208,8 @@ where
     /// [`CacheBuilder::memory_ttl_cap`] says otherwise each L1 entry lives
     /// at most [`DEFAULT_COHERENT_L1_CAP`](crate::DEFAULT_COHERENT_L1_CAP):
     /// the backstop. The stream opens in the background at `build` (on the
-    /// current runtime) or at the first call; [`Cache::coherence_ready`]
+    /// current runtime) or, built outside a runtime, at the first
+    /// operation; [`Cache::coherence_ready`]
     /// waits for it. See `docs/patterns.md` for the bounds.
     #[cfg(feature = "redis")]
     pub fn coherence(mut self, mode: larder_redis::CoherenceMode) -> Self {

@@ -295,12 +295,22 @@ where
         }
     }
 
+    /// Every operation starts here: refused once closed; starts the
+    /// coherence stream if the cache was built outside a runtime.
+    #[inline]
+    fn enter(&self) -> Result<()> {
+        self.inner.check_open()?;
+        #[cfg(feature = "redis")]
+        self.inner.ensure_coherence();
+        Ok(())
+    }
+
     /// The value of `key` if a level holds it: `Ok(None)` for a miss or a
     /// cached "not found". It never waits for a load, but a hit may start a
     /// background refresh (early refresh, grace window). L2 errors are
     /// counted and answered as a miss.
     pub async fn get(&self, key: &K) -> Result<Option<V>> {
-        self.inner.check_open()?;
+        self.enter()?;
         let now = self.inner.now_ms();
         if let Some(hit) = self.inner.l1_lookup(key, now) {
             return Ok(hit);
@@ -321,7 +331,7 @@ where
     /// configured, the load's error (never cached), a wait past the wait
     /// timeout ([`ErrorKind::Timeout`]), no Tokio runtime.
     pub async fn get_or_load(&self, key: &K) -> Result<Option<V>> {
-        self.inner.check_open()?;
+        self.enter()?;
         let now = self.inner.now_ms();
         if let Some(hit) = self.inner.l1_lookup(key, now) {
             return Ok(hit);
@@ -368,7 +378,7 @@ where
     /// in-flight table (a running load's result is handed to its waiters
     /// but not cached). Cache-aside: call it after writing the source.
     pub async fn invalidate(&self, key: &K) -> Result<()> {
-        self.inner.check_open()?;
+        self.enter()?;
         let text = key.key_text()?;
         self.inner.invalidate(key, &text).await
     }
@@ -384,7 +394,7 @@ where
     /// the key. The next read loads the new value. If the write fails,
     /// nothing is invalidated and the error is returned.
     pub async fn update(&self, key: &K, value: &V) -> Result<()> {
-        self.inner.check_open()?;
+        self.enter()?;
         let Some(writer) = &self.inner.writer else {
             return Err(no_writer());
         };
@@ -414,7 +424,7 @@ where
     /// error is returned (the L2 may still hold the old value until it
     /// expires: retry or invalidate).
     pub async fn put(&self, key: &K, value: V) -> Result<()> {
-        self.inner.check_open()?;
+        self.enter()?;
         let text = key.key_text()?;
         let Some(writer) = &self.inner.writer else {
             return Err(no_writer());
@@ -439,7 +449,7 @@ where
     /// allocated version, then the L1, like the cache half of
     /// [`Cache::put`]. A load that started earlier cannot overwrite it.
     pub async fn insert(&self, key: &K, value: V) -> Result<()> {
-        self.inner.check_open()?;
+        self.enter()?;
         let text = key.key_text()?;
         let order = Arc::clone(&self.inner.write_locks[self.inner.stripe(key)])
             .lock_owned()
@@ -464,7 +474,7 @@ where
     /// Once the write is queued, the cache is updated by a task the cache
     /// owns, so dropping this future cannot leave them apart.
     pub async fn put_behind(&self, key: &K, value: V) -> Result<()> {
-        self.inner.check_open()?;
+        self.enter()?;
         let text = key.key_text()?;
         let Some(queue) = &self.inner.queue else {
             return Err(Error::new(
@@ -514,7 +524,7 @@ where
     /// queued (then [`Cache::close`] or wait for `Stats::write_behind`).
     /// Returns how many writes were queued; 0 without durable mode.
     pub async fn recover_writes(&self) -> Result<usize> {
-        self.inner.check_open()?;
+        self.enter()?;
         #[cfg(feature = "redis")]
         if let Some(q) = &self.inner.queue {
             q.start()?;
@@ -550,7 +560,7 @@ where
     /// the configured [`larder_core::Writer`], then
     /// [invalidates](Cache::invalidate) it.
     pub async fn delete(&self, key: &K) -> Result<()> {
-        self.inner.check_open()?;
+        self.enter()?;
         let Some(writer) = &self.inner.writer else {
             return Err(no_writer());
         };
@@ -587,7 +597,7 @@ where
     /// helpers' and the locks' included: give a cache a namespace of its
     /// own.
     pub async fn clear(&self) -> Result<()> {
-        self.inner.check_open()?;
+        self.enter()?;
         self.clear_local();
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.inner.redis {

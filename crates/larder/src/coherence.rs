@@ -73,6 +73,8 @@ pub(crate) struct Coherence {
     /// announces with it, so the stream skips its own messages).
     sender: Mutex<Option<String>>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The task was started (the operations' fast check).
+    started: std::sync::atomic::AtomicBool,
     ready: watch::Sender<bool>,
     stream: Mutex<larder_redis::InvalidationStats>,
     pub(crate) sent: Counter,
@@ -89,6 +91,7 @@ impl Coherence {
             store,
             sender: Mutex::new(None),
             task: Mutex::new(None),
+            started: std::sync::atomic::AtomicBool::new(false),
             ready: watch::channel(false).0,
             stream: Mutex::new(larder_redis::InvalidationStats::default()),
             sent: Counter::new(),
@@ -147,8 +150,8 @@ where
     C: Codec,
 {
     /// Starts the coherence task on the current runtime, if coherence is
-    /// on and it is not running. Without a runtime, the next call that has
-    /// one starts it.
+    /// on and it is not running. Without a runtime, the next operation
+    /// starts it ([`Inner::ensure_coherence`]).
     pub(crate) fn start_coherence(self: &Arc<Self>) {
         let Some(co) = &self.coherence else { return };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -160,6 +163,18 @@ where
         }
         let weak = Arc::downgrade(self);
         *task = Some(handle.spawn(run(weak, co.store.clone(), co.mode)));
+        co.started.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Starts the coherence task if it never started (a cache built
+    /// outside a runtime): one relaxed load on the operations' path.
+    #[inline]
+    pub(crate) fn ensure_coherence(self: &Arc<Self>) {
+        if let Some(co) = &self.coherence
+            && !co.started.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.start_coherence();
+        }
     }
 }
 

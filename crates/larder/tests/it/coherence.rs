@@ -228,3 +228,23 @@ async fn coherence_checks_its_settings() {
         ErrorKind::Unsupported
     );
 }
+
+/// A cache built outside any runtime starts its invalidation stream at its
+/// first operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_built_outside_a_runtime_starts_coherence_at_its_first_operation() {
+    let server = RedisServer::start().unwrap();
+    let (url, db) = (server.url(), MapDb::with(&[(1, "v1")]));
+    let c = std::thread::spawn(move || cache(&url, &db, Some(CoherenceMode::Tracking)))
+        .join()
+        .unwrap();
+    c.get(&1).await.unwrap();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !c.stats().coherence.unwrap().connected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
