@@ -1,6 +1,12 @@
 //! The L1 against quick_cache, moka and `lru` behind a mutex, same run:
 //! Zipf(1.0) over 1M keys, capacity 100k, u64 keys and 64-byte values;
 //! 100% get on a warmed cache, and 95% get / 5% insert; 1 and 2 threads.
+//! Each subject's hit ratio on that stream after the warm-up is recorded
+//! beside its speed (a policy could buy speed with misses).
+//!
+//! Hot keys (a flash sale's hot products): every thread reads the same 16
+//! keys, the 16 most popular of the Zipf stream, from the warmed cache;
+//! 1 and 2 threads, Larder's default builder against quick_cache and moka.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
@@ -10,7 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use larder_benches::manifest::Manifest;
+use larder_benches::manifest::{Better, Manifest};
 use larder_memory::MemoryCache;
 
 const KEYS: usize = 1_000_000;
@@ -18,6 +24,11 @@ const CAPACITY: usize = 100_000;
 const STREAM: usize = 1 << 20;
 
 type Value = [u8; 64];
+
+/// The key of Zipf rank `rank` (0 is the most popular).
+fn key_of(rank: u64) -> u64 {
+    rank.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
 
 /// A Zipf(1.0) stream of keys over `KEYS` ranks, scrambled so hot keys are
 /// not neighbours.
@@ -35,8 +46,7 @@ fn zipf_stream(seed: u64) -> Vec<u64> {
             x ^= x >> 7;
             x ^= x << 17;
             let u = (x >> 11) as f64 / (1u64 << 53) as f64 * sum;
-            let rank = cdf.partition_point(|&c| c < u) as u64;
-            rank.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            key_of(cdf.partition_point(|&c| c < u) as u64)
         })
         .collect()
 }
@@ -90,6 +100,21 @@ impl Subject for LruMutex {
     }
 }
 
+/// Warms a subject with `stream`, cache-aside.
+fn warm(subject: &dyn Subject, stream: &[u64]) {
+    for &k in stream {
+        if subject.get(k).is_none() {
+            subject.insert(k, [1u8; 64]);
+        }
+    }
+}
+
+/// Percent of `stream`'s gets that hit.
+fn hit_ratio(subject: &dyn Subject, stream: &[u64]) -> f64 {
+    let hits = stream.iter().filter(|&&k| subject.get(k).is_some()).count();
+    100.0 * hits as f64 / stream.len() as f64
+}
+
 fn subjects() -> Vec<(&'static str, Box<dyn Subject>)> {
     vec![
         (
@@ -141,9 +166,63 @@ fn run(
     start.elapsed()
 }
 
+/// Every thread reads the same `HOT` keys, `iters` reads per thread; the
+/// wall time.
+#[allow(clippy::disallowed_methods)] // a benchmark measures wall time
+fn run_hot(subject: &dyn Subject, hot: &[u64; HOT], threads: usize, iters: u64) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(move || {
+                for i in 0..iters as usize {
+                    black_box(subject.get(hot[i % HOT]));
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+const HOT: usize = 16;
+
+/// The hot-key groups: the warmed cache, every thread on the same keys.
+fn hot_keys(c: &mut Criterion, m: &mut Manifest, streams: &[Vec<u64>]) {
+    let hot: [u64; HOT] = std::array::from_fn(|r| key_of(r as u64));
+    for threads in [1usize, 2] {
+        let group = format!(
+            "l1/hot keys, every thread reads the same {HOT}/{threads} thread{}",
+            if threads == 1 { "" } else { "s" }
+        );
+        let mut g = c.benchmark_group(&group);
+        g.throughput(Throughput::Elements(threads as u64));
+        for (name, subject) in subjects() {
+            if !matches!(name, "larder" | "quick_cache" | "moka") {
+                continue;
+            }
+            warm(subject.as_ref(), &streams[0]);
+            for &k in &hot {
+                if subject.get(k).is_none() {
+                    subject.insert(k, [1u8; 64]);
+                }
+            }
+            let resident = hot.iter().filter(|&&k| subject.get(k).is_some()).count();
+            assert_eq!(resident, HOT, "{name}: the hot keys are resident");
+            m.time(&group, name, threads as u64);
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| run_hot(subject.as_ref(), &hot, threads, iters))
+            });
+        }
+        g.finish();
+        for peer in ["quick_cache", "moka"] {
+            m.compare(&group, "larder", peer);
+        }
+    }
+}
+
 fn l1(c: &mut Criterion) {
     let mut m = Manifest::create("l1");
     let streams: Vec<Vec<u64>> = (0..2).map(|t| zipf_stream(0x1234_5678 + t)).collect();
+    let ratio_group = "l1/hit ratio after warm-up, zipf";
     for mixed in [false, true] {
         for threads in [1usize, 2] {
             let group = format!(
@@ -159,10 +238,10 @@ fn l1(c: &mut Criterion) {
             g.throughput(Throughput::Elements(threads as u64));
             for (name, subject) in subjects() {
                 // Warm: the whole stream, cache-aside.
-                for &k in &streams[0] {
-                    if subject.get(k).is_none() {
-                        subject.insert(k, [1u8; 64]);
-                    }
+                warm(subject.as_ref(), &streams[0]);
+                if !mixed && threads == 1 {
+                    let ratio = hit_ratio(subject.as_ref(), &streams[1]);
+                    m.value(ratio_group, name, ratio, "% hits", Better::Higher);
                 }
                 m.time(&group, name, threads as u64);
                 g.bench_function(name, |b| {
@@ -175,6 +254,10 @@ fn l1(c: &mut Criterion) {
             }
         }
     }
+    for peer in ["quick_cache", "moka", "lru+mutex"] {
+        m.compare(ratio_group, "larder", peer);
+    }
+    hot_keys(c, &mut m, &streams);
 }
 
 criterion_group!(benches, l1);
