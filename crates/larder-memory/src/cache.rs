@@ -96,14 +96,6 @@ pub struct PolicyInfo {
 #[repr(align(128))]
 struct Padded<T>(T);
 
-/// What a read found.
-enum Read {
-    /// A hit, and its event (none for a quiet entry).
-    Hit(Option<u64>),
-    Miss,
-    Expired,
-}
-
 /// A shard, its read ring and its upkeep. What every read touches (the
 /// epoch and ring head, the lock word, the shard's table and slab) shares
 /// the cell's first 128 bytes.
@@ -506,45 +498,45 @@ where
         let hash = self.hash(key);
         let cell = self.shard(hash);
         let now = self.now();
-        let (value, expired) = {
-            let shard = cell.lock.read();
-            let (value, ev) = match shard.find(hash, key) {
-                Some(slot) => {
-                    let node = shard.node(slot);
-                    if now != 0 && shard.expires_at(slot) <= now {
-                        (None, Read::Expired)
-                    } else {
-                        if self.inner.touch_on_read {
-                            self.touch(&shard, slot, &node.key, &node.value, now);
-                        }
-                        let ev = if cell.reads.is_quiet(node.quiet.load(Ordering::Relaxed)) {
-                            None
-                        } else {
-                            Some(reads::hit(slot, hash))
-                        };
-                        (Some(node.value.clone()), Read::Hit(ev))
-                    }
-                }
-                None => (None, Read::Miss),
-            };
-            match ev {
-                Read::Hit(Some(ev)) => self.record(cell, &shard, ev),
-                Read::Hit(None) => cell.reads.count_quiet_hit(),
-                Read::Miss | Read::Expired => cell.reads.count_miss(),
-            }
-            (value, matches!(ev, Read::Expired))
+        let shard = cell.lock.read();
+        let Some(slot) = shard.find(hash, key) else {
+            cell.reads.count_miss();
+            return None;
         };
-        if expired {
-            // The entry goes now.
-            let mut removed = Removed::new();
-            {
-                let mut w = self.write(cell);
-                w.shard
-                    .remove_expired(&mut w.m, hash, key, now, &mut removed);
-            }
-            self.notify(removed);
+        let node = shard.node(slot);
+        if now != 0 && shard.expires_at(slot) <= now {
+            cell.reads.count_miss();
+            drop(shard);
+            self.remove_expired(cell, hash, key, now);
+            return None;
         }
-        value
+        if self.inner.touch_on_read {
+            self.touch(&shard, slot, &node.key, &node.value, now);
+        }
+        if cell.reads.is_quiet(node.quiet.load(Ordering::Relaxed)) {
+            cell.reads.count_quiet_hit();
+        } else {
+            self.record(cell, &shard, reads::hit(slot, hash));
+        }
+        // Cloned straight into the caller's slot, the shard still held.
+        Some(node.value.clone())
+    }
+
+    /// A read found `key` expired: the entry goes now.
+    #[cold]
+    #[inline(never)]
+    fn remove_expired<Q>(&self, cell: &ShardCell<K, V>, hash: u64, key: &Q, now: u64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut removed = Removed::new();
+        {
+            let mut w = self.write(cell);
+            w.shard
+                .remove_expired(&mut w.m, hash, key, now, &mut removed);
+        }
+        self.notify(removed);
     }
 
     /// A read moves `slot`'s deadlines: time to idle, and the expiry hook,
