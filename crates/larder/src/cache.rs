@@ -296,12 +296,21 @@ where
     }
 
     /// Every operation starts here: refused once closed; starts the
-    /// coherence stream if the cache was built outside a runtime.
+    /// coherence stream, and the durable journal's replay, if the cache was
+    /// built outside a runtime.
     #[inline]
     fn enter(&self) -> Result<()> {
         self.inner.check_open()?;
         #[cfg(feature = "redis")]
-        self.inner.ensure_coherence();
+        {
+            self.inner.ensure_coherence();
+            if let Some(q) = &self.inner.queue
+                && q.is_durable()
+                && !q.started.load(Ordering::Relaxed)
+            {
+                let _ = q.start();
+            }
+        }
         Ok(())
     }
 

@@ -258,6 +258,8 @@ pub(crate) struct Queue<K, V> {
     flusher: Mutex<Option<JoinHandle<()>>>,
     /// Journal ids of the batch being written (durable mode).
     in_flight: Mutex<Vec<String>>,
+    /// A flusher was started once (the operations' fast check).
+    pub(crate) started: std::sync::atomic::AtomicBool,
     pub(crate) flushed: Counter,
     pub(crate) retries: Counter,
     pub(crate) dead_letters: Counter,
@@ -389,6 +391,7 @@ where
             durable,
             flusher: Mutex::new(None),
             in_flight: Mutex::new(Vec::new()),
+            started: std::sync::atomic::AtomicBool::new(false),
             flushed: Counter::new(),
             retries: Counter::new(),
             dead_letters: Counter::new(),
@@ -558,6 +561,8 @@ where
             let me = Arc::clone(self);
             *f = Some(handle.spawn(async move { me.flush_loop().await }));
         }
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 

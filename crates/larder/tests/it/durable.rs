@@ -370,3 +370,23 @@ async fn a_direct_write_supersedes_another_instances_journalled_write() {
     let s = a.stats().write_behind.unwrap();
     assert_eq!((s.replayed, s.superseded), (0, 1));
 }
+
+/// A durable cache built outside any runtime replays its consumer's
+/// leftovers once it is first used, even if it only reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_built_outside_a_runtime_replays_at_its_first_operation() {
+    let server = RedisServer::start().unwrap();
+    crash_with(&server.url(), "web-1", &[(3, "left behind")]);
+    let db = MapDb::default();
+    let (url, db2) = (server.url(), db.clone());
+    let c = std::thread::spawn(move || durable(&url, &db2, "web-1", held()))
+        .join()
+        .unwrap();
+    let _ = c.get(&3).await.unwrap();
+    until("the replay queued the write", || {
+        c.stats().write_behind.unwrap().replayed == 1
+    })
+    .await;
+    c.close().await;
+    assert_eq!(rows(&db), vec![(3, "left behind".to_owned())]);
+}
