@@ -533,8 +533,9 @@ where
         let mut removed = Removed::new();
         {
             let mut w = self.write(cell);
+            let rehash = |k: &K| self.hash(k);
             w.shard
-                .remove_expired(&mut w.m, hash, key, now, &mut removed);
+                .remove_expired(&mut w.m, hash, key, now, &rehash, &mut removed);
         }
         self.notify(removed);
     }
@@ -606,8 +607,9 @@ where
                 None
             };
             let (hard, deadline) = self.write_deadline(&key, &value, now, ttl, replacing);
+            let rehash = |k: &K| self.hash(k);
             if self.inner.timed.load(Ordering::Relaxed) {
-                w.shard.expire(&mut w.m, now, &mut removed);
+                w.shard.expire(&mut w.m, now, &rehash, &mut removed);
             }
             w.shard.insert(
                 &mut w.m,
@@ -617,6 +619,7 @@ where
                 weight,
                 hard,
                 deadline,
+                &rehash,
                 &mut removed,
             );
         }
@@ -636,7 +639,8 @@ where
         let mut removed = Removed::new();
         let gone = {
             let mut w = self.write(self.shard(hash));
-            w.shard.remove(&mut w.m, hash, key, now, &mut removed)
+            w.shard
+                .remove(&mut w.m, hash, key, now, &|k| self.hash(k), &mut removed)
         };
         if !gone {
             // Nothing, or an expired entry (its listener hears `Expired`).
@@ -657,7 +661,7 @@ where
             let mut removed = Removed::new();
             {
                 let mut w = self.write(&s.0);
-                w.shard.clear(&mut w.m, &mut removed);
+                w.shard.clear(&mut w.m, &|k| self.hash(k), &mut removed);
             }
             self.notify(removed);
         }
@@ -675,7 +679,8 @@ where
             let mut removed = Removed::new();
             {
                 let mut w = self.write(&s.0);
-                w.shard.expire(&mut w.m, now, &mut removed);
+                w.shard
+                    .expire(&mut w.m, now, &|k| self.hash(k), &mut removed);
             }
             self.notify(removed);
         }

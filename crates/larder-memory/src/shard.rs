@@ -7,7 +7,7 @@
 
 use std::borrow::Borrow;
 use std::hash::Hash;
-use std::num::NonZeroU64;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use hashbrown::HashTable;
@@ -18,25 +18,31 @@ use crate::reads::{self, ReadBuffer};
 use crate::wheel::Wheel;
 
 /// An entry: what a read touches first (key, quiet mark), then the value.
-/// Deadlines live beside the slab, only in shards where something can
-/// expire.
+/// Deadlines and weights live beside the slab, only in shards that need
+/// them. The node keeps the low half of the key's hash, all the policy
+/// counts by; the table's rare full-hash needs (growing, removing) hash
+/// the key again.
 #[repr(C)]
 pub(crate) struct Node<K, V> {
     pub(crate) key: K,
     /// The read buffer's quiet mark, or 0 (see [`crate::reads`]).
     pub(crate) quiet: AtomicU32,
-    weight: u32,
-    /// The key's hash. Odd (see `MemoryCache::hash`), so never zero: that
-    /// also makes `Option<Node>` as small as `Node`.
-    hash: NonZeroU64,
+    /// The low 32 bits of the key's hash ([`reads::tag`]). Odd (see
+    /// `MemoryCache::hash`), so never zero: that also makes `Option<Node>`
+    /// as small as `Node`.
+    tag: NonZeroU32,
     pub(crate) value: V,
 }
 
 impl<K, V> Node<K, V> {
-    pub(crate) fn hash(&self) -> u64 {
-        self.hash.get()
+    /// The low 32 bits of the key's hash.
+    pub(crate) fn tag(&self) -> u64 {
+        u64::from(self.tag.get())
     }
 }
+
+/// Hashes a key as the cache does (`MemoryCache::hash`).
+pub(crate) type Rehash<'a, K> = &'a dyn Fn(&K) -> u64;
 
 /// An entry's deadlines (nanoseconds on the cache's clock).
 struct Deadline {
@@ -130,6 +136,9 @@ pub(crate) struct Shard<K, V> {
     slots: Vec<Option<Node<K, V>>>,
     /// Per slot once anything in the shard can expire, else empty.
     deadlines: Vec<Deadline>,
+    /// Per slot with a weigher, else empty (every entry weighs 1).
+    weights: Vec<u32>,
+    weighted: bool,
     /// One bit per slot: holds an entry.
     live: Vec<u64>,
     free: Vec<u32>,
@@ -198,6 +207,8 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             table: HashTable::new(),
             slots: Vec::new(),
             deadlines: Vec::new(),
+            weights: Vec::new(),
+            weighted,
             live: Vec::new(),
             free: Vec::new(),
             max_entries: (!weighted).then_some(capacity),
@@ -239,11 +250,25 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     }
 
     fn info(&self, slot: u32) -> EntryInfo {
-        let node = self.node(slot);
         EntryInfo {
-            hash: node.hash(),
-            weight: u64::from(node.weight),
+            hash: self.node(slot).tag(),
+            weight: self.slot_weight(slot),
             expires_at: self.expires_at(slot),
+        }
+    }
+
+    /// `slot`'s weight (1 without a weigher).
+    fn slot_weight(&self, slot: u32) -> u64 {
+        self.weights.get(slot as usize).map_or(1, |&w| u64::from(w))
+    }
+
+    fn set_weight(&mut self, slot: u32, weight: u64) {
+        if self.weighted {
+            let i = slot as usize;
+            if self.weights.len() <= i {
+                self.weights.resize(i + 1, 0);
+            }
+            self.weights[i] = weight as u32;
         }
     }
 
@@ -317,6 +342,9 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 _ => doubled,
             };
             self.slots.reserve_exact(want - len);
+            if self.weighted {
+                self.weights.reserve_exact(want - len);
+            }
             if !self.deadlines.is_empty() {
                 self.deadlines.reserve_exact(want - len);
             }
@@ -335,17 +363,18 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         m: &mut Maint,
         slot: u32,
         cause: RemovalCause,
+        rehash: Rehash<'_, K>,
         out: &mut Removed<K, V>,
     ) {
         let info = self.info(slot);
         self.set_live(slot, false);
         let node = self.slots[slot as usize].take().expect("a live slot");
-        if let Ok(e) = self.table.find_entry(node.hash(), |&s| s == slot) {
+        if let Ok(e) = self.table.find_entry(rehash(&node.key), |&s| s == slot) {
             e.remove();
         }
         m.policy.on_remove(slot, info);
         m.wheel.unschedule(slot);
-        self.weight -= u64::from(node.weight);
+        self.weight -= info.weight;
         self.len -= 1;
         self.free.push(slot);
         match cause {
@@ -453,6 +482,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         hash: u64,
         key: &Q,
         now: u64,
+        rehash: Rehash<'_, K>,
         out: &mut Removed<K, V>,
     ) where
         K: Borrow<Q>,
@@ -461,7 +491,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         if let Some(slot) = self.find(hash, key)
             && self.expires_at(slot) <= now
         {
-            self.remove_slot(m, slot, RemovalCause::Expired, out);
+            self.remove_slot(m, slot, RemovalCause::Expired, rehash, out);
         }
     }
 
@@ -488,13 +518,14 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         weight: u64,
         hard: u64,
         expires_at: u64,
+        rehash: Rehash<'_, K>,
         out: &mut Removed<K, V>,
     ) {
         m.stats.inserts += 1;
         let existing = self.find(hash, &key);
         if weight > self.capacity {
             if let Some(slot) = existing {
-                self.remove_slot(m, slot, RemovalCause::Replaced, out);
+                self.remove_slot(m, slot, RemovalCause::Replaced, rehash, out);
             }
             m.stats.rejected += 1;
             out.push((key, value, RemovalCause::Evicted));
@@ -506,7 +537,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 let old = self.info(slot);
                 let node = self.node_mut(slot);
                 let old_value = std::mem::replace(&mut node.value, value);
-                node.weight = weight as u32;
+                self.set_weight(slot, weight);
                 self.set_deadlines(slot, hard, expires_at);
                 let new = self.info(slot);
                 self.weight = self.weight - old.weight + weight;
@@ -520,16 +551,16 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 self.slots[slot as usize] = Some(Node {
                     key,
                     quiet: AtomicU32::new(0),
-                    weight: weight as u32,
-                    hash: NonZeroU64::new(hash).unwrap_or(NonZeroU64::MIN),
+                    tag: NonZeroU32::new(reads::tag(hash)).unwrap_or(NonZeroU32::MIN),
                     value,
                 });
+                self.set_weight(slot, weight);
                 self.set_deadlines(slot, hard, expires_at);
                 self.set_live(slot, true);
                 let info = self.info(slot);
                 let slots = &self.slots;
                 self.table.insert_unique(hash, slot, |&s| {
-                    slots[s as usize].as_ref().map_or(0, Node::hash)
+                    slots[s as usize].as_ref().map_or(0, |n| rehash(&n.key))
                 });
                 self.weight += weight;
                 self.len += 1;
@@ -539,14 +570,14 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         }
         while self.weight > self.capacity {
             let slots = &self.slots;
-            let hash_of = |s: u32| slots[s as usize].as_ref().map_or(0, Node::hash);
+            let hash_of = |s: u32| slots[s as usize].as_ref().map_or(0, Node::tag);
             let Some(v) = m.policy.victim(&hash_of) else {
                 break;
             };
             if v.rejected_by_admission {
                 m.stats.rejected += 1;
             }
-            self.remove_slot(m, v.slot, RemovalCause::Evicted, out);
+            self.remove_slot(m, v.slot, RemovalCause::Evicted, rehash, out);
         }
         self.unmark_unquiet(m);
     }
@@ -560,6 +591,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         hash: u64,
         key: &Q,
         now: u64,
+        rehash: Rehash<'_, K>,
         out: &mut Removed<K, V>,
     ) -> bool
     where
@@ -570,24 +602,30 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             return false;
         };
         if self.expires_at(slot) <= now {
-            self.remove_slot(m, slot, RemovalCause::Expired, out);
+            self.remove_slot(m, slot, RemovalCause::Expired, rehash, out);
             return false;
         }
-        self.remove_slot(m, slot, RemovalCause::Removed, out);
+        self.remove_slot(m, slot, RemovalCause::Removed, rehash, out);
         true
     }
 
     /// Removes everything.
-    pub(crate) fn clear(&mut self, m: &mut Maint, out: &mut Removed<K, V>) {
+    pub(crate) fn clear(&mut self, m: &mut Maint, rehash: Rehash<'_, K>, out: &mut Removed<K, V>) {
         for slot in 0..self.slots.len() as u32 {
             if self.slots[slot as usize].is_some() {
-                self.remove_slot(m, slot, RemovalCause::Removed, out);
+                self.remove_slot(m, slot, RemovalCause::Removed, rehash, out);
             }
         }
     }
 
     /// Expires what the wheel says is due by `now`.
-    pub(crate) fn expire(&mut self, m: &mut Maint, now: u64, out: &mut Removed<K, V>) {
+    pub(crate) fn expire(
+        &mut self,
+        m: &mut Maint,
+        now: u64,
+        rehash: Rehash<'_, K>,
+        out: &mut Removed<K, V>,
+    ) {
         let mut due = Vec::new();
         m.wheel.advance(now, &mut due);
         for slot in due {
@@ -596,7 +634,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             }
             let deadline = self.expires_at(slot);
             if deadline <= now {
-                self.remove_slot(m, slot, RemovalCause::Expired, out);
+                self.remove_slot(m, slot, RemovalCause::Expired, rehash, out);
             } else {
                 // A read moved the deadline and its event was lost or not
                 // yet applied: file it again, with the policy too.
@@ -642,22 +680,24 @@ mod tests {
             let mut shard: Shard<u64, u64> = Shard::new(10, true);
             let mut m = Maint::new(policy::make(kind, 10, true));
             let mut out = Removed::new();
-            shard.insert(&mut m, 3, 1, 1, 1, u64::MAX, 5 * SEC, &mut out);
-            shard.insert(&mut m, 5, 2, 2, 1, u64::MAX, u64::MAX, &mut out);
+            // Key k hashes to 2k + 1.
+            let h: Rehash<'_, u64> = &|k| 2 * k + 1;
+            shard.insert(&mut m, 3, 1, 1, 1, u64::MAX, 5 * SEC, h, &mut out);
+            shard.insert(&mut m, 5, 2, 2, 1, u64::MAX, u64::MAX, h, &mut out);
             // t = 4 s: a read moves key 1's idle deadline to 9 s; its event
             // is lost, so only the slot's deadline knows.
             let slot = shard.find(3, &1).expect("key 1");
             shard.touch(slot, u64::MAX, 9 * SEC);
             // t = 6 s: the wheel finds key 1 filed under 5 s, not yet due.
-            shard.expire(&mut m, 6 * SEC, &mut out);
+            shard.expire(&mut m, 6 * SEC, h, &mut out);
             assert!(out.is_empty(), "nothing is due at 6 s");
-            shard.remove(&mut m, 3, &1, 6 * SEC, &mut out);
+            shard.remove(&mut m, 3, &1, 6 * SEC, h, &mut out);
             // Slot 0 is reused; then an insert must evict twice.
-            shard.insert(&mut m, 7, 3, 3, 5, u64::MAX, u64::MAX, &mut out);
-            shard.insert(&mut m, 9, 4, 4, 10, u64::MAX, u64::MAX, &mut out);
+            shard.insert(&mut m, 7, 3, 3, 5, u64::MAX, u64::MAX, h, &mut out);
+            shard.insert(&mut m, 9, 4, 4, 10, u64::MAX, u64::MAX, h, &mut out);
             assert!(shard.weight() <= 10, "{kind:?}");
             for (hash, key) in [(3, 1), (5, 2), (7, 3), (9, 4)] {
-                shard.remove(&mut m, hash, &key, 6 * SEC, &mut out);
+                shard.remove(&mut m, hash, &key, 6 * SEC, h, &mut out);
             }
             assert_eq!(shard.len(), 0);
             assert!(
@@ -668,10 +708,10 @@ mod tests {
     }
 
     #[test]
-    fn a_node_is_its_key_its_value_and_16_bytes() {
+    fn a_node_is_its_key_its_value_and_8_bytes() {
         assert_eq!(
             std::mem::size_of::<Option<Node<u64, [u8; 64]>>>(),
-            8 + 64 + 16
+            8 + 64 + 8
         );
     }
 }
