@@ -38,6 +38,7 @@ pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct CacheBuilder<K, V, C = Postcard> {
     memory: Option<u64>,
     memory_ttl_cap: Option<Duration>,
+    max_value_bytes: Option<usize>,
     store: Option<Arc<dyn Store>>,
     #[cfg(feature = "redis")]
     redis: Option<larder_redis::RedisStore>,
@@ -83,6 +84,7 @@ impl<K, V> CacheBuilder<K, V, Postcard> {
         CacheBuilder {
             memory: Some(DEFAULT_MEMORY_CAPACITY),
             memory_ttl_cap: None,
+            max_value_bytes: None,
             store: None,
             #[cfg(feature = "redis")]
             redis: None,
@@ -166,6 +168,18 @@ where
     /// No L1: every read goes to the L2 (and the loader). Needs a store.
     pub fn no_memory(mut self) -> Self {
         self.memory = None;
+        self
+    }
+
+    /// The largest value (encoded, with its envelope) the L2 takes
+    /// (default: no limit but the envelope's 512 MiB). A larger value is
+    /// still served, loaded and written to the source, but never stored in
+    /// the L2: a load keeps it in this instance's L1 only; a write
+    /// invalidates the key in both levels instead; a durable `put_behind`
+    /// is refused with [`ErrorKind::InvalidArgument`] (its journal entry
+    /// would carry it). Each is counted in `Stats::oversized`.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = Some(bytes);
         self
     }
 
@@ -364,6 +378,7 @@ where
         CacheBuilder {
             memory: self.memory,
             memory_ttl_cap: self.memory_ttl_cap,
+            max_value_bytes: self.max_value_bytes,
             store: self.store,
             #[cfg(feature = "redis")]
             redis: self.redis,
@@ -480,6 +495,9 @@ where
             }
         };
 
+        if self.max_value_bytes == Some(0) {
+            return bad("max_value_bytes must be at least 1".into());
+        }
         if self.hot_keys == Some(0) {
             return bad("hot_keys needs k >= 1".into());
         }
@@ -537,6 +555,7 @@ where
             wait_timeout,
             tombstone,
             memory_ttl_cap,
+            max_value_bytes: self.max_value_bytes,
             lease,
             hot_ahead,
         };

@@ -533,6 +533,10 @@ where
                 return Ok(Fetched::new(entry, true));
             }
         };
+        if self.oversized(&bytes) {
+            // Served, and kept in this instance's L1 only.
+            return Ok(Fetched::new(entry, true));
+        }
         let Some(ttl) = meta.store_ttl(now) else {
             return Ok(Fetched::new(entry, true));
         };
@@ -561,6 +565,16 @@ where
         let (now, meta, entry, fresh) = self.written_entry(text, value);
         if let Some(l2) = &self.l2 {
             let written = match self.encode_written(meta, &entry) {
+                Ok(bytes) if self.oversized(&bytes) => {
+                    // The source has it; the cache must not keep the old
+                    // value: invalidated in both levels instead.
+                    let r = l2.invalidate(text, self.cfg.tombstone).await.map(|_| ());
+                    self.invalidate_local(key);
+                    if r.is_ok() {
+                        self.announce(&[text.to_owned()]).await;
+                    }
+                    return r;
+                }
                 Ok(bytes) => {
                     let ttl = meta.store_ttl(now).unwrap_or(fresh);
                     l2.set_versioned(text, &bytes, ttl, self.cfg.tombstone)
@@ -581,6 +595,18 @@ where
             self.announce(&[text.to_owned()]).await;
         }
         Ok(())
+    }
+
+    /// Whether encoded `bytes` are above `max_value_bytes` (counted).
+    fn oversized(&self, bytes: &[u8]) -> bool {
+        let over = self
+            .cfg
+            .max_value_bytes
+            .is_some_and(|max| bytes.len() > max);
+        if over {
+            self.stats.oversized.incr();
+        }
+        over
     }
 
     /// A written value's entry: (now, its metadata, the entry, fresh time).
@@ -630,6 +656,13 @@ where
         let payload = (durable.encode)(key, &value)?;
         let (now, meta, entry, fresh) = self.written_entry(text, value.clone());
         let appended = match self.encode_written(meta, &entry) {
+            Ok(bytes) if self.oversized(&bytes) => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "a value of {} bytes is above max_value_bytes: durable write-behind refuses it",
+                    bytes.len()
+                ),
+            )),
             Ok(bytes) => {
                 let ttl = meta.store_ttl(now).unwrap_or(fresh);
                 durable

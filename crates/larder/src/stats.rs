@@ -23,6 +23,7 @@ pub(crate) struct Recorders {
     pub(crate) fills_refused: Counter,
     pub(crate) invalidations: Counter,
     pub(crate) encode_errors: Counter,
+    pub(crate) oversized: Counter,
     pub(crate) lease_waits: Counter,
     pub(crate) hot_refreshes: Counter,
     pub(crate) writes: Counter,
@@ -77,6 +78,8 @@ pub struct Stats {
     pub writes: u64,
     /// Values the codec could not encode (served, kept out of the L2).
     pub encode_errors: u64,
+    /// Values above `max_value_bytes`, kept out of the L2.
+    pub oversized: u64,
     /// Loads this instance did not run because another process held the
     /// key's load lease (it waited for that process's value instead).
     pub lease_waits: u64,
@@ -131,6 +134,7 @@ impl Recorders {
             invalidations: self.invalidations.get(),
             writes: self.writes.get(),
             encode_errors: self.encode_errors.get(),
+            oversized: self.oversized.get(),
             lease_waits: self.lease_waits.get(),
             hot_refreshes: self.hot_refreshes.get(),
             lease_takeovers: self.lease_takeovers.get(),

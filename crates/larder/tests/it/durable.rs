@@ -390,3 +390,63 @@ async fn a_cache_built_outside_a_runtime_replays_at_its_first_operation() {
     c.close().await;
     assert_eq!(rows(&db), vec![(3, "left behind".to_owned())]);
 }
+
+/// Values above `max_value_bytes` stay out of the L2: a load keeps one in
+/// this instance's L1 only, a write invalidates the key instead, a durable
+/// `put_behind` is refused; each is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_above_max_value_bytes_stay_out_of_the_l2() {
+    let server = RedisServer::start().unwrap();
+    let big = "x".repeat(4096);
+    let db = MapDb::with(&[(1, big.as_str()), (2, "small")]);
+    let c: Cache<u64, String> = Cache::builder()
+        .redis(RedisStore::from_url(&server.url()).unwrap())
+        .loader(db.clone())
+        .writer(db.clone())
+        .max_value_bytes(1024)
+        .write_behind(held())
+        .durable("web-1")
+        .build()
+        .unwrap();
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let exists = |raw: &mut redis::Connection, k: &str| -> bool {
+        redis::cmd("EXISTS").arg(k).query::<u64>(raw).unwrap() == 1
+    };
+    // A load: served, kept in the L1, not in the L2.
+    assert_eq!(
+        c.get_or_load(&1).await.unwrap().as_deref(),
+        Some(big.as_str())
+    );
+    assert!(!exists(&mut raw, "larder:{1}"));
+    let hits = c.stats().l1_hits;
+    assert_eq!(c.get(&1).await.unwrap().as_deref(), Some(big.as_str()));
+    assert_eq!(c.stats().l1_hits, hits + 1);
+    // A write-through: the source has it, the cache invalidated the key.
+    assert_eq!(c.get_or_load(&2).await.unwrap().as_deref(), Some("small"));
+    assert!(exists(&mut raw, "larder:{2}"));
+    c.put(&2, big.clone()).await.unwrap();
+    assert!(
+        !exists(&mut raw, "larder:{2}"),
+        "the old value stayed in the L2"
+    );
+    assert_eq!(db.rows.lock().unwrap().get(&2).map(String::len), Some(4096));
+    // A durable write-behind: refused, nothing queued or journalled.
+    let e = c.put_behind(&3, big.clone()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    let s = c.stats();
+    assert_eq!(s.oversized, 3);
+    assert_eq!(s.write_behind.unwrap().queued, 0);
+    assert_eq!(journal_len(&server.url()), 0);
+    assert_eq!(
+        Cache::<u64, String>::builder()
+            .max_value_bytes(0)
+            .build()
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidConfig
+    );
+    c.close().await;
+}
