@@ -39,6 +39,8 @@ use parking_lot::RwLock;
 
 /// The products the flash sale is about: cold until the sale starts.
 const HOT: [u64; 5] = [50_001, 50_002, 50_003, 50_004, 50_005];
+/// The stock each flash-sale product starts every phase with.
+const RESTOCK: i64 = 100_000;
 /// Chart and progress resolution.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -459,7 +461,7 @@ async fn run_phase(
     phase
 }
 
-fn cache_level(db: &Arc<Db>, redis: Option<&str>) -> Result<Level> {
+fn cache_level(db: &Arc<Db>, redis: Option<&str>, phase: &str) -> Result<Level> {
     let builder = Cache::<u64, ProductPage>::builder()
         .memory(20_000)
         .ttl(
@@ -471,7 +473,7 @@ fn cache_level(db: &Arc<Db>, redis: Option<&str>) -> Result<Level> {
         .loader(PageLoader(Arc::clone(db)));
     let builder = match redis {
         Some(url) => {
-            let ns = format!("flash-sale-{}", std::process::id());
+            let ns = format!("flash-sale-{}-{phase}", std::process::id());
             let config = RedisConfig::builder(Topology::Standalone(url.to_owned()))
                 .namespace(&ns)
                 .build()?;
@@ -680,6 +682,10 @@ async fn run(args: Args) -> Result<u64> {
 
     // The price history spans the phases: the database carries over.
     let truth = Arc::new(Truth::default());
+    // Every phase starts with the same stock of the sale's products, so
+    // each can sell as much as the last.
+    let restock = || db.set_stocks(&HOT.map(|id| (id, RESTOCK)));
+    restock()?;
     let mut phases = vec![
         run_phase(
             "database only",
@@ -692,10 +698,11 @@ async fn run(args: Args) -> Result<u64> {
         .await,
     ];
     let direct = Orders::Direct;
+    restock()?;
     phases.push(
         run_phase(
             "larder L1",
-            cache_level(&db, None)?,
+            cache_level(&db, None, "l1")?,
             &db,
             &truth,
             &args,
@@ -704,11 +711,13 @@ async fn run(args: Args) -> Result<u64> {
         .await,
     );
     if let Some(url) = &args.redis {
-        let level = cache_level(&db, Some(url))?;
+        restock()?;
+        let level = cache_level(&db, Some(url), "l2")?;
         phases.push(run_phase("larder L1 + L2", level, &db, &truth, &args, &direct).await);
     }
-    // The same again (on the last phase's levels), with orders through a
-    // stock cache with write-behind.
+    // The same again (on the last phase's levels, in a namespace of its
+    // own), with orders through a stock cache with write-behind.
+    restock()?;
     let before: Vec<(u64, i64)> = HOT
         .iter()
         .map(|&id| Ok((id, db.stock(id)?.unwrap_or(0))))
@@ -728,7 +737,7 @@ async fn run(args: Args) -> Result<u64> {
     } else {
         "+ write-behind"
     };
-    let level = cache_level(&db, args.redis.as_deref())?;
+    let level = cache_level(&db, args.redis.as_deref(), "wb")?;
     phases.push(run_phase(name, level, &db, &truth, &args, &orders).await);
     stock.close().await;
     let wb = stock.stats().write_behind.unwrap_or_default();
