@@ -1,114 +1,302 @@
 //! Automatic batching: concurrent single-key `get`s become one `MGET`.
 //!
-//! One background task owns the queue. It takes everything waiting (up to
-//! `max_batch` keys), sends one `MGET`, hands each caller its answer, and
-//! repeats: a batch is sent as soon as the previous one has returned ("flush
-//! when the connection is free"), after one scheduler yield so that callers
-//! being polled at that moment join it. A lone caller pays one yield; many
-//! concurrent callers share round trips. The task is spawned by the first
-//! `get` (on that caller's runtime), so a store can be built outside a
-//! runtime. It stops when the last clone of the store is dropped; callers
-//! whose batch was in flight then get an `ErrorKind::Closed` error, never a
-//! hang. It lives on that first runtime: a store shared by several runtimes
-//! gets `Closed` errors from its batched gets once that runtime stops (use
-//! one store per runtime with auto-batching, or none).
+//! No background task: the batches are sent by the callers themselves. A
+//! caller that finds no batch being led becomes the leader: it yields once
+//! (so that callers being polled at that moment join its batch), takes the
+//! oldest batch (up to `max_batch` keys, its own key among them), sends one
+//! `MGET` from its own task, and hands each waiter its answer. Callers that
+//! arrive meanwhile queue for the next batch; when the leader's batch
+//! returns, it names the first live caller of the next batch as the new
+//! leader and wakes it, so that batch goes out as soon as the connection is
+//! free ("flush when the connection is free"), without a task hop. A lone
+//! caller pays one yield; many concurrent callers share round trips.
+//!
+//! Nothing is allocated per `get` once the batcher is warm: keys are
+//! written into the batch's one string buffer (`{namespace}:{{key}}`, no
+//! `String` per key), and each caller waits in a slot of a reused slab (its
+//! waker and, later, its answer), not on a channel. The buffers of sent
+//! batches are kept for the next ones.
+//!
+//! Cancellation: a caller dropped while it waits is left out of the next
+//! `MGET` (its answer, if already on the way, is discarded). A leader
+//! dropped before or while its `MGET` is in flight puts its batch back at
+//! the head of the queue and hands the lead to a live caller of that batch,
+//! who sends it again (`MGET` is idempotent); a batch with no live caller
+//! left is dropped. Nobody waits on a future that no longer exists.
 //!
 //! Each caller waits at most the worst case of one call of its own
-//! ([`Node::call_deadline`]), queueing included: behind a slow `MGET` and a
-//! long queue, it gets `ErrorKind::Timeout` rather than waiting for every
-//! batch ahead of it. A caller that gave up is left out of the next batch.
+//! ([`Node::call_deadline`]), queueing included: its own timer, and the
+//! batch's `MGET` is cut at the deadline of its oldest caller, so behind a
+//! slow `MGET` and a long queue a caller gets `ErrorKind::Timeout` rather
+//! than waiting for every batch ahead of it. The limit of sending from the
+//! caller's task: a leader whose future is kept but not polled (held in a
+//! `select!` that no longer polls it) holds up the batches behind it; their
+//! callers still get `Timeout` at their deadline.
 
-use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use larder_core::{Error, ErrorKind, Result};
-use tokio::sync::{mpsc, oneshot};
+use larder_core::{Error, ErrorKind, Result, validate_key};
+use tokio::time::Instant;
 
 use crate::node::Node;
 
-type Reply = oneshot::Sender<Result<Option<Vec<u8>>>>;
+type Answer = Result<Option<Vec<u8>>>;
 
-type Request = (String, Reply);
+/// One caller's place in the slab.
+enum Slot {
+    Free,
+    /// Queued or sent; the waker of its caller once polled.
+    Waiting(Option<Waker>),
+    /// Leading: sending the head batch, or named to and not yet polled.
+    Lead,
+    Done(Answer),
+    /// Its caller is gone; freed when its batch is answered or dropped.
+    Abandoned,
+}
 
-/// The batching task's state before it is spawned: node, queue, batch size.
-type Pending = (Arc<Node>, mpsc::Receiver<Request>, usize);
+/// Keys waiting for one `MGET`, and whose they are.
+#[derive(Default)]
+struct Batch {
+    /// The Redis keys, end to end.
+    keys: String,
+    /// Where each key ends in `keys`.
+    ends: Vec<usize>,
+    /// Each key's caller (index into the slab).
+    slots: Vec<usize>,
+    /// When the first caller joined: the batch is cut at this + deadline.
+    opened: Option<Instant>,
+}
+
+impl Batch {
+    fn key(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.keys[start..self.ends[i]]
+    }
+
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.ends.clear();
+        self.slots.clear();
+        self.opened = None;
+    }
+}
+
+/// What the batcher has counted since it was built.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// `MGET`s sent (a Cluster splits each further by master).
+    pub batches: u64,
+    /// Keys sent in them (callers that gave up before the send not included).
+    pub keys: u64,
+}
+
+impl BatchStats {
+    /// Keys per batch, on average (0 before the first batch).
+    pub fn mean_batch_size(&self) -> f64 {
+        if self.batches == 0 {
+            0.0
+        } else {
+            self.keys as f64 / self.batches as f64
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    /// Batches waiting to be sent, oldest first; the last one fills up.
+    queue: VecDeque<Batch>,
+    /// Emptied batches, kept for their buffers.
+    spare: Vec<Batch>,
+    /// The slot of the caller leading now, if any. None means the queue is empty.
+    leader: Option<usize>,
+    stats: BatchStats,
+}
+
+impl State {
+    /// Puts a caller's key in the last batch (a new one if it is full);
+    /// the caller's slot, and whether it leads.
+    fn join(&mut self, prefix: &str, key: &str, max_batch: usize) -> (usize, bool) {
+        let lead = self.leader.is_none();
+        let slot = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::Free);
+                self.slots.len() - 1
+            }
+        };
+        self.slots[slot] = if lead {
+            self.leader = Some(slot);
+            Slot::Lead
+        } else {
+            Slot::Waiting(None)
+        };
+        if self.queue.back().is_none_or(|b| b.slots.len() >= max_batch) {
+            let b = self.spare.pop().unwrap_or_default();
+            self.queue.push_back(b);
+        }
+        let b = self.queue.back_mut().expect("a batch was just pushed");
+        if b.opened.is_none() {
+            b.opened = Some(Instant::now());
+        }
+        b.keys.push_str(prefix);
+        b.keys.push('{');
+        b.keys.push_str(key);
+        b.keys.push('}');
+        b.ends.push(b.keys.len());
+        b.slots.push(slot);
+        (slot, lead)
+    }
+
+    fn free_slot(&mut self, slot: usize) {
+        self.slots[slot] = Slot::Free;
+        self.free.push(slot);
+    }
+
+    fn recycle(&mut self, mut b: Batch) {
+        b.clear();
+        self.spare.push(b);
+    }
+
+    /// Names the first live caller of the oldest batch the leader and wakes
+    /// it; batches with no live caller are dropped on the way. No leader
+    /// (and an empty queue) if nobody is left.
+    fn hand_off(&mut self) {
+        self.leader = None;
+        while let Some(b) = self.queue.pop_front() {
+            let next = b
+                .slots
+                .iter()
+                .copied()
+                .find(|&i| matches!(self.slots[i], Slot::Waiting(_)));
+            if let Some(i) = next {
+                self.queue.push_front(b);
+                if let Slot::Waiting(Some(w)) = std::mem::replace(&mut self.slots[i], Slot::Lead) {
+                    w.wake();
+                }
+                self.leader = Some(i);
+                return;
+            }
+            for &i in &b.slots {
+                self.free_slot(i);
+            }
+            self.recycle(b);
+        }
+    }
+
+    /// Gives each caller of `b` its answer (`answers` matches `live`, the
+    /// indices of the keys that were sent; the others were abandoned).
+    fn answer(&mut self, b: &Batch, live: &[usize], answers: Vec<Answer>) {
+        let mut answers = answers.into_iter();
+        let mut live = live.iter().copied().peekable();
+        for (i, &slot) in b.slots.iter().enumerate() {
+            let answer = if live.next_if_eq(&i).is_some() {
+                answers.next()
+            } else {
+                None
+            };
+            match std::mem::replace(&mut self.slots[slot], Slot::Free) {
+                Slot::Waiting(waker) => {
+                    self.slots[slot] = Slot::Done(answer.unwrap_or_else(|| {
+                        Err(Error::new(ErrorKind::Backend, "batched MGET: no answer"))
+                    }));
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                }
+                Slot::Lead => {
+                    self.slots[slot] = Slot::Done(answer.unwrap_or_else(|| {
+                        Err(Error::new(ErrorKind::Backend, "batched MGET: no answer"))
+                    }));
+                }
+                // Abandoned (or, defensively, anything else): its caller is gone.
+                _ => self.free.push(slot),
+            }
+        }
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Batcher {
-    tx: mpsc::Sender<Request>,
+    node: Arc<Node>,
+    max_batch: usize,
     /// How long one caller waits, queueing included.
     deadline: Duration,
-    /// What the task needs, until the first `get` spawns it.
-    pending: StdMutex<Option<Pending>>,
-    /// Set once the task runs (one atomic load per `get` after that).
-    started: OnceLock<()>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("queued_batches", &self.queue.len())
+            .field("leader", &self.leader)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// A caller's claim on its slot (and, while it leads, on the batch it
+/// sends): dropped early, it hands its part on instead of wedging others.
+struct Claim<'a> {
+    batcher: &'a Batcher,
+    slot: Option<usize>,
+    /// The batch this caller is sending.
+    sending: Option<Batch>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let mut s = self.batcher.lock();
+        let leads = s.leader == Some(slot);
+        if let Some(b) = self.sending.take() {
+            // Cancelled mid-flight: the batch goes back to the head of the
+            // queue for a live caller of it to send again.
+            s.queue.push_front(b);
+        }
+        if matches!(s.slots[slot], Slot::Done(_)) {
+            s.free_slot(slot);
+        } else {
+            // A batch still names this slot: freed when that batch is done.
+            s.slots[slot] = Slot::Abandoned;
+        }
+        if leads {
+            s.hand_off();
+        }
+    }
 }
 
 impl Batcher {
-    /// A batcher whose task starts with the first `get`.
     pub(crate) fn new(node: Arc<Node>, max_batch: usize) -> Batcher {
-        let (tx, rx) = mpsc::channel::<Request>(max_batch.saturating_mul(16).max(64));
         Batcher {
-            tx,
             deadline: node.call_deadline(),
-            pending: StdMutex::new(Some((node, rx, max_batch))),
-            started: OnceLock::new(),
+            node,
+            max_batch: max_batch.max(1),
+            state: Mutex::new(State::default()),
         }
     }
 
-    fn start(&self) {
-        self.started.get_or_init(|| {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((node, rx, max_batch)) = pending.take() {
-                tokio::spawn(Self::run(node, rx, max_batch));
-            }
-        });
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the state consistent before anything can panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn run(node: Arc<Node>, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
-        let mut batch = Vec::with_capacity(max_batch);
-        while rx.recv_many(&mut batch, max_batch).await > 0 {
-            if batch.len() < max_batch {
-                // Let callers that are being polled right now enqueue too,
-                // so a burst goes out as one MGET rather than 1 + the rest.
-                tokio::task::yield_now().await;
-                while batch.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(req) => batch.push(req),
-                        Err(_) => break,
-                    }
-                }
-            }
-            // Callers that gave up (their deadline passed) are left out.
-            let (keys, replies): (Vec<String>, Vec<Reply>) =
-                batch.drain(..).filter(|(_, r)| !r.is_closed()).unzip();
-            if keys.is_empty() {
-                continue;
-            }
-            // Split by master on a Cluster: a dead master fails only its callers.
-            let answers = node.mget(&keys, "batched MGET").await;
-            for (reply, answer) in replies.into_iter().zip(answers) {
-                let _ = reply.send(answer);
-            }
-        }
+    pub(crate) fn stats(&self) -> BatchStats {
+        self.lock().stats
     }
 
-    pub(crate) async fn get(&self, key: String) -> Result<Option<Vec<u8>>> {
-        self.start();
-        let wait = async {
-            let (reply, answer) = oneshot::channel();
-            self.tx
-                .send((key, reply))
-                .await
-                .map_err(|_| Error::new(ErrorKind::Closed, "the batching task has stopped"))?;
-            answer.await.map_err(|_| {
-                Error::new(
-                    ErrorKind::Closed,
-                    "the batching task stopped before answering",
-                )
-            })?
-        };
-        tokio::time::timeout(self.deadline, wait)
+    /// The value under the Redis key `{prefix}{{key}}`.
+    pub(crate) async fn get(&self, prefix: &str, key: &str) -> Answer {
+        validate_key(key)?;
+        tokio::time::timeout(self.deadline, self.wait(prefix, key))
             .await
             .unwrap_or_else(|_| {
                 Err(Error::new(
@@ -116,5 +304,95 @@ impl Batcher {
                     format!("batched get: no answer within {:?}", self.deadline),
                 ))
             })
+    }
+
+    async fn wait(&self, prefix: &str, key: &str) -> Answer {
+        let (slot, leads) = self.lock().join(prefix, key, self.max_batch);
+        let mut claim = Claim {
+            batcher: self,
+            slot: Some(slot),
+            sending: None,
+        };
+        if leads {
+            // Let callers being polled right now join this batch, so a
+            // burst goes out as one MGET rather than 1 + the rest.
+            tokio::task::yield_now().await;
+        } else {
+            let answered = poll_fn(|cx| {
+                let mut s = self.lock();
+                match &mut s.slots[slot] {
+                    Slot::Waiting(w) => {
+                        match w {
+                            Some(w) if w.will_wake(cx.waker()) => {}
+                            _ => *w = Some(cx.waker().clone()),
+                        }
+                        Poll::Pending
+                    }
+                    Slot::Lead => Poll::Ready(None),
+                    Slot::Done(_) => {
+                        let Slot::Done(a) = std::mem::replace(&mut s.slots[slot], Slot::Free)
+                        else {
+                            unreachable!("matched Done above")
+                        };
+                        s.free.push(slot);
+                        Poll::Ready(Some(a))
+                    }
+                    Slot::Free | Slot::Abandoned => Poll::Ready(Some(Err(Error::new(
+                        ErrorKind::Backend,
+                        "batched get: lost its place",
+                    )))),
+                }
+            })
+            .await;
+            if let Some(a) = answered {
+                claim.slot = None;
+                return a;
+            }
+        }
+        // Leading: send the head batch (this caller's key is in it). The
+        // claim holds it while it is in flight, to put it back if dropped.
+        let live = {
+            let mut s = self.lock();
+            let b = s.queue.pop_front().unwrap_or_default();
+            let live: Vec<usize> = (0..b.slots.len())
+                .filter(|&i| matches!(s.slots[b.slots[i]], Slot::Waiting(_) | Slot::Lead))
+                .collect();
+            s.stats.batches += 1;
+            s.stats.keys += live.len() as u64;
+            claim.sending = Some(b);
+            live
+        };
+        let batch = claim.sending.as_ref().expect("set just above");
+        let cut = batch.opened.map(|t| t + self.deadline);
+        let keys: Vec<&str> = live.iter().map(|&i| batch.key(i)).collect();
+        let send = self.node.mget(&keys, "batched MGET");
+        let answers = match cut {
+            Some(cut) => tokio::time::timeout_at(cut, send)
+                .await
+                .unwrap_or_else(|_| {
+                    let e = Error::new(
+                        ErrorKind::Timeout,
+                        format!("batched MGET: no answer within {:?}", self.deadline),
+                    );
+                    keys.iter().map(|_| Err(e.clone())).collect()
+                }),
+            None => send.await,
+        };
+        drop(keys);
+        let batch = claim.sending.take().expect("taken only here");
+        let mut s = self.lock();
+        s.answer(&batch, &live, answers);
+        s.recycle(batch);
+        s.hand_off();
+        let answer = match std::mem::replace(&mut s.slots[slot], Slot::Free) {
+            Slot::Done(a) => a,
+            _ => Err(Error::new(
+                ErrorKind::Backend,
+                "batched get: the leader's key was not in its batch",
+            )),
+        };
+        s.free.push(slot);
+        claim.slot = None;
+        answer
     }
 }

@@ -16,6 +16,7 @@ mod versioned;
 /// The `redis` client this crate is built against.
 pub use redis;
 
+pub use batch::BatchStats;
 pub use breaker::{BreakerConfig, BreakerState};
 pub use config::{HelperClock, RedisConfig, RedisConfigBuilder, RetryPolicy, Topology, redact};
 pub use journal::{Journal, JournalEntry, entry_order};

@@ -382,14 +382,15 @@ impl Node {
     /// one group per known owner plus one for keys whose owner is not known
     /// yet (`None`: the cluster-wide breaker); elsewhere, one group. Each
     /// group is its indices into `keys` and the key that routes it.
-    fn groups_by_owner(&self, keys: &[String]) -> Vec<(Option<String>, Vec<usize>)> {
+    fn groups_by_owner<K: AsRef<str>>(&self, keys: &[K]) -> Vec<(Option<String>, Vec<usize>)> {
         let mut groups: Vec<(Option<String>, Option<String>, Vec<usize>)> = Vec::new();
         for (i, k) in keys.iter().enumerate() {
+            let k = k.as_ref();
             let owner = self.owner_of(Some(k));
             match groups.iter_mut().find(|(o, _, _)| *o == owner) {
                 Some((_, _, idx)) => idx.push(i),
                 None => {
-                    let route = owner.is_some().then(|| k.clone());
+                    let route = owner.is_some().then(|| k.to_owned());
                     groups.push((owner, route, vec![i]));
                 }
             }
@@ -507,14 +508,14 @@ impl Node {
     /// `MGET` of `keys`, one answer per key. On a Cluster the keys are split
     /// by master and each part goes through that master's breaker
     /// concurrently, so a dead master fails only its own keys.
-    pub(crate) async fn mget(
+    pub(crate) async fn mget<K: AsRef<str> + Sync>(
         &self,
-        keys: &[String],
+        keys: &[K],
         what: &'static str,
     ) -> Vec<Result<Option<Vec<u8>>>> {
         let groups = self.groups_by_owner(keys);
         let answers = join_all(groups.iter().map(|(route, idx)| {
-            let part: Vec<&String> = idx.iter().map(|&i| &keys[i]).collect();
+            let part: Vec<&str> = idx.iter().map(|&i| keys[i].as_ref()).collect();
             async move {
                 self.run_routed(route.as_deref(), Cmd::MGet, true, what, |mut c| {
                     let part = &part;

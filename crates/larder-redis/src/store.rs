@@ -13,7 +13,7 @@ use larder_core::{
 use larder_ring::{HashRing, hash_tag};
 use serde::de::DeserializeOwned;
 
-use crate::batch::Batcher;
+use crate::batch::{BatchStats, Batcher};
 use crate::breaker::BreakerState;
 use crate::config::{RedisConfig, Topology};
 use crate::node::{Conn, Node};
@@ -259,6 +259,12 @@ impl RedisStore {
                 total
             }
         }
+    }
+
+    /// What the auto-batcher has sent so far (`MGET`s, keys in them), if
+    /// `auto_batch` is on (standalone and Cluster stores).
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.inner.batcher.as_ref().map(Batcher::stats)
     }
 
     /// Each node's name (password redacted) and breaker state. A Cluster
@@ -594,10 +600,10 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let k = self.data_key(key)?;
         if let Some(b) = &self.inner.batcher {
-            return b.get(k).await;
+            return b.get(self.keyspace().prefix(), key).await;
         }
+        let k = self.data_key(key)?;
         self.run_on(&k, Cmd::Get, true, "GET", |mut c| {
             let k = &k;
             async move { redis::cmd("GET").arg(k).query_async(&mut c).await }

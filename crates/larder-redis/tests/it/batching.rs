@@ -53,3 +53,88 @@ async fn each_batched_get_is_bounded_by_its_own_deadline() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// Batches are sent from the callers' tasks: a caller dropped while its
+/// get is batched (leading or waiting, before or during the `MGET`) never
+/// leaves the others waiting. The futures are polled by hand, one thread,
+/// so each drop happens exactly at the step named.
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_caller_never_wedges_the_others() {
+    use std::pin::pin;
+    use std::task::Poll;
+
+    /// Polls once, in this task's context.
+    async fn poll<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *f).poll(cx))).await
+    }
+
+    let server = RedisServer::start().unwrap();
+    let s = RedisStore::new(
+        quick_config(Topology::Standalone(server.url()))
+            .auto_batch(16)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    for k in ["a", "b", "c", "d", "e"] {
+        s.set(k, k.as_bytes(), Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    // The connection is up before the drops below.
+    assert_eq!(s.get("a").await.unwrap().as_deref(), Some(&b"a"[..]));
+    let sent = |s: &RedisStore| s.batch_stats().unwrap().keys;
+
+    // 1. The leader is dropped while its MGET is in flight: a waiter of
+    // that batch sends it again, without the dropped caller's key.
+    let before = sent(&s);
+    {
+        let mut a = Box::pin(s.get("a"));
+        let mut b = pin!(s.get("b"));
+        let mut c = pin!(s.get("c"));
+        assert!(poll(&mut a).await.is_pending(), "a leads and yields");
+        assert!(poll(&mut b).await.is_pending());
+        assert!(poll(&mut c).await.is_pending());
+        assert!(poll(&mut a).await.is_pending(), "a's MGET is in flight");
+        drop(a);
+        assert_eq!((&mut b).await.unwrap().as_deref(), Some(&b"b"[..]));
+        assert_eq!((&mut c).await.unwrap().as_deref(), Some(&b"c"[..]));
+    }
+    assert_eq!(sent(&s) - before, 3 + 2, "sent with a, then again without");
+
+    // 2. The leader is dropped before it sends (during its yield).
+    {
+        let mut a = Box::pin(s.get("a"));
+        let mut b = pin!(s.get("b"));
+        assert!(poll(&mut a).await.is_pending());
+        assert!(poll(&mut b).await.is_pending());
+        drop(a);
+        assert_eq!((&mut b).await.unwrap().as_deref(), Some(&b"b"[..]));
+    }
+
+    // 3. A caller named leader of the next batch is dropped before it is
+    // polled; a plain waiter is dropped too. The rest of its batch goes out.
+    {
+        let mut a = pin!(s.get("a"));
+        let mut b = Box::pin(s.get("b"));
+        assert!(poll(&mut a).await.is_pending());
+        assert!(poll(&mut a).await.is_pending(), "a's MGET is in flight");
+        // These three queue for the next batch: b first (named leader next).
+        assert!(poll(&mut b).await.is_pending());
+        let mut c = Box::pin(s.get("c"));
+        let mut d = pin!(s.get("d"));
+        assert!(poll(&mut c).await.is_pending());
+        assert!(poll(&mut d).await.is_pending());
+        drop(c);
+        assert_eq!((&mut a).await.unwrap().as_deref(), Some(&b"a"[..]));
+        // a handed the lead to b, which is dropped unpolled.
+        drop(b);
+        match poll(&mut d).await {
+            Poll::Ready(r) => panic!("d answered before its batch was sent: {r:?}"),
+            Poll::Pending => {}
+        }
+        assert_eq!((&mut d).await.unwrap().as_deref(), Some(&b"d"[..]));
+    }
+    // Nothing is left behind: a lone get still goes through.
+    assert_eq!(s.get("e").await.unwrap().as_deref(), Some(&b"e"[..]));
+}
