@@ -2,21 +2,66 @@
 //! and 64 at once (with and without auto-batching), and `get_many(100)`
 //! against one raw `MGET`. The server is a real redis-server started by
 //! larder-testkit on loopback.
+//!
+//! Auto-batching is held to the limit of batching itself: raw `MGET`s of the
+//! mean batch size the batcher formed (its `batch_stats`), the same 64 keys
+//! at once. The 64-at-once clients are measured twice: by criterion, one
+//! after the other, and taking turns in short rounds
+//! (`l2/get/64 concurrent, interleaved`, with each caller's p99 latency in
+//! `l2/get/64 concurrent p99`), which keeps a busy machine's swings out of
+//! the ratios.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
+#![allow(clippy::disallowed_methods)] // a benchmark measures wall time
+#![allow(clippy::print_stdout)] // figures measured outside criterion are shown as they come
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::future::join_all;
-use larder_benches::manifest::Manifest;
+use larder_benches::manifest::{Better, Manifest};
 use larder_core::Store;
-use larder_redis::{RedisConfig, RedisStore, Topology};
+use larder_redis::{BatchStats, RedisConfig, RedisStore, Topology};
 use larder_testkit::RedisServer;
 
 const KEYS: usize = 10_000;
 const CONCURRENCY: usize = 64;
+/// The raw peer of auto-batching: `MGET`s of the batcher's mean batch size.
+const RAW_MGET: &str = "redis-rs MGET at the batcher's mean batch size";
+/// The interleaved comparison: rounds of iterations per client, taking turns.
+const ROUNDS: usize = 40;
+const ROUND_ITERS: usize = 25;
+
+/// Whether a command-line filter (criterion's, e.g. `-- "l2/get/64"`)
+/// leaves `group` in: the latency figures are measured outside criterion,
+/// so they honour it by hand (as `wanted` in the facade bench).
+fn wanted(group: &str) -> bool {
+    // Criterion's options that take a value: their values are not filters.
+    const WITH_VALUE: [&str; 14] = [
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--profile-time",
+        "--save-baseline",
+        "--baseline",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+        "--output-format",
+        "--color",
+        "--plotting-backend",
+        "--format",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let takes_value = |i: usize| i > 0 && WITH_VALUE.contains(&args[i - 1].as_str());
+    let filter = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with('-') && !takes_value(*i));
+    filter.is_none_or(|(_, f)| group.contains(f.as_str()) || f.contains(group))
+}
 
 /// One GET through any raw redis-rs connection (the peers).
 async fn raw_get<C: redis::aio::ConnectionLike>(
@@ -115,10 +160,12 @@ fn redis_benches(c: &mut Criterion) {
     let group = "l2/get/64 concurrent";
     let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(CONCURRENCY as u64));
+    let mut batch_stats = BatchStats::default();
     for (id, s) in [
         ("larder RedisStore", &store),
         ("larder RedisStore auto-batch", &batched),
     ] {
+        let before = s.batch_stats();
         m.time(group, id, CONCURRENCY as u64);
         g.bench_function(id, |b| {
             b.to_async(&rt).iter(|| {
@@ -131,6 +178,10 @@ fn redis_benches(c: &mut Criterion) {
                 }
             })
         });
+        if let (Some(a), Some(b)) = (before, s.batch_stats()) {
+            batch_stats.batches += b.batches - a.batches;
+            batch_stats.keys += b.keys - a.keys;
+        }
     }
     m.time(group, "redis-rs multiplexed", CONCURRENCY as u64);
     g.bench_function("redis-rs multiplexed", |b| {
@@ -146,6 +197,59 @@ fn redis_benches(c: &mut Criterion) {
             }
         })
     });
+    // The limit batching can reach: the same 64 keys as raw MGETs of the
+    // batch size the batcher formed above, sent concurrently.
+    let mean_batch = if batch_stats.batches > 0 {
+        batch_stats.mean_batch_size()
+    } else {
+        // The batched bench was filtered out: measure the size apart.
+        let before = batched.batch_stats().unwrap_or_default();
+        rt.block_on(async {
+            for r in 0..200 {
+                let gets =
+                    (0..CONCURRENCY).map(|j| batched.get(&keys[(r * 7919 + j * 131) % KEYS]));
+                black_box(join_all(gets).await);
+            }
+        });
+        let after = batched.batch_stats().unwrap_or_default();
+        (after.keys - before.keys) as f64 / (after.batches - before.batches).max(1) as f64
+    };
+    let batch = (mean_batch.round() as usize).clamp(1, CONCURRENCY);
+    println!(
+        "{group}: auto-batch mean batch size {mean_batch:.2} keys; raw MGET batches of {batch}"
+    );
+    m.value(
+        group,
+        "auto-batch mean batch size",
+        mean_batch,
+        "keys",
+        Better::Higher,
+    );
+    m.time(group, RAW_MGET, CONCURRENCY as u64);
+    g.bench_function(RAW_MGET, |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 7919) % KEYS;
+            let start = i;
+            let raw_keys = &raw_keys;
+            let raw = &raw;
+            async move {
+                let ks: Vec<&str> = (0..CONCURRENCY)
+                    .map(|j| raw_keys[(start + j * 131) % KEYS].as_str())
+                    .collect();
+                let mgets = ks.chunks(batch).map(|part| {
+                    let mut con = raw.clone();
+                    async move {
+                        redis::cmd("MGET")
+                            .arg(part)
+                            .query_async::<Vec<Option<Vec<u8>>>>(&mut con)
+                            .await
+                            .unwrap()
+                    }
+                });
+                black_box(join_all(mgets).await)
+            }
+        })
+    });
     g.finish();
     m.compare(group, "larder RedisStore", "redis-rs multiplexed");
     m.compare(
@@ -153,6 +257,116 @@ fn redis_benches(c: &mut Criterion) {
         "larder RedisStore auto-batch",
         "redis-rs multiplexed",
     );
+    m.compare(group, "larder RedisStore auto-batch", RAW_MGET);
+
+    // The same four clients again, taking turns in short rounds so that the
+    // machine's noise (other builds on 2 cores) falls on all of them alike:
+    // keys/s over the whole of each one's turns, and each caller's latency
+    // (from the 64 gets' common start to its own answer).
+    let group = "l2/get/64 concurrent, interleaved";
+    let lat_group = "l2/get/64 concurrent p99";
+    if wanted(group) || wanted(lat_group) {
+        const CLIENTS: [&str; 4] = [
+            "larder RedisStore",
+            "larder RedisStore auto-batch",
+            "redis-rs multiplexed",
+            RAW_MGET,
+        ];
+        let mut lat: [Vec<u64>; 4] = Default::default();
+        let mut busy = [Duration::ZERO; 4];
+        let before = batched.batch_stats().unwrap_or_default();
+        rt.block_on(async {
+            for round in 0..ROUNDS {
+                for who in 0..CLIENTS.len() {
+                    for it in 0..ROUND_ITERS {
+                        let start_key = (round * ROUND_ITERS + it) * 7919 % KEYS;
+                        let t0 = Instant::now();
+                        let took = |found: bool| {
+                            assert!(found, "every bench key is present");
+                            t0.elapsed().as_nanos() as u64
+                        };
+                        let nanos: Vec<u64> =
+                            match who {
+                                0 | 1 => {
+                                    let s = if who == 0 { &store } else { &batched };
+                                    join_all((0..CONCURRENCY).map(|j| {
+                                        let k = &keys[(start_key + j * 131) % KEYS];
+                                        async move { took(s.get(k).await.unwrap().is_some()) }
+                                    }))
+                                    .await
+                                }
+                                2 => join_all((0..CONCURRENCY).map(|j| {
+                                    let k = &raw_keys[(start_key + j * 131) % KEYS];
+                                    let con = raw.clone();
+                                    async move { took(raw_get(con, k).await.unwrap().is_some()) }
+                                }))
+                                .await,
+                                _ => {
+                                    let ks: Vec<&str> = (0..CONCURRENCY)
+                                        .map(|j| raw_keys[(start_key + j * 131) % KEYS].as_str())
+                                        .collect();
+                                    let parts = join_all(ks.chunks(batch).map(|part| {
+                                        let mut con = raw.clone();
+                                        async move {
+                                            let vs = redis::cmd("MGET")
+                                                .arg(part)
+                                                .query_async::<Vec<Option<Vec<u8>>>>(&mut con)
+                                                .await
+                                                .unwrap();
+                                            let t = took(vs.iter().all(Option::is_some));
+                                            vec![t; vs.len()]
+                                        }
+                                    }))
+                                    .await;
+                                    parts.concat()
+                                }
+                            };
+                        busy[who] += t0.elapsed();
+                        lat[who].extend(nanos);
+                    }
+                }
+            }
+        });
+        let after = batched.batch_stats().unwrap_or_default();
+        let mean =
+            (after.keys - before.keys) as f64 / (after.batches - before.batches).max(1) as f64;
+        m.value(
+            group,
+            "auto-batch mean batch size",
+            mean,
+            "keys",
+            Better::Higher,
+        );
+        let keys_per_client = (ROUNDS * ROUND_ITERS * CONCURRENCY) as f64;
+        for (who, id) in CLIENTS.into_iter().enumerate() {
+            let rate = keys_per_client / busy[who].as_secs_f64();
+            let l = &mut lat[who];
+            l.sort_unstable();
+            let q = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)] as f64 / 1e3;
+            println!(
+                "{group}/{id}: {:.1} k keys/s, p50 {:.0} µs, p99 {:.0} µs",
+                rate / 1e3,
+                q(0.50),
+                q(0.99)
+            );
+            m.value(group, id, rate, "keys/s", Better::Higher);
+            m.value(lat_group, id, q(0.99), "µs", Better::Lower);
+        }
+        println!("{group}: auto-batch mean batch size {mean:.2} keys");
+        m.compare(group, "larder RedisStore", "redis-rs multiplexed");
+        m.compare(group, "larder RedisStore auto-batch", RAW_MGET);
+        m.compare(
+            group,
+            "larder RedisStore auto-batch",
+            "redis-rs multiplexed",
+        );
+        m.compare(
+            lat_group,
+            "larder RedisStore auto-batch",
+            "larder RedisStore",
+        );
+        m.compare(lat_group, "larder RedisStore", "redis-rs multiplexed");
+    }
 
     let group = "l2/get_many/100 keys";
     let mut g = c.benchmark_group(group);
