@@ -356,6 +356,288 @@ fn groups(figures: &[Figure]) -> Vec<String> {
     gs
 }
 
+/// Which way a goal's ratio must go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// `ratio >= target`.
+    AtLeast,
+    /// `ratio <= target`.
+    AtMost,
+}
+
+/// What a goal's ratio divides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Of {
+    /// The figures as measured (ops/s, bytes, µs): `subject / peer`.
+    Figure,
+    /// Time per operation, from ops/s: `peer / subject` of the figures.
+    TimePerOp,
+}
+
+/// A goal from the issues: in `group` (a `*` glob: one row per group of the
+/// run that matches), `subject` against `peer` of the same run.
+#[derive(Debug, Clone, Copy)]
+struct Goal {
+    /// What the goal is, for the reader.
+    what: &'static str,
+    group: &'static str,
+    subject: &'static str,
+    peer: &'static str,
+    of: Of,
+    direction: Direction,
+    target: f64,
+}
+
+const fn goal(
+    what: &'static str,
+    group: &'static str,
+    subject: &'static str,
+    peer: &'static str,
+    direction: Direction,
+    target: f64,
+) -> Goal {
+    Goal {
+        what,
+        group,
+        subject,
+        peer,
+        of: Of::Figure,
+        direction,
+        target,
+    }
+}
+
+/// The goals the report opens with (issues #14 and the L1, facade and
+/// write-behind issues), each with its target ratio.
+const GOALS: &[Goal] = &[
+    goal(
+        "L1 get, 100% reads, 1 thread, vs quick_cache",
+        "l1/100% get zipf/1 thread",
+        "larder",
+        "quick_cache",
+        Direction::AtLeast,
+        1.0,
+    ),
+    goal(
+        "L1 get, 100% reads, 2 threads, vs quick_cache",
+        "l1/100% get zipf/2 threads",
+        "larder",
+        "quick_cache",
+        Direction::AtLeast,
+        1.0,
+    ),
+    goal(
+        "L1 get, 95% reads 5% inserts, 1 thread, vs quick_cache",
+        "l1/95% get 5% insert zipf/1 thread",
+        "larder",
+        "quick_cache",
+        Direction::AtLeast,
+        1.0,
+    ),
+    goal(
+        "L1 get, 95% reads 5% inserts, 2 threads, vs quick_cache",
+        "l1/95% get 5% insert zipf/2 threads",
+        "larder",
+        "quick_cache",
+        Direction::AtLeast,
+        1.0,
+    ),
+    goal(
+        "L1 hot keys vs quick_cache",
+        "l1/*hot*",
+        "larder",
+        "quick_cache",
+        Direction::AtLeast,
+        1.0,
+    ),
+    goal(
+        "L1 memory per entry vs quick_cache",
+        "l1/memory per entry*",
+        "larder",
+        "quick_cache",
+        Direction::AtMost,
+        1.0,
+    ),
+    goal(
+        "L2 plain gets, 64 concurrent, vs raw redis-rs",
+        "l2/get/64 concurrent, interleaved",
+        "larder RedisStore",
+        "redis-rs multiplexed",
+        Direction::AtLeast,
+        0.95,
+    ),
+    goal(
+        "L2 auto-batched gets vs raw MGET of the same batch size (keys/s)",
+        "l2/get/64 concurrent, interleaved",
+        "larder RedisStore auto-batch",
+        "redis-rs MGET at the batcher's mean batch size",
+        Direction::AtLeast,
+        0.8,
+    ),
+    goal(
+        "L2 p99 latency, auto-batched vs plain gets",
+        "l2/get/64 concurrent p99",
+        "larder RedisStore auto-batch",
+        "larder RedisStore",
+        Direction::AtMost,
+        2.0,
+    ),
+    Goal {
+        of: Of::TimePerOp,
+        ..goal(
+            "Facade L1 hit vs bare larder-memory (time per get)",
+            "facade/l1 hit",
+            "larder Cache get (L1 hit)",
+            "larder-memory get",
+            Direction::AtMost,
+            1.3,
+        )
+    },
+    goal(
+        "Write-behind vs write-through",
+        "facade/write modes",
+        "write-behind into SQLite",
+        "write-through into SQLite",
+        Direction::AtLeast,
+        10.0,
+    ),
+    goal(
+        "Flash sale, larder vs moka + redis-rs (throughput)",
+        "facade/flash sale",
+        "larder L1 + L2 throughput",
+        "moka + redis-rs throughput",
+        Direction::AtLeast,
+        1.0,
+    ),
+];
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(at) => rest = &rest[at + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// One row of the summary: a goal on one group, measured or not.
+#[derive(Debug, Clone, PartialEq)]
+struct GoalRow {
+    what: String,
+    /// (subject, peer) figures as shown, and the ratio; None if not measured.
+    measured: Option<(String, String, f64)>,
+    target: String,
+    met: Option<bool>,
+}
+
+fn goal_rows(goals: &[Goal], figures: &[Figure]) -> Vec<GoalRow> {
+    let mut rows = Vec::new();
+    for g in goals {
+        let target = format!(
+            "{} {:.2}x",
+            match g.direction {
+                Direction::AtLeast => ">=",
+                Direction::AtMost => "<=",
+            },
+            g.target
+        );
+        let find = |group: &str, id: &str| {
+            figures
+                .iter()
+                .find(|f| f.group == group && f.id == id)
+                .cloned()
+        };
+        let wildcard = g.group.contains('*');
+        let mut matched = 0;
+        for group in groups(figures) {
+            if !glob(g.group, &group) {
+                continue;
+            }
+            let (Some(s), Some(p)) = (find(&group, g.subject), find(&group, g.peer)) else {
+                continue;
+            };
+            matched += 1;
+            let show = |f: &Figure| match g.of {
+                Of::Figure => format!("{} {}", fmt_value(f.value, &f.unit), f.unit),
+                Of::TimePerOp => format!("{:.1} ns/op", 1e9 / f.value),
+            };
+            let ratio = match g.of {
+                Of::Figure => s.value / p.value,
+                Of::TimePerOp => p.value / s.value,
+            };
+            let met = match g.direction {
+                Direction::AtLeast => ratio >= g.target,
+                Direction::AtMost => ratio <= g.target,
+            };
+            let what = if wildcard {
+                format!("{} ({group})", g.what)
+            } else {
+                g.what.to_owned()
+            };
+            rows.push(GoalRow {
+                what,
+                measured: Some((show(&s), show(&p), ratio)),
+                target: target.clone(),
+                met: Some(met),
+            });
+        }
+        if matched == 0 {
+            rows.push(GoalRow {
+                what: g.what.to_owned(),
+                measured: None,
+                target,
+                met: None,
+            });
+        }
+    }
+    rows
+}
+
+/// The report's opening: each goal, the figure, the peer's figure from the
+/// same run, the ratio, the target, and the verdict.
+fn summary(goals: &[Goal], figures: &[Figure]) -> String {
+    let rows = goal_rows(goals, figures);
+    let met = rows.iter().filter(|r| r.met == Some(true)).count();
+    let missed = rows.iter().filter(|r| r.met == Some(false)).count();
+    let unmeasured = rows.len() - met - missed;
+    let mut s = format!(
+        "## Summary: goals\n\n{met} met, {missed} not met, {unmeasured} not measured in this run. \
+         Each ratio divides two figures of this run (time per op where the goal says so).\n\n\
+         | goal | figure | peer's figure | ratio | target | verdict |\n|---|--:|--:|--:|--:|---|\n"
+    );
+    for r in rows {
+        let verdict = match r.met {
+            Some(true) => "met",
+            Some(false) => "**not met**",
+            None => "not measured",
+        };
+        match &r.measured {
+            Some((a, b, ratio)) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {a} | {b} | {ratio:.2}x | {} | {verdict} |",
+                    r.what, r.target
+                );
+            }
+            None => {
+                let _ = writeln!(s, "| {} | – | – | – | {} | {verdict} |", r.what, r.target);
+            }
+        }
+    }
+    s
+}
+
 fn header(meta: &Meta) -> String {
     format!(
         "- command: `{}`\n- revision: {}\n- date: {}\n- host: {} ({}, {} cores)\n- toolchain: {}\n",
@@ -370,6 +652,8 @@ fn markdown(meta: &Meta, figures: &[Figure], comparisons: &[Comparison]) -> Stri
          Throughput is operations per second (criterion's mean time per iteration); \
          `subject / peer` above 1 means Larder's figure is larger.\n\n",
     );
+    s.push_str(&summary(GOALS, figures));
+    s.push_str("\n## Run\n\n");
     s.push_str(&header(meta));
     for g in groups(figures) {
         let _ = write!(s, "\n## {g}\n\n{}", group_table(&g, figures, comparisons));
@@ -482,6 +766,96 @@ fn refresh_doc_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fig(group: &str, id: &str, value: f64, unit: &str) -> Figure {
+        Figure {
+            group: group.into(),
+            id: id.into(),
+            value,
+            unit: unit.into(),
+            higher_is_better: unit != "bytes",
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn globs_match_with_stars_only() {
+        assert!(glob("l1/*hot*", "l1/hot keys, every thread/2 threads"));
+        assert!(glob("l1/*hot*", "l1/get a hot key"));
+        assert!(!glob("l1/*hot*", "l2/hot"));
+        assert!(glob("a", "a"));
+        assert!(!glob("a", "ab"));
+        assert!(glob("a*c", "abc"));
+        assert!(!glob("a*c", "ab"));
+        assert!(glob(
+            "l1/memory per entry*",
+            "l1/memory per entry at 1M entries"
+        ));
+    }
+
+    /// The summary's verdicts: met, not met, not measured, one row per
+    /// group a glob matches, time per op taken from ops/s.
+    #[test]
+    fn the_summary_gives_each_goal_its_verdict() {
+        let goals = [
+            goal("up", "g/up", "s", "p", Direction::AtLeast, 1.0),
+            goal("down", "g/down", "s", "p", Direction::AtMost, 1.0),
+            goal("hot", "l1/*hot*", "s", "p", Direction::AtLeast, 1.0),
+            goal("absent", "g/none", "s", "p", Direction::AtLeast, 1.0),
+            goal("half", "g/up", "s", "missing peer", Direction::AtLeast, 1.0),
+            Goal {
+                of: Of::TimePerOp,
+                ..goal("time", "g/time", "s", "p", Direction::AtMost, 1.3)
+            },
+        ];
+        let figures = [
+            fig("g/up", "s", 90.0, "ops/s"),
+            fig("g/up", "p", 100.0, "ops/s"),
+            fig("g/down", "s", 90.0, "bytes"),
+            fig("g/down", "p", 100.0, "bytes"),
+            fig("l1/hot a", "s", 2.0, "ops/s"),
+            fig("l1/hot a", "p", 1.0, "ops/s"),
+            fig("l1/b hot", "s", 1.0, "ops/s"),
+            fig("l1/b hot", "p", 2.0, "ops/s"),
+            // 1 M ops/s = 1000 ns/op against 2 M ops/s = 500 ns/op: 2x the time.
+            fig("g/time", "s", 1e6, "ops/s"),
+            fig("g/time", "p", 2e6, "ops/s"),
+        ];
+        let rows = goal_rows(&goals, &figures);
+        let verdicts: Vec<(&str, Option<bool>)> =
+            rows.iter().map(|r| (r.what.as_str(), r.met)).collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("up", Some(false)),
+                ("down", Some(true)),
+                ("hot (l1/hot a)", Some(true)),
+                ("hot (l1/b hot)", Some(false)),
+                ("absent", None),
+                ("half", None),
+                ("time", Some(false)),
+            ]
+        );
+        let ratio = |i: usize| rows[i].measured.as_ref().unwrap().2;
+        assert!((ratio(0) - 0.9).abs() < 1e-9);
+        assert!((ratio(6) - 2.0).abs() < 1e-9, "time per op, not ops/s");
+        assert_eq!(rows[6].measured.as_ref().unwrap().0, "1000.0 ns/op");
+        let md = summary(&goals, &figures);
+        assert!(md.starts_with("## Summary: goals\n\n2 met, 3 not met, 2 not measured"));
+        assert!(md.contains("| absent | – | – | – | >= 1.00x | not measured |"));
+        assert!(md.contains("| up | 90.0 ops/s | 100.0 ops/s | 0.90x | >= 1.00x | **not met** |"));
+    }
+
+    /// Every goal names a group glob and two ids: a typo would read
+    /// "not measured" for good.
+    #[test]
+    fn the_goals_are_well_formed() {
+        for g in GOALS {
+            assert!(!g.group.is_empty() && !g.subject.is_empty() && !g.peer.is_empty());
+            assert_ne!(g.subject, g.peer, "{}", g.what);
+            assert!(g.target > 0.0, "{}", g.what);
+        }
+    }
 
     #[test]
     fn parses_criterion_json() {
