@@ -50,7 +50,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 
     let corpus = fuzz_dir.join("corpus").join(&target);
     std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
-    seed_corpus(&corpus).map_err(|e| e.to_string())?;
+    if target == "config_parse" {
+        seed_urls(&corpus).map_err(|e| e.to_string())?;
+    } else {
+        seed_corpus(&corpus).map_err(|e| e.to_string())?;
+    }
     let artifacts = fuzz_dir.join("artifacts").join(&target);
     std::fs::create_dir_all(&artifacts).map_err(|e| e.to_string())?;
 
@@ -116,6 +120,25 @@ fn seed_corpus(dir: &Path) -> std::io::Result<()> {
         let path = dir.join(format!("seed-{name}"));
         if !path.exists() {
             std::fs::write(path, bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Redis URLs of each shape the client parses, a `\x01` where a password
+/// goes (`config_parse` turns it into a marker it looks for in the output).
+fn seed_urls(dir: &Path) -> std::io::Result<()> {
+    for (name, url) in [
+        ("tcp", "redis://app:\x01@127.0.0.1:6379/0"),
+        ("password-only", "redis://:\x01@h:1?protocol=resp3"),
+        ("tls", "rediss://u:\x01@h:6380/#insecure"),
+        ("valkey", "valkey://[::1]:6379/2"),
+        ("socket", "redis+unix:///tmp/r.sock?db=1&user=u&pass=\x01"),
+        ("unix", "unix:///tmp/r.sock?pass=\x01&protocol=2"),
+    ] {
+        let path = dir.join(format!("seed-{name}"));
+        if !path.exists() {
+            std::fs::write(path, url)?;
         }
     }
     Ok(())

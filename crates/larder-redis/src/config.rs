@@ -282,26 +282,65 @@ impl CategoryName for redis::ErrorKind {
 /// A URL with its password replaced by `***` (user names are kept): the
 /// one in the authority, and a socket URL's `pass=` query parameter.
 pub fn redact(url: &str) -> String {
-    let out = redact_userinfo(url);
+    // The client's parser (the `url` crate) drops tabs and newlines
+    // anywhere, so `redis:/\t/u:pw@h` is a URL with a password: drop them too.
+    let url: String = url
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+        .collect();
+    let out = redact_userinfo(&url);
     let Some((head, query)) = out.split_once('?') else {
         return out;
     };
     let query: Vec<String> = query
         .split('&')
         .map(|p| match p.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("pass") => format!("{k}=***"),
+            Some((k, _)) if query_key(k).eq_ignore_ascii_case("pass") => format!("{k}=***"),
             _ => p.to_owned(),
         })
         .collect();
     format!("{head}?{}", query.join("&"))
 }
 
+/// A query key as the client reads it: `%XX` decoded, `+` a space
+/// (`p%61ss` is `pass`).
+fn query_key(k: &str) -> String {
+    let b = k.as_bytes();
+    let hex = |j: usize| b.get(j).and_then(|&c| char::from(c).to_digit(16));
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, ..) => {
+                out.push(if c == b'+' { b' ' } else { c });
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
+    // As the client's parser reads it: the `://` right after the scheme
+    // (leading spaces and controls skipped), an authority that ends at `/`,
+    // `?` or `#`. A `://` or an `@` further on (in a query) is not userinfo.
+    let scheme = url[..scheme_end].trim_start_matches(|c: char| c <= ' ');
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !is_scheme {
+        return url.to_owned();
+    }
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let Some(at) = rest[..authority_end].rfind('@') else {
         return url.to_owned();
     };
@@ -332,6 +371,28 @@ mod tests {
         let dbg = format!("{cfg:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("app:***"), "{dbg}");
+    }
+
+    /// The client's parser drops tabs and newlines and decodes query keys:
+    /// passwords hidden that way were shown (found by the `config_parse`
+    /// fuzz target's oracle).
+    #[test]
+    fn passwords_hidden_from_the_text_rules_never_show() {
+        assert_eq!(redact("redis:/\t/u:secret@h"), "redis://u:***@h");
+        assert_eq!(redact("redis://u:sec\nret@h"), "redis://u:***@h");
+        assert_eq!(
+            redact("redis+unix:///tmp/r.sock?p%61ss=secret&%70ASS=x"),
+            "redis+unix:///tmp/r.sock?p%61ss=***&%70ASS=***"
+        );
+        // A `://` and an `@` in a socket URL's query are not userinfo (they
+        // made `redact` swallow the `pass=` key and show its value).
+        assert_eq!(
+            redact("redis+unix:/x/s?a=b://c:d@e&pass=s@secret"),
+            "redis+unix:/x/s?a=b://c:d@e&pass=***"
+        );
+        let cfg = RedisConfig::from_url("redis:/\t/app:hunter2@127.0.0.1:6379/0").unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
     }
 
     #[test]
