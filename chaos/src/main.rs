@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 /// Keys each worker owns for its durable writes (reads span all).
 pub(crate) const KEYS_PER_WORKER: u64 = 500;
 /// The L1's capacity in the workers (the memory checker's bound).
-pub(crate) const L1_CAPACITY: u64 = 500;
+pub(crate) const L1_CAPACITY: u64 = 200;
 /// Longest any single operation may take before it counts as hung, by
 /// default: above every configured bound (load timeout 2 s, overflow
 /// block 1 s, lock wait 0.5 s, write timeouts), so only a wedge reaches it.
@@ -121,6 +121,7 @@ fn main() -> ExitCode {
                 workers: num("--workers").max(1),
                 redis: get("--redis"),
                 shards: get("--shards").split(',').map(str::to_owned).collect(),
+                cluster: get("--cluster").split(',').map(str::to_owned).collect(),
                 db: PathBuf::from(get("--db")),
                 out: PathBuf::from(get("--out")),
                 seconds: get("--seconds").parse().unwrap_or(10.0),

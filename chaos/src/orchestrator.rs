@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use larder::core::{Error, ErrorKind, Result};
-use larder_testkit::{FaultProxy, RedisServer};
+use larder_testkit::{FaultProxy, RedisCluster, RedisServer};
 
 use crate::{KEYS_PER_WORKER, L1_CAPACITY, WorkerReport, open_db};
 
@@ -43,6 +43,7 @@ struct World {
     cfg: Config,
     redis_url: String,
     shard_urls: Vec<String>,
+    cluster_urls: Vec<String>,
     db: PathBuf,
 }
 
@@ -58,6 +59,7 @@ impl World {
             .args(["--workers", &self.cfg.workers.to_string()])
             .args(["--redis", &self.redis_url])
             .args(["--shards", &self.shard_urls.join(",")])
+            .args(["--cluster", &self.cluster_urls.join(",")])
             .arg("--db")
             .arg(&self.db)
             .arg("--out")
@@ -124,6 +126,8 @@ pub(crate) fn run(cfg: &Config) -> Result<bool> {
         shard_proxies.push(FaultProxy::start(s.addr()).map_err(testkit("proxy"))?);
         shards.push(s);
     }
+    let (mut cluster, cluster_proxies) =
+        RedisCluster::start_proxied(3).map_err(testkit("cluster"))?;
     let db = cfg.out.join("chaos.db");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
@@ -145,6 +149,7 @@ pub(crate) fn run(cfg: &Config) -> Result<bool> {
         cfg: cfg.clone(),
         redis_url: proxy.url(),
         shard_urls: shard_proxies.iter().map(FaultProxy::url).collect(),
+        cluster_urls: cluster_proxies.iter().map(FaultProxy::url).collect(),
         db: db.clone(),
     };
     let deadline = t0 + Duration::from_secs_f64(cfg.seconds);
@@ -159,7 +164,7 @@ pub(crate) fn run(cfg: &Config) -> Result<bool> {
     while Instant::now() + Duration::from_millis(1500) < deadline {
         std::thread::sleep(Duration::from_millis(rng.u64(300..1200)));
         let hold = Duration::from_millis(rng.u64(200..1000));
-        let pick = rng.u32(..8);
+        let pick = rng.u32(..11);
         let name = match pick {
             0 => {
                 let ms = rng.u64(20..200);
@@ -244,6 +249,55 @@ pub(crate) fn run(cfg: &Config) -> Result<bool> {
                 shard_proxies[i].set_latency(Duration::ZERO);
                 "shard latency"
             }
+            7 => {
+                let i = rng.usize(..shards.len());
+                say(
+                    &mut nemesis_log,
+                    t0,
+                    &format!(
+                        "SIGKILL shard {i}'s server, restart it after {hold:?} (its data is gone)"
+                    ),
+                );
+                shards[i].kill();
+                std::thread::sleep(hold);
+                if let Err(e) = shards[i].restart() {
+                    say(
+                        &mut nemesis_log,
+                        t0,
+                        &format!("shard {i} did not restart: {e}"),
+                    );
+                }
+                "shard killed"
+            }
+            8 => {
+                let i = rng.usize(..cluster_proxies.len());
+                say(
+                    &mut nemesis_log,
+                    t0,
+                    &format!("pause cluster master {i} (SIGSTOP) for {hold:?}"),
+                );
+                let node = cluster.node_mut(i);
+                let _ = node.pause();
+                std::thread::sleep(hold);
+                let _ = node.resume();
+                "cluster pause"
+            }
+            9 => {
+                let i = rng.usize(..cluster_proxies.len());
+                let ms = rng.u64(20..200);
+                say(
+                    &mut nemesis_log,
+                    t0,
+                    &format!(
+                        "latency {ms} ms on cluster master {i} for {hold:?}, then cut its connections"
+                    ),
+                );
+                cluster_proxies[i].set_latency(Duration::from_millis(ms));
+                std::thread::sleep(hold);
+                cluster_proxies[i].set_latency(Duration::ZERO);
+                cluster_proxies[i].cut_all();
+                "cluster latency"
+            }
             _ => {
                 let i = rng.usize(..workers.len());
                 let w = &mut workers[i];
@@ -275,7 +329,7 @@ pub(crate) fn run(cfg: &Config) -> Result<bool> {
     proxy.set_latency(Duration::ZERO);
     proxy.set_stalled(false);
     proxy.set_refusing(false);
-    for p in &shard_proxies {
+    for p in shard_proxies.iter().chain(&cluster_proxies) {
         p.set_latency(Duration::ZERO);
         p.set_refusing(false);
     }
@@ -326,6 +380,7 @@ pub(crate) fn run(cfg: &Config) -> Result<bool> {
     )?;
     std::fs::write(cfg.out.join("nemesis.log"), &nemesis_log).map_err(io("nemesis log"))?;
     drop(shards);
+    drop(cluster);
     Ok(ok)
 }
 

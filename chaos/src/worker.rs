@@ -28,6 +28,7 @@ pub(crate) struct Args {
     pub(crate) workers: u64,
     pub(crate) redis: String,
     pub(crate) shards: Vec<String>,
+    pub(crate) cluster: Vec<String>,
     pub(crate) db: PathBuf,
     pub(crate) out: PathBuf,
     pub(crate) seconds: f64,
@@ -173,6 +174,14 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
             Ok::<_, Error>(Some(format!("v{k}")))
         }))
         .build()?;
+    let clustered: Cache<u64, String> = Cache::builder()
+        .memory(1000)
+        .redis(store(Topology::Cluster(a.cluster.clone()), "chaos-cl")?)
+        .ttl(Ttl::fixed(Duration::from_secs(5)))
+        .loader(FnLoader::new(|k: u64| async move {
+            Ok::<_, Error>(Some(format!("c{k}")))
+        }))
+        .build()?;
     let mut lock_config = LockConfig::with_ttl(Duration::from_secs(5));
     lock_config.namespace = "chaos-lock".to_owned();
     lock_config.node_timeout = Duration::from_millis(300);
@@ -197,9 +206,17 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
         };
         let op = async {
             match roll {
-                0..50 => {
+                0..45 => {
                     let k = rng.u64(..all_keys);
                     cache.get_or_load(&k).await.map(|_| ())
+                }
+                45..50 => {
+                    let k = rng.u64(..10_000);
+                    if k.is_multiple_of(5) {
+                        clustered.invalidate(&k).await
+                    } else {
+                        clustered.get_or_load(&k).await.map(|_| ())
+                    }
                 }
                 50..72 => {
                     let k = rng.u64(own.clone());
@@ -212,9 +229,13 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
                     let k = rng.u64(..all_keys);
                     cache.invalidate(&k).await
                 }
-                80..94 => {
+                80..88 => {
                     let k = rng.u64(..10_000);
                     sharded.get_or_load(&k).await.map(|_| ())
+                }
+                88..94 => {
+                    let k = rng.u64(..10_000);
+                    clustered.get_or_load(&k).await.map(|_| ())
                 }
                 _ => critical_section(&locks, &rows, &log).await,
             }
@@ -285,6 +306,7 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
     report.dead_letters = wb.dead_letters;
     report.queued_at_exit = wb.queued;
     sharded.close().await;
+    clustered.close().await;
     Ok(report)
 }
 
