@@ -39,10 +39,6 @@ static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{prelude}
 pcall(redis.call, 'XGROUP', 'CREATE', KEYS[3], ARGV[4], '0', 'MKSTREAM')
-local v = allocate(KEYS[1], KEYS[2])
-local e = string.sub(ARGV[1], 1, 32) .. be8(v) .. string.sub(ARGV[1], 41)
-redis.call('SET', KEYS[1], e, 'PX', ARGV[2])
-redis.call('SET', KEYS[2], string.format('%.0f', v), 'PX', ARGV[3])
 local id = redis.call('XADD', KEYS[3], '*', 'k', ARGV[6], 'p', ARGV[7])
 local found = false
 while not found do
@@ -52,6 +48,16 @@ while not found do
     if m[1] == id then found = true end
   end
 end
+if not found then
+  -- The group's last id is past the entry (moved by hand): nobody would
+  -- ever replay it. Refused before the cache changes.
+  redis.call('XDEL', KEYS[3], id)
+  return redis.error_reply('LARDERJOURNAL the consumer group cannot deliver new entries')
+end
+local v = allocate(KEYS[1], KEYS[2])
+local e = string.sub(ARGV[1], 1, 32) .. be8(v) .. string.sub(ARGV[1], 41)
+redis.call('SET', KEYS[1], e, 'PX', ARGV[2])
+redis.call('SET', KEYS[2], string.format('%.0f', v), 'PX', ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[6], id)
 return {{id, string.format('%.0f', v)}}
 "
@@ -89,6 +95,7 @@ return n
 });
 
 /// One journalled write, read back by [`Journal::recover`].
+#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalEntry {
     /// The stream entry id (`<ms>-<seq>`).
@@ -313,9 +320,9 @@ impl Journal {
 
     /// Takes over journalled writes nobody is writing: with `own`, every
     /// entry pending for this consumer (left by a previous run of this
-    /// process; call it once, before appending), then entries of any
-    /// consumer not touched for `min_idle`. At most `limit` entries per
-    /// call, oldest first; the entries now belong to this consumer.
+    /// process; call it once, before appending), then at most `limit`
+    /// entries of any consumer not touched for `min_idle` (0: none). Oldest
+    /// first; the entries now belong to this consumer.
     pub async fn recover(
         &self,
         own: bool,
@@ -326,7 +333,7 @@ impl Journal {
         let mut out = Vec::new();
         if own {
             let mut after = "0-0".to_owned();
-            while out.len() < limit {
+            loop {
                 let reply: StreamReadReply = self
                     .store
                     .run_home(
@@ -337,7 +344,7 @@ impl Journal {
                         |mut c| {
                             let mut cmd = redis::cmd("XREADGROUP");
                             cmd.arg("GROUP").arg(GROUP).arg(&self.consumer);
-                            cmd.arg("COUNT").arg(CLAIM_BATCH.min(limit - out.len()));
+                            cmd.arg("COUNT").arg(CLAIM_BATCH);
                             cmd.arg("STREAMS").arg(&self.stream).arg(&after);
                             async move { cmd.query_async(&mut c).await }
                         },
@@ -351,7 +358,8 @@ impl Journal {
         }
         let idle = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
         let mut cursor = "0-0".to_owned();
-        while out.len() < limit {
+        let mut claimed = 0;
+        while claimed < limit {
             let reply: StreamAutoClaimReply = self
                 .store
                 .run_home(
@@ -363,11 +371,12 @@ impl Journal {
                         let mut cmd = redis::cmd("XAUTOCLAIM");
                         cmd.arg(&self.stream).arg(GROUP).arg(&self.consumer);
                         cmd.arg(idle).arg(&cursor);
-                        cmd.arg("COUNT").arg(CLAIM_BATCH.min(limit - out.len()));
+                        cmd.arg("COUNT").arg(CLAIM_BATCH.min(limit - claimed));
                         async move { cmd.query_async(&mut c).await }
                     },
                 )
                 .await?;
+            claimed += reply.claimed.len().max(1);
             let deleted: Vec<(String, String)> = reply
                 .deleted_ids
                 .into_iter()

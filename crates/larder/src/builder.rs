@@ -468,11 +468,11 @@ where
                                  (CacheBuilder::redis)"
                                 .into());
                         };
-                        if wb.claim_after <= wb.longest_hold() {
+                        if wb.claim_after <= wb.longest_hold().saturating_mul(2) {
                             return bad(format!(
-                                "write_behind: claim_after ({:?}) must exceed the longest a live \
-                                 instance keeps a write (interval + attempts x (write timeout + \
-                                 max backoff) = {:?}), or two instances would write it",
+                                "write_behind: claim_after ({:?}) must exceed twice the longest a \
+                                 batch may take (interval + attempts x (write timeout + max \
+                                 backoff) = {:?}), or two instances could write a write",
                                 wb.claim_after,
                                 wb.longest_hold()
                             ));

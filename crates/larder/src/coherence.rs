@@ -186,6 +186,9 @@ where
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
+    // However the task ends (its runtime shut down, `close`), the next
+    // operation starts it again (unless closed) and `connected` says no.
+    let _ended = Ended(weak.clone());
     let mut backoff = Duration::from_millis(50);
     loop {
         let mut stream = match store.invalidations(mode).await {
@@ -241,6 +244,21 @@ where
         {
             co.ready.send_replace(false);
             flush(&inner);
+        }
+    }
+}
+
+/// Marks the coherence task as not running when its future is dropped.
+struct Ended<K, V, C>(Weak<Inner<K, V, C>>);
+
+impl<K, V, C> Drop for Ended<K, V, C> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade()
+            && let Some(co) = &inner.coherence
+        {
+            co.started
+                .store(false, std::sync::atomic::Ordering::Release);
+            co.ready.send_replace(false);
         }
     }
 }

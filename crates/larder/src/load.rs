@@ -562,6 +562,10 @@ where
         text: &str,
         value: V,
     ) -> Result<()> {
+        // An invalidation between here and the L1 insert (another
+        // instance's write, seen through coherence) must win over this
+        // value: see `insert_written`.
+        let epoch = self.epoch(key);
         let (now, meta, entry, fresh) = self.written_entry(text, value);
         if let Some(l2) = &self.l2 {
             let written = match self.encode_written(meta, &entry) {
@@ -588,13 +592,27 @@ where
                 return Err(e);
             }
         }
-        self.invalidate_local(key);
-        self.l1_insert(key, &entry, now);
+        self.insert_written(key, &entry, now, epoch);
         self.stats.writes.incr();
         if self.l2.is_some() {
             self.announce(&[text.to_owned()]).await;
         }
         Ok(())
+    }
+
+    /// The L1 half of a write, after its L2 half: the value goes in unless
+    /// the key was invalidated since `epoch` was read (then the newer state
+    /// is in the L2, and the next read takes it from there).
+    fn insert_written(&self, key: &K, entry: &Entry<V>, now: u64, epoch: u64) {
+        self.invalidate_local(key);
+        let Some(l1) = &self.l1 else { return };
+        if self.epoch(key) != epoch.wrapping_add(1) {
+            return;
+        }
+        self.l1_insert(key, entry, now);
+        if self.epoch(key) != epoch.wrapping_add(1) {
+            l1.remove(key);
+        }
     }
 
     /// Whether encoded `bytes` are above `max_value_bytes` (counted).
@@ -654,6 +672,7 @@ where
         let durable = queue.durable.as_ref().ok_or_else(not_durable)?;
         let l2 = self.l2.as_ref().ok_or_else(not_durable)?;
         let payload = (durable.encode)(key, &value)?;
+        let epoch = self.epoch(key);
         let (now, meta, entry, fresh) = self.written_entry(text, value.clone());
         let appended = match self.encode_written(meta, &entry) {
             Ok(bytes) if self.oversized(&bytes) => Err(Error::new(
@@ -686,8 +705,7 @@ where
             value,
             Some(crate::writer::Journalled::new(text.to_owned(), id)),
         );
-        self.invalidate_local(key);
-        self.l1_insert(key, &entry, now);
+        self.insert_written(key, &entry, now, epoch);
         self.stats.writes.incr();
         self.announce(&[text.to_owned()]).await;
         Ok(())

@@ -87,7 +87,7 @@ impl WriteBehind {
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
-            claim_after: Duration::from_secs(300),
+            claim_after: Duration::from_secs(600),
         }
     }
 
@@ -137,9 +137,12 @@ impl WriteBehind {
 
     /// Durable mode only: a journalled write that no instance has touched
     /// for this long is taken over and written by another instance (its
-    /// writer presumably died). Must exceed the longest a live instance
-    /// keeps a write: the interval plus every attempt with its timeout and
-    /// backoff (checked at build). Default 5 minutes.
+    /// writer presumably died). A live instance renews the writes it holds
+    /// every half `claim_after`, and before each attempt of a batch; a
+    /// batch may take the interval plus every attempt with its timeout and
+    /// backoff without a renewal of the writes still waiting, so
+    /// `claim_after` must exceed twice that (checked at build). Default 10
+    /// minutes.
     pub fn claim_after(mut self, d: Duration) -> Self {
         self.claim_after = d;
         self
@@ -210,6 +213,9 @@ struct Pending<K, V> {
     /// Room promised to writes on their way in (durable mode journals the
     /// write before it enters the queue).
     reserved: usize,
+    /// Waiting writes taken out by a direct write still under way (they
+    /// come back if it fails): the flusher does not stop while any is out.
+    held: usize,
     closing: bool,
 }
 
@@ -258,6 +264,9 @@ pub(crate) struct Queue<K, V> {
     flusher: Mutex<Option<JoinHandle<()>>>,
     /// Journal ids of the batch being written (durable mode).
     in_flight: Mutex<Vec<String>>,
+    /// Keys a direct write superseded whose journal could not be told
+    /// (durable mode): told again before any replay or claim.
+    supersede_retry: Mutex<Vec<String>>,
     /// A flusher was started once (the operations' fast check).
     pub(crate) started: std::sync::atomic::AtomicBool,
     pub(crate) flushed: Counter,
@@ -315,6 +324,8 @@ impl<K, V> Drop for Slot<K, V> {
         if self.reserved {
             self.queue.pending.lock().reserved -= 1;
             self.queue.room.notify_waiters();
+            // A closing flusher waits for every promised write.
+            self.queue.work.notify_one();
         }
     }
 }
@@ -331,6 +342,8 @@ impl<K: Hash + Eq + Clone, V> Superseded<K, V> {
     /// good. Returns its journal entries, to acknowledge.
     pub(crate) fn written(mut self) -> Option<Vec<(String, String)>> {
         let (_, w) = self.held.take()?;
+        self.queue.pending.lock().held -= 1;
+        self.queue.work.notify_one();
         self.queue.superseded.incr();
         w.journal.map(|j| j.pairs().collect())
     }
@@ -340,12 +353,24 @@ impl<K: Hash + Eq + Clone, V> Drop for Superseded<K, V> {
     fn drop(&mut self) {
         if let Some((k, w)) = self.held.take() {
             let p = &mut *self.queue.pending.lock();
-            if let std::collections::hash_map::Entry::Vacant(e) = p.values.entry(k) {
-                p.order
-                    .push_back((e.key().clone(), tokio::time::Instant::now()));
-                e.insert(w);
-                self.queue.work.notify_one();
+            p.held -= 1;
+            match p.values.entry(k) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    p.order
+                        .push_back((e.key().clone(), tokio::time::Instant::now()));
+                    e.insert(w);
+                }
+                // A newer write of the key came in meanwhile: it wins, and
+                // keeps the older write's journal entries to settle with it.
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    if let (Some(old), Some(new)) = (w.journal, &mut e.get_mut().journal) {
+                        let mut ids = old.ids;
+                        ids.append(&mut new.ids);
+                        new.ids = ids;
+                    }
+                }
             }
+            self.queue.work.notify_one();
         }
     }
 }
@@ -380,6 +405,7 @@ where
                 order: VecDeque::new(),
                 writing: HashMap::new(),
                 reserved: 0,
+                held: 0,
                 closing: false,
             }),
             work: Notify::new(),
@@ -391,6 +417,7 @@ where
             durable,
             flusher: Mutex::new(None),
             in_flight: Mutex::new(Vec::new()),
+            supersede_retry: Mutex::new(Vec::new()),
             started: std::sync::atomic::AtomicBool::new(false),
             flushed: Counter::new(),
             retries: Counter::new(),
@@ -415,7 +442,14 @@ where
     /// ([`Superseded::written`]); dropped before, it goes back. (A batch
     /// already being written is not recalled: see the crate docs.)
     pub(crate) fn supersede(self: &Arc<Self>, key: &K) -> Superseded<K, V> {
-        let held = self.pending.lock().values.remove_entry(key);
+        let held = {
+            let mut p = self.pending.lock();
+            let held = p.values.remove_entry(key);
+            if held.is_some() {
+                p.held += 1;
+            }
+            held
+        };
         if held.is_some() {
             self.room.notify_waiters();
         }
@@ -506,7 +540,7 @@ where
             p.reserved -= 1;
         }
         Self::put(&mut p, key, value, journal, &self.coalesced);
-        if p.values.len() >= self.cfg.batch || p.values.len() == 1 {
+        if p.values.len() >= self.cfg.batch || p.values.len() == 1 || p.closing {
             self.work.notify_one();
         }
     }
@@ -604,10 +638,15 @@ where
                     self.room.notify_waiters();
                     return Some(batch);
                 }
-                if p.closing {
+                if p.closing && p.reserved == 0 && p.held == 0 {
                     return None;
                 }
-                due.map(|d| d.saturating_duration_since(now))
+                // Closing with writes on their way in: wait for them.
+                if p.closing {
+                    None
+                } else {
+                    due.map(|d| d.saturating_duration_since(now))
+                }
             };
             match wait {
                 Some(d) => {
@@ -633,7 +672,8 @@ where
             #[cfg(feature = "redis")]
             let batch = if self.durable.is_some() {
                 tokio::select! {
-                    b = self.next_batch() => b,
+                    // The renewal first: a busy queue must not starve it.
+                    biased;
                     () = tokio::time::sleep_until(next_claim) => {
                         // Ours stay ours: no other instance takes over a
                         // write this one still holds.
@@ -643,6 +683,7 @@ where
                         next_claim = tokio::time::Instant::now() + claim_every;
                         continue;
                     }
+                    b = self.next_batch() => b,
                 }
             } else {
                 self.next_batch().await
@@ -665,45 +706,13 @@ where
     async fn write(&self, batch: Batch<K, V>) {
         let Batch { items, journal } = batch;
         #[cfg(feature = "redis")]
-        let mut items = items;
-        let settle: Vec<(String, String)> = journal
+        let (items, journal) = self.drop_superseded(items, journal).await;
+        let pairs: Vec<(String, String)> = journal
             .iter()
             .flatten()
             .flat_map(Journalled::pairs)
             .collect();
-        *self.in_flight.lock() = settle.iter().map(|(_, id)| id.clone()).collect();
-        #[cfg(feature = "redis")]
-        if let Some(d) = &self.durable {
-            let newest: Vec<(usize, (String, String))> = journal
-                .iter()
-                .enumerate()
-                .filter_map(|(i, j)| {
-                    let j = j.as_ref()?;
-                    Some((i, (j.text.clone(), j.newest()?.to_owned())))
-                })
-                .collect();
-            let pairs: Vec<(String, String)> = newest.iter().map(|(_, p)| p.clone()).collect();
-            match d.journal.is_latest(&pairs).await {
-                Ok(latest) => {
-                    let stale: std::collections::HashSet<usize> = newest
-                        .iter()
-                        .zip(latest)
-                        .filter(|(_, l)| !l)
-                        .map(|((i, _), _)| *i)
-                        .collect();
-                    if !stale.is_empty() {
-                        self.superseded.add(stale.len() as u64);
-                        let mut i = 0;
-                        items.retain(|_| {
-                            i += 1;
-                            !stale.contains(&(i - 1))
-                        });
-                    }
-                }
-                // Unknown: write them all (at least once beats never).
-                Err(e) => self.journal_failed(e),
-            }
-        }
+        *self.in_flight.lock() = pairs.iter().map(|(_, id)| id.clone()).collect();
         let outcome = if items.is_empty() {
             Ok(())
         } else {
@@ -712,11 +721,11 @@ where
         match outcome {
             Ok(()) => {
                 self.flushed.add(items.len() as u64);
-                self.settle(&settle, None).await;
+                self.settle(&pairs, None).await;
             }
             Err(e) => {
                 *self.last_error.lock() = Some(e.clone());
-                self.settle(&settle, Some(&e)).await;
+                self.settle(&pairs, Some(&e)).await;
                 for (k, v) in &items {
                     self.dead_letters.incr();
                     if let Some(f) = &self.dead_letter {
@@ -727,6 +736,52 @@ where
                 }
             }
         }
+        self.in_flight.lock().clear();
+    }
+
+    /// Durable mode: leaves out of a batch the writes a later journalled
+    /// write of their key superseded (by any instance), acknowledging
+    /// their entries; if the journal cannot tell, keeps them all (at least
+    /// once beats never).
+    #[cfg(feature = "redis")]
+    async fn drop_superseded(
+        &self,
+        items: Vec<(K, V)>,
+        journal: Vec<Option<Journalled>>,
+    ) -> (Vec<(K, V)>, Vec<Option<Journalled>>) {
+        let Some(d) = &self.durable else {
+            return (items, journal);
+        };
+        let newest: Vec<(String, String)> = journal
+            .iter()
+            .map(|j| {
+                j.as_ref()
+                    .and_then(|j| Some((j.text.clone(), j.newest()?.to_owned())))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let latest = match d.journal.is_latest(&newest).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.journal_failed(e);
+                return (items, journal);
+            }
+        };
+        let (mut keep_items, mut keep_journal, mut stale) = (Vec::new(), Vec::new(), Vec::new());
+        for ((item, j), latest) in items.into_iter().zip(journal).zip(latest) {
+            match j {
+                Some(j) if !latest => stale.extend(j.pairs()),
+                j => {
+                    keep_items.push(item);
+                    keep_journal.push(j);
+                }
+            }
+        }
+        if !stale.is_empty() {
+            self.superseded.add(stale.len() as u64);
+            self.settle(&stale, None).await;
+        }
+        (keep_items, keep_journal)
     }
 
     /// Durable mode: resets the idle time of every journal entry this
@@ -782,6 +837,9 @@ where
         if let Some(d) = &self.durable
             && let Err(e) = d.journal.supersede(&[text.to_owned()]).await
         {
+            // Until the journal knows, an older entry of the key could be
+            // replayed over this write: kept, and told again first thing.
+            self.supersede_retry.lock().push(text.to_owned());
             self.journal_failed(e);
         }
         #[cfg(not(feature = "redis"))]
@@ -795,6 +853,14 @@ where
         let mut delay = self.cfg.backoff;
         let mut attempt = 1;
         loop {
+            // Durable mode: the batch's entries stay ours while we try.
+            #[cfg(feature = "redis")]
+            if let Some(d) = &self.durable {
+                let ids = self.in_flight.lock().clone();
+                if let Err(e) = d.journal.touch(&ids).await {
+                    self.journal_failed(e);
+                }
+            }
             // The future is made inside the guard: a writer that panics
             // before its first await is caught too. A hung writer is cut.
             let write = std::panic::AssertUnwindSafe(async { self.writer.write_many(items).await });
@@ -836,13 +902,25 @@ where
         };
         let mut own_done = d.own_done.lock().await;
         let own = own && !*own_done;
+        // Direct writes the journal has not heard of come first: no entry
+        // they superseded may be replayed.
+        let retry = std::mem::take(&mut *self.supersede_retry.lock());
+        if !retry.is_empty()
+            && let Err(e) = d.journal.supersede(&retry).await
+        {
+            self.supersede_retry.lock().extend(retry);
+            self.journal_failed(e.clone());
+            return Err(e);
+        }
+        // Claims only while the queue has room (replays need none, but a
+        // bound keeps one instance from taking a whole backlog at once).
+        let room = {
+            let p = self.pending.lock();
+            self.cfg.capacity.saturating_sub(p.values.len())
+        };
         let entries = match d
             .journal
-            .recover(
-                own,
-                self.cfg.claim_after,
-                if own { usize::MAX } else { REPLAY_LIMIT },
-            )
+            .recover(own, self.cfg.claim_after, room.min(REPLAY_LIMIT))
             .await
         {
             Ok(e) => e,
@@ -851,11 +929,10 @@ where
                 return Err(e);
             }
         };
-        if own {
-            *own_done = true;
-        }
-        // `own_done` stays locked until the entries are queued: a second
-        // caller (recover_writes) returns only once they are.
+        // `own_done` stays locked until the entries are queued, and is set
+        // only then: a second caller (recover_writes) returns once they
+        // are, and a replay cut short (an error, a cancelled caller) is
+        // done again from the start.
         let (mut good, mut bad) = (Vec::new(), Vec::new());
         for e in entries {
             match e.payload.as_deref().map(|p| (d.decode)(p)) {
@@ -898,6 +975,9 @@ where
                     stale.push((text, id));
                 }
             }
+        }
+        if own {
+            *own_done = true;
         }
         self.replayed.add(queued as u64);
         if !stale.is_empty() {

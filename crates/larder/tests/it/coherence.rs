@@ -248,3 +248,40 @@ async fn a_cache_built_outside_a_runtime_starts_coherence_at_its_first_operation
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// A cache whose invalidation stream ran on a runtime that shut down
+/// starts it again on the runtime of its next operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coherence_restarts_after_its_runtime_shut_down() {
+    let server = RedisServer::start().unwrap();
+    let (url, db) = (server.url(), MapDb::with(&[(1, "v1")]));
+    let c = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = rt.block_on(async {
+            let c = cache(&url, &db, Some(CoherenceMode::Tracking));
+            ready(&c).await;
+            c
+        });
+        rt.shutdown_background();
+        c
+    })
+    .join()
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    // The old stream's `connected` goes false once its task is dropped
+    // (the runtime drops its tasks in the background); the next operation
+    // starts a new one.
+    loop {
+        c.get(&1).await.unwrap();
+        let s = c.stats().coherence.unwrap();
+        if s.connected && s.l1_flushes >= 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

@@ -32,7 +32,7 @@ fn held() -> WriteBehind {
     WriteBehind::new()
         .batch(1000)
         .interval(Duration::from_secs(3600))
-        .claim_after(Duration::from_secs(7200))
+        .claim_after(Duration::from_secs(20_000))
 }
 
 fn journal_len(url: &str) -> u64 {
@@ -124,7 +124,10 @@ async fn a_restarted_process_replays_every_write_its_crash_left() {
     let borrowed: Vec<(u64, &str)> = writes.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let crashed = crash_with(&server.url(), "web-1", &borrowed);
     assert!(rows(&crashed).is_empty(), "the crash wrote nothing");
-    assert_eq!(journal_len(&server.url()), 50);
+    // Entries a later write of their key superseded may already be
+    // acknowledged (a batch taken early); every key's last one is there.
+    let left = journal_len(&server.url());
+    assert!((20..=50).contains(&left), "{left}");
 
     // The same consumer starts again: its leftovers are replayed at once.
     let db = MapDb::default();
@@ -137,10 +140,11 @@ async fn a_restarted_process_replays_every_write_its_crash_left() {
     assert_eq!(rows(&db), want, "every key, with its last value");
     assert_eq!(journal_len(&server.url()), 0);
     let s = c.stats().write_behind.unwrap();
+    assert_eq!(s.replayed, 20, "the last entry of each key replayed");
     assert_eq!(
-        (s.replayed, s.superseded),
-        (20, 30),
-        "the last entry of each key replayed, the 30 older ones acknowledged"
+        s.superseded,
+        left - 20,
+        "the older entries left were acknowledged, not written"
     );
     assert_eq!(s.flushed, 20);
 }
@@ -182,7 +186,7 @@ async fn another_instance_takes_over_the_writes_of_one_that_never_returns() {
         .write_timeout(Duration::from_millis(50))
         .backoff(Duration::from_millis(5), Duration::from_millis(10))
         .max_attempts(1)
-        .claim_after(Duration::from_millis(100));
+        .claim_after(Duration::from_millis(200));
     let c = durable(&server.url(), &db, "survivor", wb);
     // The entry becomes claimable once idle for 100 ms of Redis's time;
     // the flusher claims every 50 ms, and so does this loop (bounded).

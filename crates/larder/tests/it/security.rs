@@ -21,7 +21,7 @@ pub(crate) const FACADE_ACL: &str = "resetkeys ~larder:* resetchannels &larder:*
      +ping +client|setname +client|tracking \
      +get +set +mget +del +unlink +scan \
      +evalsha +script|load +time +incr +publish +subscribe \
-     +xadd +xreadgroup +xack +xdel +xautoclaim +xgroup|create +xlen +xrange \
+     +xadd +xreadgroup +xack +xdel +xautoclaim +xclaim +xgroup|create +xlen +xrange \
      +hset +hget +hdel +hmget";
 
 const BOUND: Duration = Duration::from_secs(10);

@@ -608,3 +608,55 @@ async fn a_write_behind_value_in_a_batch_being_written_is_served_not_the_old_row
     gate.add_permits(10);
     c.close().await;
 }
+
+/// `close` while a direct write that superseded a queued write-behind
+/// write is under way: if the direct write fails, the queued write comes
+/// back, and the closing flusher still writes it (it waits for writes on
+/// their way back or in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_a_superseded_write_that_comes_back() {
+    let gate = Arc::new(Semaphore::new(0));
+    let db = MapDb {
+        write_gate: Some(Arc::clone(&gate)),
+        ..MapDb::default()
+    };
+    let c = behind(
+        &db,
+        &MockClock::new(),
+        WriteBehind::new()
+            .batch(1000)
+            .interval(Duration::from_secs(3600)),
+    );
+    c.put_behind(&1, "queued".into()).await.unwrap();
+    let put = {
+        let c = c.clone();
+        tokio::spawn(async move { c.put(&1, "direct".into()).await })
+    };
+    until("the direct write reached the source", || {
+        db.writes_entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let close = {
+        let c = c.clone();
+        tokio::spawn(async move { c.close().await })
+    };
+    // Give a flusher that would stop now every chance to (bounded).
+    for _ in 0..2000 {
+        if close.is_finished() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    // The direct write fails: the queued write is back.
+    db.fail_writes.store(true, Ordering::SeqCst);
+    gate.add_permits(1);
+    assert!(put.await.unwrap().is_err());
+    db.fail_writes.store(false, Ordering::SeqCst);
+    gate.add_permits(10);
+    close.await.unwrap();
+    assert_eq!(
+        db.rows.lock().unwrap().get(&1).map(String::as_str),
+        Some("queued"),
+        "the queued write came back after the flusher had stopped"
+    );
+}
