@@ -1,6 +1,7 @@
 //! One Redis endpoint (a standalone server, or a whole Cluster behind its
 //! client): a connection, a breaker, and the rules every command follows.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -363,11 +364,12 @@ impl Node {
 
     /// The breaker guarding a command on `route` (a Redis key): on a Cluster,
     /// the breaker of the master owning its slot, when known.
-    fn breaker_for(&self, route: Option<&str>) -> Breaker {
+    /// Borrowed for a standalone node: no reference counts touched per call.
+    fn breaker_for(&self, route: Option<&str>) -> Cow<'_, Breaker> {
         if let (Source::Cluster(lazy), Some(addr)) = (&self.source, self.owner_of(route)) {
-            return lazy.breaker(&addr, &self.config, &self.clock);
+            return Cow::Owned(lazy.breaker(&addr, &self.config, &self.clock));
         }
-        self.breaker.clone()
+        Cow::Borrowed(&self.breaker)
     }
 
     /// On a Cluster, the address of the master that owns `route`'s slot, when known.

@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use larder_core::envelope::{self, EnvelopeMeta, HEADER_LEN, MAGIC};
 use larder_core::{
     Codec, Error, ErrorKind, KeySpace, Result, SharedClock, Store, StoreEntry, StoreStats,
-    SystemClock,
+    SystemClock, validate_key,
 };
 use larder_ring::{HashRing, hash_tag};
 use serde::de::DeserializeOwned;
@@ -603,6 +603,22 @@ impl Store for RedisStore {
         if let Some(b) = &self.inner.batcher {
             return b.get(self.keyspace().prefix(), key).await;
         }
+        if let Backend::Single(node) = &self.inner.backend
+            && !node.is_cluster()
+        {
+            // One server: the key routes nothing, so it is written straight
+            // into the command (no `String` per get).
+            validate_key(key)?;
+            let prefix = self.keyspace().prefix();
+            return node
+                .run(Cmd::Get, true, "GET", |mut c| async move {
+                    let mut cmd = redis::Cmd::with_capacity(2, 3 + prefix.len() + key.len() + 2);
+                    cmd.arg("GET");
+                    write_data_key(&mut cmd, prefix, key);
+                    cmd.query_async(&mut c).await
+                })
+                .await;
+        }
         let k = self.data_key(key)?;
         self.run_on(&k, Cmd::Get, true, "GET", |mut c| {
             let k = &k;
@@ -834,6 +850,20 @@ impl Store for RedisStore {
     }
 }
 
+/// Appends the Redis key of a (validated) user key, `{prefix}{{key}}`, as
+/// the next argument of `cmd`: `KeySpace::data_key` without the `String`.
+fn write_data_key(cmd: &mut redis::Cmd, prefix: &str, key: &str) {
+    use redis::RedisWrite;
+    use std::io::Write;
+    let mut w = cmd.writer_for_next_arg();
+    // Writing into the command's own Vec cannot fail.
+    let _ = w
+        .write_all(prefix.as_bytes())
+        .and_then(|()| w.write_all(b"{"))
+        .and_then(|()| w.write_all(key.as_bytes()))
+        .and_then(|()| w.write_all(b"}"));
+}
+
 /// Escapes glob characters (`SCAN MATCH`): a namespace cannot hold `*`, `?`
 /// or `[`, but may hold a backslash.
 fn glob_escape(s: &str) -> String {
@@ -845,4 +875,24 @@ fn glob_escape(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The GET of the plain path is byte for byte the one built from `data_key`.
+    #[test]
+    fn a_key_written_in_place_is_the_data_key() {
+        let ks = KeySpace::new("shop:eu").unwrap();
+        for key in ["order:42", "a", "{x}", "ü"] {
+            let mut cmd = redis::Cmd::new();
+            cmd.arg("GET");
+            write_data_key(&mut cmd, ks.prefix(), key);
+            let want = redis::cmd("GET")
+                .arg(ks.data_key(key).unwrap())
+                .get_packed_command();
+            assert_eq!(cmd.get_packed_command(), want, "{key}");
+        }
+    }
 }
