@@ -37,7 +37,7 @@ pub(crate) const L1_CAPACITY: u64 = 200;
 /// block 1 s, lock wait 0.5 s, write timeouts), so only a wedge reaches it.
 pub(crate) const WATCHDOG: Duration = Duration::from_secs(20);
 /// How long after the faults stop an L1 may still differ from the L2.
-pub(crate) const CONVERGE_BOUND: Duration = Duration::from_secs(2);
+pub(crate) const CONVERGE_BOUND: Duration = Duration::from_secs(5);
 
 /// What a worker incarnation reports when it ends cleanly.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -71,7 +71,7 @@ pub(crate) fn open_db(path: &Path) -> Result<rusqlite::Connection> {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: larder-chaos run [--seconds N] [--seed S] [--workers W] [--out DIR] [--break NAME] [--watchdog SECS]\n\
-         \x20      (NAME: ack, hang, converge, fence, panic: a negative control)"
+         \x20      (NAME: ack, hang, converge, nocoherence, fence, panic: a negative control)"
     );
     ExitCode::from(2)
 }

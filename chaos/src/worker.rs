@@ -141,7 +141,7 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
     )));
     let rows = Rows(Arc::new(Mutex::new(open_db(&a.db)?)));
     let main_store = store(Topology::Standalone(a.redis.clone()), "chaos")?;
-    let cache: Cache<u64, u64> = Cache::builder()
+    let builder = Cache::builder()
         .memory(L1_CAPACITY)
         .redis(main_store)
         .ttl(Ttl::fixed(Duration::from_secs(30)))
@@ -158,9 +158,14 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
                 .overflow(Overflow::Block(Duration::from_secs(1)))
                 .claim_after(Duration::from_secs(20)),
         )
-        .durable(&format!("worker-{}", a.id))
-        .coherence(CoherenceMode::Tracking)
-        .build()?;
+        .durable(&format!("worker-{}", a.id));
+    // Negative control at the system level: the same workload without
+    // coherence, so other workers' writes leave stale L1 entries.
+    let cache: Cache<u64, u64> = if a.brk.as_deref() == Some("nocoherence") {
+        builder.build()?
+    } else {
+        builder.coherence(CoherenceMode::Tracking).build()?
+    };
     // The L2 as it is (no L1), for the convergence check.
     let l2_view: Cache<u64, u64> = Cache::builder()
         .no_memory()

@@ -24,9 +24,9 @@ use larder_examples::cli::{finish, required_env};
 
 /// Price changes per mode (the control waits out its patience on each).
 const CHANGES: u64 = 50;
-const CONTROL_CHANGES: u64 = 3;
+const CONTROL_CHANGES: u64 = 2;
 /// How long the child waits for a new price before it calls it stale.
-const PATIENCE: Duration = Duration::from_secs(1);
+const PATIENCE: Duration = Duration::from_secs(3);
 /// The product.
 const SKU: u64 = 7;
 
