@@ -296,7 +296,7 @@ fn utc_date(t: SystemTime) -> String {
 }
 
 fn fmt_value(v: f64, unit: &str) -> String {
-    if unit == "ops/s" {
+    if unit == "ops/s" || unit == "keys/s" {
         if v >= 1e6 {
             format!("{:.2} M", v / 1e6)
         } else if v >= 1e3 {
