@@ -165,6 +165,12 @@ pub(crate) fn run(cfg: &Config) -> Result<bool> {
         std::thread::sleep(Duration::from_millis(rng.u64(300..1200)));
         let hold = Duration::from_millis(rng.u64(200..1000));
         let pick = rng.u32(..11);
+        // Every run kills a worker at least once (from 40% of the time on).
+        let pick = if kills == 0 && t0.elapsed().as_secs_f64() > cfg.seconds * 0.4 {
+            10
+        } else {
+            pick
+        };
         let name = match pick {
             0 => {
                 let ms = rng.u64(20..200);
