@@ -165,12 +165,6 @@ pub(crate) fn run(cfg: &Config) -> Result<bool> {
         std::thread::sleep(Duration::from_millis(rng.u64(300..1200)));
         let hold = Duration::from_millis(rng.u64(200..1000));
         let pick = rng.u32(..11);
-        // Every run kills a worker at least once (from 40% of the time on).
-        let pick = if kills == 0 && t0.elapsed().as_secs_f64() > cfg.seconds * 0.4 {
-            10
-        } else {
-            pick
-        };
         let name = match pick {
             0 => {
                 let ms = rng.u64(20..200);
@@ -306,30 +300,28 @@ pub(crate) fn run(cfg: &Config) -> Result<bool> {
             }
             _ => {
                 let i = rng.usize(..workers.len());
-                let w = &mut workers[i];
                 let left = deadline
                     .saturating_duration_since(Instant::now())
                     .as_secs_f64();
-                if left > 2.0 {
-                    say(
-                        &mut nemesis_log,
-                        t0,
-                        &format!(
-                            "SIGKILL worker {} (incarnation {}), start it again",
-                            w.id, w.incarnation
-                        ),
-                    );
-                    let _ = w.child.kill();
-                    let _ = w.child.wait();
+                if left > 1.0 {
+                    kill_and_restart(&world, &mut workers[i], left, &mut nemesis_log, t0)?;
                     kills += 1;
-                    std::thread::sleep(Duration::from_millis(200));
-                    let next = world.spawn(w.id, w.incarnation + 1, left - 0.2)?;
-                    *w = next;
                 }
                 "kill worker"
             }
         };
         *faults.entry(name).or_default() += 1;
+    }
+    // Every run kills a worker at least once.
+    if kills == 0 {
+        let i = rng.usize(..workers.len());
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64()
+            .max(0.5);
+        kill_and_restart(&world, &mut workers[i], left, &mut nemesis_log, t0)?;
+        kills += 1;
+        *faults.entry("kill worker").or_default() += 1;
     }
     // Faults stop.
     proxy.set_latency(Duration::ZERO);
@@ -388,6 +380,29 @@ pub(crate) fn run(cfg: &Config) -> Result<bool> {
     drop(shards);
     drop(cluster);
     Ok(ok)
+}
+
+/// SIGKILLs a worker and starts its next incarnation for `left` seconds.
+fn kill_and_restart(
+    world: &World,
+    w: &mut Worker,
+    left: f64,
+    log: &mut String,
+    t0: Instant,
+) -> Result<()> {
+    let line = format!(
+        "{:>7.2}s SIGKILL worker {} (incarnation {}), start it again",
+        t0.elapsed().as_secs_f64(),
+        w.id,
+        w.incarnation
+    );
+    println!("{line}");
+    let _ = writeln!(log, "{line}");
+    let _ = w.child.kill();
+    let _ = w.child.wait();
+    std::thread::sleep(Duration::from_millis(200));
+    *w = world.spawn(w.id, w.incarnation + 1, (left - 0.2).max(0.3))?;
+    Ok(())
 }
 
 /// The checkers. Prints each with its counts; `true` if all passed.

@@ -141,6 +141,7 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
     )));
     let rows = Rows(Arc::new(Mutex::new(open_db(&a.db)?)));
     let main_store = store(Topology::Standalone(a.redis.clone()), "chaos")?;
+    let no_journal = a.brk.as_deref() == Some("nodurable");
     let builder = Cache::builder()
         .memory(L1_CAPACITY)
         .redis(main_store)
@@ -151,14 +152,20 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
         .write_behind(
             WriteBehind::new()
                 .batch(200)
-                .interval(Duration::from_millis(50))
+                // Negative control: plain write-behind that holds its
+                // writes until close, so a SIGKILL loses them.
+                .interval(Duration::from_millis(if no_journal { 60_000 } else { 50 }))
                 .write_timeout(Duration::from_secs(2))
                 .max_attempts(3)
                 .backoff(Duration::from_millis(20), Duration::from_millis(200))
                 .overflow(Overflow::Block(Duration::from_secs(1)))
                 .claim_after(Duration::from_secs(20)),
-        )
-        .durable(&format!("worker-{}", a.id));
+        );
+    let builder = if no_journal {
+        builder
+    } else {
+        builder.durable(&format!("worker-{}", a.id))
+    };
     // Negative control at the system level: the same workload without
     // coherence, so other workers' writes leave stale L1 entries.
     let cache: Cache<u64, u64> = if a.brk.as_deref() == Some("nocoherence") {

@@ -366,10 +366,13 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         rehash: Rehash<'_, K>,
         out: &mut Removed<K, V>,
     ) {
+        // The user's `Hash` runs first, before anything changes: if it
+        // panics, the shard is left as it was.
+        let hash = rehash(&self.slots[slot as usize].as_ref().expect("a live slot").key);
         let info = self.info(slot);
         self.set_live(slot, false);
         let node = self.slots[slot as usize].take().expect("a live slot");
-        if let Ok(e) = self.table.find_entry(rehash(&node.key), |&s| s == slot) {
+        if let Ok(e) = self.table.find_entry(hash, |&s| s == slot) {
             e.remove();
         }
         m.policy.on_remove(slot, info);

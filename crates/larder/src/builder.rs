@@ -177,7 +177,7 @@ where
     /// the L2: a load keeps it in this instance's L1 only; a write
     /// invalidates the key in both levels instead; a durable `put_behind`
     /// is refused with [`ErrorKind::InvalidArgument`] (its journal entry
-    /// would carry it). Each is counted in `Stats::oversized`.
+    /// would carry it) and invalidates the key too. Each is counted in `Stats::oversized`.
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.max_value_bytes = Some(bytes);
         self
