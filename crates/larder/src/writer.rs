@@ -266,6 +266,7 @@ pub(crate) struct Queue<K, V> {
     in_flight: Mutex<Vec<String>>,
     /// Keys a direct write superseded whose journal could not be told
     /// (durable mode): told again before any replay or claim.
+    #[cfg(feature = "redis")]
     supersede_retry: Mutex<Vec<String>>,
     /// A flusher was started once (the operations' fast check).
     pub(crate) started: std::sync::atomic::AtomicBool,
@@ -417,6 +418,7 @@ where
             durable,
             flusher: Mutex::new(None),
             in_flight: Mutex::new(Vec::new()),
+            #[cfg(feature = "redis")]
             supersede_retry: Mutex::new(Vec::new()),
             started: std::sync::atomic::AtomicBool::new(false),
             flushed: Counter::new(),
