@@ -71,7 +71,7 @@ pub(crate) fn open_db(path: &Path) -> Result<rusqlite::Connection> {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: larder-chaos run [--seconds N] [--seed S] [--workers W] [--out DIR] [--break NAME] [--watchdog SECS]\n\
-         \x20      (NAME: ack, nodurable, hang, converge, nocoherence, fence, panic: a negative control)"
+         \x20      (NAME: ack, nodurable, hang, converge, nocoherence, fence, panic, overlap, breaker, capacity, exit: a negative control)"
     );
     ExitCode::from(2)
 }

@@ -238,8 +238,13 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
                     Ok(())
                 }
                 72..80 => {
-                    let k = rng.u64(..all_keys);
-                    cache.invalidate(&k).await
+                    // Invalidations go to the sharded store's keys: on the
+                    // write-behind keys an invalidation lets another
+                    // instance load the source's older value into the L2
+                    // before the queued write reaches the source (the
+                    // documented write-behind lag; see GUARANTEES).
+                    let k = rng.u64(..10_000);
+                    sharded.invalidate(&k).await
                 }
                 80..88 => {
                     let k = rng.u64(..10_000);
@@ -293,6 +298,12 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
         Some("panic") => {
             let _ = tokio::spawn(async { panic!("negative control: a panicking task") }).await;
         }
+        // A critical section that overlaps one logged before, both valid.
+        Some("overlap") => log.line("lock 1 1000 2000 1 0\nlock 2 1500 2500 1 0"),
+        // An L1 that held one entry more than its capacity.
+        Some("capacity") => report.l1_max_entries = L1_CAPACITY + 1,
+        // A worker that dies without its report.
+        Some("exit") => std::process::exit(1),
         _ => {}
     }
 
@@ -388,7 +399,8 @@ async fn converge(a: &Args, cache: &Cache<u64, u64>, l2: &Cache<u64, u64>, r: &m
         k += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    r.breakers_closed = closed(cache) && closed(l2);
+    // Negative control: a breaker reported open.
+    r.breakers_closed = closed(cache) && closed(l2) && a.brk.as_deref() != Some("breaker");
     let offset = u64::from(a.brk.as_deref() == Some("converge"));
     let mut suspects = Vec::new();
     for k in 0..all_keys {

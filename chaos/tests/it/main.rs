@@ -56,6 +56,10 @@ fn the_soak_passes_and_each_negative_control_fails_its_checker() {
         ("converge", "check L1s converge to Redis", "4"),
         ("fence", "check fencing: no stale token accepted", "4"),
         ("panic", "check no panic", "4"),
+        ("overlap", "check no two valid lock holders overlapped", "4"),
+        ("breaker", "check every breaker closed", "4"),
+        ("capacity", "check L1 within its capacity", "4"),
+        ("exit", "check every process exited cleanly", "4"),
     ] {
         let (ok, out) = soak(
             &dir.join(name),
