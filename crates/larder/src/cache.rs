@@ -412,17 +412,9 @@ where
         let text = key.key_text()?;
         // Like `put`: ordered with the key's other writes, superseding a
         // queued write-behind write of it.
-        let mut order = self.inner.write_order(key).await;
+        let order = self.inner.write_order(key).await;
         writer.write(key, value).await?;
-        order.written();
-        // The source changed: the invalidation runs to its end even if this
-        // future is dropped now.
-        let (inner, k) = (Arc::clone(&self.inner), key.clone());
-        self.in_task(key, async move {
-            order.settle(&text).await;
-            inner.invalidate(&k, &text).await
-        })
-        .await
+        self.invalidate_after_write(key, text, order).await
     }
 
     /// Write-through: writes `value` to the source of truth through the
@@ -576,8 +568,21 @@ where
             return Err(no_writer());
         };
         let text = key.key_text()?;
-        let mut order = self.inner.write_order(key).await;
+        let order = self.inner.write_order(key).await;
         writer.delete(key).await?;
+        self.invalidate_after_write(key, text, order).await
+    }
+
+    /// The cache half of `update` and `delete`, once the source has the
+    /// write: the superseded write-behind write is dropped for good before
+    /// the first await (so a caller dropped later cannot put it back), then
+    /// the invalidation runs in the cache's task to its end.
+    async fn invalidate_after_write(
+        &self,
+        key: &K,
+        text: String,
+        mut order: crate::read::WriteOrder<K, V>,
+    ) -> Result<()> {
         order.written();
         let (inner, k) = (Arc::clone(&self.inner), key.clone());
         self.in_task(key, async move {
