@@ -53,6 +53,13 @@ pub(crate) struct WorkerReport {
     pub(crate) coherent: bool,
     pub(crate) breakers_closed: bool,
     pub(crate) mismatches: u64,
+    /// Each mismatch: the key, what the L1 answered, what the L2 holds.
+    #[serde(default)]
+    pub(crate) mismatched: Vec<(u64, u64, u64)>,
+    /// After close, this worker's keys whose L2 value is older than
+    /// SQLite's: the key, the L2's seq, SQLite's.
+    #[serde(default)]
+    pub(crate) l2_behind: Vec<(u64, u64, u64)>,
     pub(crate) journalled: u64,
     pub(crate) replayed: u64,
     pub(crate) dead_letters: u64,
@@ -71,7 +78,7 @@ pub(crate) fn open_db(path: &Path) -> Result<rusqlite::Connection> {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: larder-chaos run [--seconds N] [--seed S] [--workers W] [--out DIR] [--break NAME] [--watchdog SECS]\n\
-         \x20      (NAME: ack, nodurable, hang, converge, nocoherence, fence, panic, overlap, breaker, capacity, exit: a negative control)"
+         \x20      (NAME: ack, nodurable, hang, converge, l2behind, nocoherence, fence, panic, overlap, breaker, capacity, exit: a negative control)"
     );
     ExitCode::from(2)
 }

@@ -590,11 +590,41 @@ fn check(
 
     // 5. After the faults: coherence back, breakers closed, L1 = L2.
     let mismatches: u64 = reports.iter().map(|r| r.mismatches).sum();
+    // Which keys, with what (values are `incarnation * 10^9 + n`: they
+    // name the incarnation that wrote them).
+    let which: Vec<String> = reports
+        .iter()
+        .flat_map(|r| {
+            r.mismatched
+                .iter()
+                .take(5)
+                .map(move |(k, x, y)| format!("worker {} key {k}: L1 {x}, L2 {y}", r.id))
+        })
+        .collect();
     verdict(
         log,
         "L1s converge to Redis",
         mismatches == 0 && reports.iter().all(|r| r.coherent),
-        format!("{mismatches} keys differ after {:?}", crate::CONVERGE_BOUND),
+        format!(
+            "{mismatches} keys differ after {:?} {which:?}",
+            crate::CONVERGE_BOUND
+        ),
+    );
+    let behind: Vec<String> = reports
+        .iter()
+        .flat_map(|r| {
+            r.l2_behind
+                .iter()
+                .take(5)
+                .map(move |(k, l2, db)| format!("worker {} key {k}: L2 {l2}, SQLite {db}", r.id))
+        })
+        .collect();
+    let behind_count: usize = reports.iter().map(|r| r.l2_behind.len()).sum();
+    verdict(
+        log,
+        "no L2 value older than SQLite",
+        behind_count == 0,
+        format!("{behind_count} keys behind after the writes {behind:?}"),
     );
     verdict(
         log,

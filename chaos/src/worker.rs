@@ -237,12 +237,15 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
                     log.line(&format!("ack {k} {s}"));
                     Ok(())
                 }
-                72..80 => {
-                    // Invalidations go to the sharded store's keys: on the
-                    // write-behind keys an invalidation lets another
-                    // instance load the source's older value into the L2
-                    // before the queued write reaches the source (the
-                    // documented write-behind lag; see GUARANTEES).
+                72..76 => {
+                    // Any worker's key, its write perhaps still queued: no
+                    // reader may then fill the L2 with the source's older
+                    // value (the fill is refused while the write is
+                    // journalled and unwritten).
+                    let k = rng.u64(..all_keys);
+                    cache.invalidate(&k).await
+                }
+                76..80 => {
                     let k = rng.u64(..10_000);
                     sharded.invalidate(&k).await
                 }
@@ -323,6 +326,18 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
     tokio::time::timeout(a.watchdog, cache.close())
         .await
         .unwrap_or_else(|_| report.hangs += 1);
+    // This worker's writes are now in SQLite (or still journalled): no L2
+    // value of its keys may be older than SQLite's, or it would be served
+    // after the write (a fill of a load that read SQLite before a batch).
+    // Negative control: compare against a seq one higher.
+    let ahead = u64::from(a.brk.as_deref() == Some("l2behind"));
+    for k in own.clone() {
+        if let (Ok(Some(in_l2)), Ok(Some(in_db))) = (l2_view.get(&k).await, rows.load(&k).await)
+            && in_l2 < in_db + ahead
+        {
+            report.l2_behind.push((k, in_l2, in_db));
+        }
+    }
     let wb = cache.stats().write_behind.unwrap_or_default();
     report.journalled = wb.journalled;
     report.replayed = wb.replayed;
@@ -418,6 +433,7 @@ async fn converge(a: &Args, cache: &Cache<u64, u64>, l2: &Cache<u64, u64>, r: &m
             && x != y
         {
             r.mismatches += 1;
+            r.mismatched.push((k, x, y));
         }
     }
 }

@@ -31,6 +31,7 @@ fn the_soak_passes_and_each_negative_control_fails_its_checker() {
         "check every acknowledged write is in SQLite",
         "check fencing: no stale token accepted",
         "check L1s converge to Redis",
+        "check no L2 value older than SQLite",
     ] {
         assert!(
             out.lines()
@@ -54,6 +55,7 @@ fn the_soak_passes_and_each_negative_control_fails_its_checker() {
         ),
         ("hang", "check no operation hung", "4"),
         ("converge", "check L1s converge to Redis", "4"),
+        ("l2behind", "check no L2 value older than SQLite", "4"),
         ("fence", "check fencing: no stale token accepted", "4"),
         ("panic", "check no panic", "4"),
         ("overlap", "check no two valid lock holders overlapped", "4"),

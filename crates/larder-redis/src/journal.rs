@@ -24,6 +24,10 @@ use crate::config::Topology;
 use crate::stats::Cmd;
 use crate::store::{RedisStore, ttl_ms};
 
+/// The hash of each key's latest journalled entry (`{ns}:wb:latest`);
+/// fills on a standalone server read it too.
+pub(crate) const JOURNAL_LATEST: &str = "wb:latest";
+
 /// The consumer group every Larder instance of a namespace joins.
 const GROUP: &str = "larder";
 
@@ -64,22 +68,36 @@ return {{id, string.format('%.0f', v)}}
     ))
 });
 
-/// `KEYS[1]` stream, `KEYS[2]` latest hash, `KEYS[3]` dead-letter stream;
-/// `ARGV[1]` group, `ARGV[2]` the reason ("" to acknowledge, else the
-/// entries move to the dead-letter stream with it), then pairs of key and
-/// entry id. Returns the number of entries removed from the journal.
+/// `KEYS[1]` stream, `KEYS[2]` latest hash, `KEYS[3]` dead-letter stream,
+/// then each key's data key and version record; `ARGV[1]` group, `ARGV[2]`
+/// the reason ("" to acknowledge, else the entries move to the dead-letter
+/// stream with it), then pairs of key and entry id. Returns the number of
+/// entries removed from the journal.
+///
+/// Acknowledging a key's latest entry also moves its version on: a load
+/// that read the source before the write reached it holds an older ticket,
+/// and its fill is refused (while the entry was the latest, the fill
+/// script refused every fill of the key).
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+    let prelude: &str = &crate::versioned::PRELUDE;
+    Script::new(&format!(
+        r"{prelude}
 local n = 0
 for i = 3, #ARGV, 2 do
   local k, id = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', KEYS[2], k) == id then redis.call('HDEL', KEYS[2], k) end
+  if redis.call('HGET', KEYS[2], k) == id then
+    redis.call('HDEL', KEYS[2], k)
+    if ARGV[2] == '' then
+      local data, rec = KEYS[i + 1], KEYS[i + 2]
+      local keep = math.max(redis.call('PTTL', data), redis.call('PTTL', rec), 60000)
+      redis.call('SET', rec, string.format('%.0f', allocate(data, rec)), 'PX', keep)
+    end
+  end
   if ARGV[2] ~= '' then
     local e = redis.call('XRANGE', KEYS[1], id, id)
     if e[1] then
       local f = e[1][2]
-      local add = {'XADD', KEYS[3], '*'}
+      local add = {{'XADD', KEYS[3], '*'}}
       for j = 1, #f do add[#add + 1] = f[j] end
       add[#add + 1] = 'error'
       add[#add + 1] = ARGV[2]
@@ -90,8 +108,8 @@ for i = 3, #ARGV, 2 do
   n = n + redis.call('XDEL', KEYS[1], id)
 end
 return n
-",
-    )
+"
+    ))
 });
 
 /// One journalled write, read back by [`Journal::recover`].
@@ -149,7 +167,7 @@ impl RedisStore {
         Ok(Journal {
             store: self.clone(),
             stream: ks.global_key("wb:journal")?,
-            latest: ks.global_key("wb:latest")?,
+            latest: ks.global_key(JOURNAL_LATEST)?,
             dead: ks.global_key("wb:dead")?,
             consumer: consumer.to_owned(),
         })
@@ -297,6 +315,10 @@ impl Journal {
     async fn settle(&self, entries: &[(String, String)], reason: &str) -> Result<u64> {
         let mut removed = 0;
         for chunk in entries.chunks(CLAIM_BATCH) {
+            let keys = chunk
+                .iter()
+                .map(|(k, _)| self.store.versioned_keys(k))
+                .collect::<Result<Vec<_>>>()?;
             removed += self
                 .store
                 .run_home(
@@ -307,8 +329,8 @@ impl Journal {
                     |mut c| {
                         let mut inv = SETTLE.key(&self.stream);
                         inv.key(&self.latest).key(&self.dead).arg(GROUP).arg(reason);
-                        for (k, id) in chunk {
-                            inv.arg(k).arg(id);
+                        for ((k, id), (data, rec)) in chunk.iter().zip(&keys) {
+                            inv.arg(k).arg(id).key(data).key(rec);
                         }
                         async move { inv.invoke_async::<u64>(&mut c).await }
                     },

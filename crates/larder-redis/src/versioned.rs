@@ -18,6 +18,8 @@ use larder_core::envelope::{HEADER_LEN, MAGIC};
 use larder_core::{Error, ErrorKind, Result};
 use redis::Script;
 
+use crate::config::Topology;
+use crate::journal::JOURNAL_LATEST;
 use crate::stats::Cmd;
 use crate::store::{RedisStore, ttl_ms};
 
@@ -50,11 +52,22 @@ end
 
 /// `KEYS[1]` data, `KEYS[2]` version record; `ARGV[1]` envelope whose
 /// version is the ticket; `ARGV[2]` PX. 1 if written (or already there).
-static FILL: LazyLock<Script> = LazyLock::new(|| {
+static FILL: LazyLock<Script> = LazyLock::new(|| fill_script(""));
+
+/// [`FILL`] on a standalone server, where a durable write-behind journal
+/// may live: `KEYS[3]` the journal's latest-entry hash, `ARGV[3]` the key.
+/// Refused (0) while a journalled write of the key has not reached the
+/// source: the loader's value is older than that write, and would outlive
+/// it in the L2 once the write lands.
+static FILL_UNLESS_JOURNALLED: LazyLock<Script> = LazyLock::new(|| {
+    fill_script("if redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return 0 end\n")
+});
+
+fn fill_script(guard: &str) -> Script {
     let prelude: &str = &PRELUDE;
     Script::new(&format!(
         r"{prelude}
-local t = ver(ARGV[1])
+{guard}local t = ver(ARGV[1])
 local rec = tonumber(redis.call('GET', KEYS[2]) or '')
 if rec and rec > t then return 0 end
 local cur = redis.call('GET', KEYS[1])
@@ -66,7 +79,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 "
     ))
-});
+}
 
 /// `KEYS[1]` data, `KEYS[2]` version record; `ARGV[1]` PX of the record.
 /// Returns the new version.
@@ -190,11 +203,26 @@ impl RedisStore {
         let (data, rec) = self.versioned_keys(key)?;
         let ms = ttl_ms(ttl)?;
         check_envelope(value, "fill")?;
+        // Durable write-behind journals live on standalone servers only.
+        let journal = match self.config().topology() {
+            Topology::Standalone(_) => Some(self.keyspace().global_key(JOURNAL_LATEST)?),
+            _ => None,
+        };
         // Retried safely: a retry after a lost reply finds its own bytes and answers 1.
         let written: i64 = self
             .run_on(&data, Cmd::Script, true, "fill script", |mut c| {
-                let mut inv = FILL.key(&data);
-                inv.key(&rec).arg(value).arg(ms);
+                let inv = match &journal {
+                    Some(latest) => {
+                        let mut inv = FILL_UNLESS_JOURNALLED.key(&data);
+                        inv.key(&rec).key(latest).arg(value).arg(ms).arg(key);
+                        inv
+                    }
+                    None => {
+                        let mut inv = FILL.key(&data);
+                        inv.key(&rec).arg(value).arg(ms);
+                        inv
+                    }
+                };
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;

@@ -25,6 +25,9 @@ pub const DEFAULT_MEMORY_CAPACITY: u64 = 10_000;
 pub const DEFAULT_LEASE_POLL: Duration = Duration::from_millis(20);
 /// How long a load may run by default before its callers get a timeout.
 pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest the L1 keeps a value the L2 did not confirm, by default
+/// ([`CacheBuilder::unconfirmed_ttl`]).
+pub const DEFAULT_UNCONFIRMED_TTL: Duration = Duration::from_secs(1);
 
 /// Builds a [`Cache`]: `Cache::<K, V>::builder()`.
 ///
@@ -38,6 +41,7 @@ pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct CacheBuilder<K, V, C = Postcard> {
     memory: Option<u64>,
     memory_ttl_cap: Option<Duration>,
+    unconfirmed_ttl: Duration,
     max_value_bytes: Option<usize>,
     store: Option<Arc<dyn Store>>,
     #[cfg(feature = "redis")]
@@ -84,6 +88,7 @@ impl<K, V> CacheBuilder<K, V, Postcard> {
         CacheBuilder {
             memory: Some(DEFAULT_MEMORY_CAPACITY),
             memory_ttl_cap: None,
+            unconfirmed_ttl: DEFAULT_UNCONFIRMED_TTL,
             max_value_bytes: None,
             store: None,
             #[cfg(feature = "redis")]
@@ -191,6 +196,22 @@ where
     /// with it.
     pub fn memory_ttl_cap(mut self, cap: Duration) -> Self {
         self.memory_ttl_cap = Some(cap);
+        self
+    }
+
+    /// The longest the L1 keeps a value the L2 did not confirm (default
+    /// [`DEFAULT_UNCONFIRMED_TTL`], 1 s; only with an L2): a value loaded
+    /// while the L2 could not be read (down, its breaker open, a timeout)
+    /// or whose fill failed, and a read of this process's queued
+    /// write-behind write. The L2 may hold something newer meanwhile (a
+    /// write another instance made, or a write whose reply was lost), and
+    /// no invalidation will come for a write that already happened: when
+    /// the L2 is reachable again, what it holds wins within this bound.
+    /// While it stays down, each key is loaded at most once per bound
+    /// (single flight), so the source still sees one load per key per
+    /// `unconfirmed_ttl`.
+    pub fn unconfirmed_ttl(mut self, ttl: Duration) -> Self {
+        self.unconfirmed_ttl = ttl;
         self
     }
 
@@ -378,6 +399,7 @@ where
         CacheBuilder {
             memory: self.memory,
             memory_ttl_cap: self.memory_ttl_cap,
+            unconfirmed_ttl: self.unconfirmed_ttl,
             max_value_bytes: self.max_value_bytes,
             store: self.store,
             #[cfg(feature = "redis")]
@@ -421,6 +443,7 @@ where
         for (name, d) in [
             ("negative_ttl", self.negative_ttl),
             ("memory_ttl_cap", self.memory_ttl_cap),
+            ("unconfirmed_ttl", Some(self.unconfirmed_ttl)),
             ("tombstone", self.tombstone),
         ] {
             if d.is_some_and(|d| d.as_millis() == 0) {
@@ -555,6 +578,7 @@ where
             wait_timeout,
             tombstone,
             memory_ttl_cap,
+            unconfirmed_ttl: self.unconfirmed_ttl,
             max_value_bytes: self.max_value_bytes,
             lease,
             hot_ahead,

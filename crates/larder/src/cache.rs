@@ -34,6 +34,8 @@ pub(crate) struct Config<C> {
     pub(crate) wait_timeout: Duration,
     pub(crate) tombstone: Duration,
     pub(crate) memory_ttl_cap: Option<Duration>,
+    /// The longest the L1 keeps a value the L2 did not confirm.
+    pub(crate) unconfirmed_ttl: Duration,
     /// Encoded values above this size stay out of the L2.
     pub(crate) max_value_bytes: Option<usize>,
     pub(crate) lease: Option<LeaseConfig>,

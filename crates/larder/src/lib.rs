@@ -19,6 +19,7 @@ mod writer;
 
 pub use builder::{
     CacheBuilder, DEFAULT_LEASE_POLL, DEFAULT_LOAD_TIMEOUT, DEFAULT_MEMORY_CAPACITY,
+    DEFAULT_UNCONFIRMED_TTL,
 };
 pub use cache::{Cache, WarmReport};
 #[cfg(feature = "redis")]

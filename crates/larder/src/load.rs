@@ -72,6 +72,9 @@ pub(crate) struct Fetched<V> {
     pub(crate) then_refresh: bool,
     /// Remove the key from the L1 (the source no longer has it).
     pub(crate) evict: bool,
+    /// The L2 did not confirm it (unreachable, or the value is this
+    /// process's queued write): the L1 keeps it at most `unconfirmed_ttl`.
+    pub(crate) unconfirmed: bool,
 }
 
 impl<V> Fetched<V> {
@@ -81,6 +84,15 @@ impl<V> Fetched<V> {
             cache,
             then_refresh: false,
             evict: false,
+            unconfirmed: false,
+        }
+    }
+
+    /// The same, for a value the L2 did not confirm.
+    fn unconfirmed(entry: Arc<Entry<V>>) -> Self {
+        Fetched {
+            unconfirmed: true,
+            ..Fetched::new(entry, true)
         }
     }
 }
@@ -216,7 +228,9 @@ where
                 let now = self.now_ms();
                 let entry = Arc::clone(&f.entry);
                 leader.finish_with(Ok(entry), |_| {
-                    if f.cache {
+                    if f.cache && f.unconfirmed {
+                        self.l1_insert_unconfirmed(key, &f.entry, now);
+                    } else if f.cache {
                         self.l1_insert(key, &f.entry, now);
                     } else if f.evict
                         && let Some(l1) = &self.l1
@@ -518,9 +532,13 @@ where
             .with_delta(took)
             .with_version(ticket.unwrap_or(0));
         let entry = Arc::new(Entry::new(&meta, value, grace));
-        let (Some(l2), Some(_)) = (&self.l2, ticket) else {
+        let Some(l2) = &self.l2 else {
             return Ok(Fetched::new(entry, true));
         };
+        if ticket.is_none() {
+            // The L2 could not be read: it may hold a newer value.
+            return Ok(Fetched::unconfirmed(entry));
+        }
         let bytes = match envelope::encode_value(
             &self.cfg.codec,
             meta,
@@ -550,7 +568,7 @@ where
             }
             Err(_) => {
                 self.stats.l2_errors.incr();
-                Ok(Fetched::new(entry, true))
+                Ok(Fetched::unconfirmed(entry))
             }
         }
     }
@@ -738,7 +756,9 @@ where
         let ttl = self.cfg.ttl.for_key(text);
         let meta = EnvelopeMeta::starting_at(now, ttl.fresh_for(self.draw()), ttl.grace());
         let e = Entry::new(&meta, Some(v), ttl.grace());
-        Some(Fetched::new(Arc::new(e), true))
+        // The L2 holds this write too, unless its cache half failed (then
+        // the L2 may hold something newer, or older).
+        Some(Fetched::unconfirmed(Arc::new(e)))
     }
 
     /// `fetch_many` for the keys without a write-behind write in this

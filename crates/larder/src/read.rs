@@ -209,11 +209,27 @@ where
     /// the timer wheel. With `memory_ttl_cap`, the L1 also expires the
     /// entry after the cap.
     pub(crate) fn l1_insert(&self, key: &K, e: &Entry<V>, now: u64) {
+        self.l1_insert_capped(key, e, now, self.cfg.memory_ttl_cap);
+    }
+
+    /// [`Inner::l1_insert`] for a value the L2 did not confirm (it could not
+    /// be read, or the value came from this process's write-behind queue):
+    /// no invalidation may ever come for it if the L2 holds something else,
+    /// so it lives at most `unconfirmed_ttl`.
+    pub(crate) fn l1_insert_unconfirmed(&self, key: &K, e: &Entry<V>, now: u64) {
+        let cap = match self.cfg.memory_ttl_cap {
+            Some(cap) => cap.min(self.cfg.unconfirmed_ttl),
+            None => self.cfg.unconfirmed_ttl,
+        };
+        self.l1_insert_capped(key, e, now, Some(cap));
+    }
+
+    fn l1_insert_capped(&self, key: &K, e: &Entry<V>, now: u64, cap: Option<Duration>) {
         let Some(l1) = &self.l1 else { return };
         if e.stale_until_ms() <= now {
             return;
         }
-        match self.cfg.memory_ttl_cap {
+        match cap {
             Some(cap) => {
                 let left = Duration::from_millis(e.stale_until_ms() - now);
                 l1.insert_with_ttl(key.clone(), e.clone(), left.min(cap));

@@ -179,3 +179,38 @@ async fn journals_need_a_standalone_server_and_a_sane_consumer_name() {
         ErrorKind::Unsupported
     );
 }
+
+/// A fill while a journalled write of the key has not reached the source
+/// is refused: the loader read the source's older value, which would
+/// outlive the write in the L2 once it lands (the chaos soak's finding).
+/// Other keys fill as before; once the entry is settled, the key does too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_is_refused_while_a_journalled_write_of_the_key_is_pending() {
+    let server = RedisServer::start().unwrap();
+    let s = store(&server.url());
+    let j = s.journal("web-1").unwrap();
+    let (id, _) = j.append("k", b"p", &env(0, b"new"), T, T).await.unwrap();
+    // Another instance invalidates the key, then a reader misses and loads.
+    let ticket = s.invalidate("k", T).await.unwrap();
+    assert!(
+        !s.fill("k", &env(ticket, b"old"), T).await.unwrap(),
+        "refused while the write is pending"
+    );
+    assert_eq!(s.get("k").await.unwrap(), None, "nothing older was cached");
+    let other = s.version("other").await.unwrap();
+    assert!(s.fill("other", &env(other, b"o"), T).await.unwrap());
+
+    // A load that read the source before the write reached it, its fill
+    // arriving after the acknowledgement: refused too.
+    let early = s.version("k").await.unwrap();
+    assert_eq!(j.ack(&[("k".to_owned(), id)]).await.unwrap(), 1);
+    assert!(
+        !s.fill("k", &env(early, b"old"), T).await.unwrap(),
+        "a ticket from before the acknowledgement is stale"
+    );
+    let ticket = s.version("k").await.unwrap();
+    assert!(
+        s.fill("k", &env(ticket, b"new"), T).await.unwrap(),
+        "written to the source: fills again"
+    );
+}

@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use larder::core::{ErrorKind, MockClock};
+use larder::core::{ErrorKind, MockClock, Store};
 use larder::redis::{RedisStore, redis};
 use larder::{Cache, WriteBehind};
 use larder_testkit::RedisServer;
@@ -453,4 +453,47 @@ async fn values_above_max_value_bytes_stay_out_of_the_l2() {
         ErrorKind::InvalidConfig
     );
     c.close().await;
+}
+
+/// The chaos soak's finding: an invalidation of a key with a journalled
+/// write still queued let another instance load the source's older value
+/// and fill the L2 with it, where it outlived the write. Now that fill is
+/// refused (the reader still gets the source's value: the write-behind
+/// lag), and once the write reached the source the key fills again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_while_a_journalled_write_is_queued_lets_no_older_value_into_the_l2() {
+    let server = RedisServer::start().unwrap();
+    let url = server.url();
+    let db = MapDb::with(&[(1, "old")]);
+    let writer = durable(&url, &db, "a", held());
+    writer.put_behind(&1, "new".into()).await.unwrap();
+    let reader = |db: &MapDb| -> Cache<u64, String> {
+        Cache::builder()
+            .redis(RedisStore::from_url(&url).unwrap())
+            .clock(MockClock::new().shared())
+            .loader(db.clone())
+            .build()
+            .unwrap()
+    };
+    let other = reader(&db);
+    other.invalidate(&1).await.unwrap();
+    assert_eq!(
+        other.get_or_load(&1).await.unwrap().as_deref(),
+        Some("old"),
+        "the source has not been written yet"
+    );
+    assert_eq!(other.stats().fills_refused, 1);
+    assert_eq!(other.redis().unwrap().get("1").await.unwrap(), None);
+
+    writer.close().await;
+    assert_eq!(
+        db.rows.lock().unwrap().get(&1).map(String::as_str),
+        Some("new")
+    );
+    assert_eq!(
+        other.get_or_load(&1).await.unwrap().as_deref(),
+        Some("new"),
+        "nothing older stayed in either level"
+    );
+    assert_eq!(reader(&db).get(&1).await.unwrap().as_deref(), Some("new"));
 }
