@@ -25,10 +25,10 @@
 //! left is dropped. Nobody waits on a future that no longer exists.
 //!
 //! Each caller waits at most the worst case of one call of its own
-//! ([`Node::call_deadline`]), queueing included: its own timer, and the
-//! batch's `MGET` is cut at the deadline of its oldest caller, so behind a
-//! slow `MGET` and a long queue a caller gets `ErrorKind::Timeout` rather
-//! than waiting for every batch ahead of it. The limit of sending from the
+//! ([`Node::call_deadline`]), queueing included: its own timer (the batch
+//! has none of its own; the `MGET`'s attempts have the node's per-attempt
+//! deadline), so behind a slow `MGET` and a long queue a caller gets
+//! `ErrorKind::Timeout` rather than waiting for every batch ahead of it. The limit of sending from the
 //! caller's task: a leader whose future is kept but not polled (held in a
 //! `select!` that no longer polls it) holds up the batches behind it; their
 //! callers still get `Timeout` at their deadline.
@@ -40,7 +40,6 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use larder_core::{Error, ErrorKind, Result, validate_key};
-use tokio::time::Instant;
 
 use crate::node::Node;
 
@@ -67,8 +66,6 @@ struct Batch {
     ends: Vec<usize>,
     /// Each key's caller (index into the slab).
     slots: Vec<usize>,
-    /// When the first caller joined: the batch is cut at this + deadline.
-    opened: Option<Instant>,
 }
 
 impl Batch {
@@ -81,7 +78,6 @@ impl Batch {
         self.keys.clear();
         self.ends.clear();
         self.slots.clear();
-        self.opened = None;
     }
 }
 
@@ -142,9 +138,6 @@ impl State {
             self.queue.push_back(b);
         }
         let b = self.queue.back_mut().expect("a batch was just pushed");
-        if b.opened.is_none() {
-            b.opened = Some(Instant::now());
-        }
         b.keys.push_str(prefix);
         b.keys.push('{');
         b.keys.push_str(key);
@@ -362,22 +355,11 @@ impl Batcher {
             claim.sending = Some(b);
             live
         };
+        // No timer of the batch's own: the leader's deadline bounds its
+        // wait, and each waiter has its own.
         let batch = claim.sending.as_ref().expect("set just above");
-        let cut = batch.opened.map(|t| t + self.deadline);
         let keys: Vec<&str> = live.iter().map(|&i| batch.key(i)).collect();
-        let send = self.node.mget(&keys, "batched MGET");
-        let answers = match cut {
-            Some(cut) => tokio::time::timeout_at(cut, send)
-                .await
-                .unwrap_or_else(|_| {
-                    let e = Error::new(
-                        ErrorKind::Timeout,
-                        format!("batched MGET: no answer within {:?}", self.deadline),
-                    );
-                    keys.iter().map(|_| Err(e.clone())).collect()
-                }),
-            None => send.await,
-        };
+        let answers = self.node.mget(&keys, "batched MGET").await;
         drop(keys);
         let batch = claim.sending.take().expect("taken only here");
         let mut s = self.lock();

@@ -515,6 +515,29 @@ impl Node {
         keys: &[K],
         what: &'static str,
     ) -> Vec<Result<Option<Vec<u8>>>> {
+        if !self.is_cluster() {
+            // One node: one MGET, no grouping.
+            let answer = self
+                .run_routed(None, Cmd::MGet, true, what, |mut c| {
+                    let mut cmd = redis::cmd("MGET");
+                    for k in keys {
+                        cmd.arg(k.as_ref());
+                    }
+                    async move { cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await }
+                })
+                .await;
+            return match answer {
+                Ok(values) if values.len() == keys.len() => values.into_iter().map(Ok).collect(),
+                Ok(values) => {
+                    let e = Error::new(
+                        ErrorKind::Backend,
+                        format!("{what}: {} answers for {} keys", values.len(), keys.len()),
+                    );
+                    keys.iter().map(|_| Err(e.clone())).collect()
+                }
+                Err(e) => keys.iter().map(|_| Err(e.clone())).collect(),
+            };
+        }
         let groups = self.groups_by_owner(keys);
         let answers = join_all(groups.iter().map(|(route, idx)| {
             let part: Vec<&str> = idx.iter().map(|&i| keys[i].as_ref()).collect();

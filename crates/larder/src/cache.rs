@@ -541,11 +541,29 @@ where
     /// Runs the cache half of a write in a task the cache owns, so a caller
     /// dropped after the source was written cannot leave the cache stale;
     /// if no task can run (closed), the key is invalidated here.
+    ///
+    /// The work is polled once here first: a cache half with nothing to
+    /// wait for (an L1-only cache) is done before this returns, without a
+    /// task; work that must wait moves to the task as it is.
     async fn in_task(
         &self,
         key: &K,
         work: impl std::future::Future<Output = Result<()>> + Send + 'static,
     ) -> Result<()> {
+        let mut work = Box::pin(work);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            futures_util::FutureExt::now_or_never(&mut work)
+        })) {
+            Ok(Some(done)) => return done,
+            Ok(None) => {}
+            Err(_) => {
+                self.inner.invalidate_local(key);
+                return Err(Error::new(
+                    ErrorKind::Cancelled,
+                    "the cache half of this write panicked",
+                ));
+            }
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Err(e) = self.inner.spawn(async move {
             let _ = tx.send(work.await);

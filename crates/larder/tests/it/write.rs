@@ -152,6 +152,71 @@ mod with_redis {
             .unwrap()
     }
 
+    /// A `put` whose caller is dropped while the cache half waits for
+    /// Redis still finishes it (in the cache's task): the L1 does not keep
+    /// the old value the source no longer has. Red when the cache half runs
+    /// in the caller's future.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_put_dropped_while_its_cache_half_waits_still_updates_the_cache() {
+        let server = RedisServer::start().unwrap();
+        let proxy = larder_testkit::FaultProxy::start(server.addr()).unwrap();
+        let clock = MockClock::new();
+        let db = MapDb::with(&[(7, "old")]);
+        let c = two_levels(&proxy.url(), &db, &clock);
+        assert_eq!(c.get_or_load(&7).await.unwrap().as_deref(), Some("old"));
+        proxy.set_replies_stalled(true);
+        let held = proxy.held_replies();
+        let put = {
+            let c = c.clone();
+            tokio::spawn(async move { c.put(&7, "new".into()).await })
+        };
+        // The source has the write and the L2 ran it; its reply is held.
+        proxy.wait_held_replies(held + 1).await;
+        assert_eq!(
+            db.rows.lock().unwrap().get(&7).map(String::as_str),
+            Some("new")
+        );
+        put.abort();
+        assert!(put.await.unwrap_err().is_cancelled());
+        proxy.set_replies_stalled(false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while c.get(&7).await.unwrap().as_deref() != Some("new") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the L1 kept the old value"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// A value whose `Serialize` panics, on its way into the L2.
+    #[derive(Clone, Debug, serde::Deserialize)]
+    struct Bomb;
+
+    impl serde::Serialize for Bomb {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> std::result::Result<S::Ok, S::Error> {
+            panic!("a Serialize that panics")
+        }
+    }
+
+    /// The cache half of a write panics (the user's `Serialize`): the
+    /// caller gets a typed error, the key is out of the L1, and the cache
+    /// goes on working (its write lock was released).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cache_half_that_panics_is_a_typed_error_and_wedges_nothing() {
+        let server = RedisServer::start().unwrap();
+        let c: Cache<u64, Option<Bomb>> = Cache::builder()
+            .redis(larder::redis::RedisStore::from_url(&server.url()).unwrap())
+            .build()
+            .unwrap();
+        let e = c.insert(&1, Some(Bomb)).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
+        assert!(c.get(&1).await.unwrap().is_none());
+        // The key's write lock is free again.
+        c.insert(&1, None).await.unwrap();
+        assert!(matches!(c.get(&1).await.unwrap(), Some(None)));
+    }
+
     /// Instance `b` is loading the old row when instance `a` writes through:
     /// `b`'s fill is refused, and both levels end with the new value.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
