@@ -25,13 +25,18 @@
 //! left is dropped. Nobody waits on a future that no longer exists.
 //!
 //! Each caller waits at most the worst case of one call of its own
-//! ([`Node::call_deadline`]), queueing included: its own timer (the batch
-//! has none of its own; the `MGET`'s attempts have the node's per-attempt
+//! ([`Node::call_deadline`]), queueing included, on one timer of its own
+//! (the batch has none; the `MGET`'s attempts have the node's per-attempt
 //! deadline), so behind a slow `MGET` and a long queue a caller gets
-//! `ErrorKind::Timeout` rather than waiting for every batch ahead of it. The limit of sending from the
-//! caller's task: a leader whose future is kept but not polled (held in a
-//! `select!` that no longer polls it) holds up the batches behind it; their
-//! callers still get `Timeout` at their deadline.
+//! `ErrorKind::Timeout` rather than waiting for every batch ahead of it.
+//!
+//! A leader whose future is kept but no longer polled (held in a `select!`
+//! that stopped polling it), or whose `MGET` is slow, would hold up the
+//! batches behind it: once the leader has not got on for [`LEAD_STALL`], a
+//! caller whose batch waits in the queue takes the lead and sends from the
+//! head of the queue until its own key is answered. The callers of a batch
+//! already sent by a leader that is never polled again wait for their
+//! deadline (`Timeout`): their keys are in that leader's hands.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -40,8 +45,15 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use larder_core::{Error, ErrorKind, Result, validate_key};
+use tokio::time::Instant;
 
 use crate::node::Node;
+
+/// How long a leader may go without getting on (sending its batch, or
+/// getting the answer back) before a caller whose batch waits takes the
+/// lead: a leader whose future is kept but no longer polled stalls the
+/// batches behind it no longer than this.
+const LEAD_STALL: Duration = Duration::from_millis(20);
 
 type Answer = Result<Option<Vec<u8>>>;
 
@@ -112,6 +124,10 @@ struct State {
     spare: Vec<Batch>,
     /// The slot of the caller leading now, if any. None means the queue is empty.
     leader: Option<usize>,
+    /// When the leader was named (or took the lead, or began its next
+    /// batch): a leader that has not got on within [`LEAD_STALL`] can be
+    /// replaced by a caller whose batch waits.
+    lead_since: Option<Instant>,
     stats: BatchStats,
 }
 
@@ -129,6 +145,7 @@ impl State {
         };
         self.slots[slot] = if lead {
             self.leader = Some(slot);
+            self.lead_since = Some(Instant::now());
             Slot::Lead
         } else {
             Slot::Waiting(None)
@@ -162,6 +179,7 @@ impl State {
     /// (and an empty queue) if nobody is left.
     fn hand_off(&mut self) {
         self.leader = None;
+        self.lead_since = None;
         while let Some(b) = self.queue.pop_front() {
             let next = b
                 .slots
@@ -174,6 +192,7 @@ impl State {
                     w.wake();
                 }
                 self.leader = Some(i);
+                self.lead_since = Some(Instant::now());
                 return;
             }
             for &i in &b.slots {
@@ -181,6 +200,36 @@ impl State {
             }
             self.recycle(b);
         }
+    }
+
+    /// Makes `slot` the leader if the leader has not got on for
+    /// [`LEAD_STALL`] (its future is kept but no longer polled, or its
+    /// `MGET` is slow) and `slot`'s key waits in a queued batch. Otherwise
+    /// `Err(when)`: when to look again (`None`: never, the key is on its
+    /// way in a batch already sent).
+    fn take_lead(&mut self, slot: usize, now: Instant) -> Result<(), Option<Instant>> {
+        if self.leader == Some(slot) {
+            return Ok(());
+        }
+        if !self.queue.iter().any(|b| b.slots.contains(&slot)) {
+            return Err(None);
+        }
+        if let (Some(_), Some(since)) = (self.leader, self.lead_since)
+            && now < since + LEAD_STALL
+        {
+            return Err(Some(since + LEAD_STALL));
+        }
+        if let Some(old) = self.leader
+            && matches!(self.slots[old], Slot::Lead)
+        {
+            // The old leader waits for its answer like anyone else (if its
+            // batch is in flight, it still answers it).
+            self.slots[old] = Slot::Waiting(None);
+        }
+        self.leader = Some(slot);
+        self.slots[slot] = Slot::Lead;
+        self.lead_since = Some(now);
+        Ok(())
     }
 
     /// Gives each caller of `b` its answer (`answers` matches `live`, the
@@ -261,10 +310,19 @@ impl Drop for Claim<'_> {
             // A batch still names this slot: freed when that batch is done.
             s.slots[slot] = Slot::Abandoned;
         }
-        if leads {
+        // A batch put back with nobody leading (this caller had lost the
+        // lead) needs a leader too.
+        if leads || (s.leader.is_none() && !s.queue.is_empty()) {
             s.hand_off();
         }
     }
+}
+
+/// What a caller's wait came to.
+enum Step {
+    Answer(Answer),
+    Lead,
+    TimedOut,
 }
 
 impl Batcher {
@@ -289,17 +347,20 @@ impl Batcher {
     /// The value under the Redis key `{prefix}{{key}}`.
     pub(crate) async fn get(&self, prefix: &str, key: &str) -> Answer {
         validate_key(key)?;
-        tokio::time::timeout(self.deadline, self.wait(prefix, key))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!("batched get: no answer within {:?}", self.deadline),
-                ))
-            })
+        self.wait(prefix, key).await
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!("batched get: no answer within {:?}", self.deadline),
+        )
     }
 
     async fn wait(&self, prefix: &str, key: &str) -> Answer {
+        // One timer per caller: its deadline, and before it the moments to
+        // look whether the leader stalled.
+        let deadline = Instant::now() + self.deadline;
         let (slot, leads) = self.lock().join(prefix, key, self.max_batch);
         let mut claim = Claim {
             batcher: self,
@@ -310,71 +371,123 @@ impl Batcher {
             // Let callers being polled right now join this batch, so a
             // burst goes out as one MGET rather than 1 + the rest.
             tokio::task::yield_now().await;
-        } else {
-            let answered = poll_fn(|cx| {
+        }
+        let timer = tokio::time::sleep_until(deadline.min(Instant::now() + LEAD_STALL));
+        tokio::pin!(timer);
+        loop {
+            let step = poll_fn(|cx| {
                 let mut s = self.lock();
                 match &mut s.slots[slot] {
-                    Slot::Waiting(w) => {
-                        match w {
-                            Some(w) if w.will_wake(cx.waker()) => {}
-                            _ => *w = Some(cx.waker().clone()),
-                        }
-                        Poll::Pending
-                    }
-                    Slot::Lead => Poll::Ready(None),
+                    Slot::Waiting(w) => match w {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => *w = Some(cx.waker().clone()),
+                    },
+                    Slot::Lead => return Poll::Ready(Step::Lead),
                     Slot::Done(_) => {
                         let Slot::Done(a) = std::mem::replace(&mut s.slots[slot], Slot::Free)
                         else {
                             unreachable!("matched Done above")
                         };
                         s.free.push(slot);
-                        Poll::Ready(Some(a))
+                        return Poll::Ready(Step::Answer(a));
                     }
-                    Slot::Free | Slot::Abandoned => Poll::Ready(Some(Err(Error::new(
-                        ErrorKind::Backend,
-                        "batched get: lost its place",
-                    )))),
+                    Slot::Free | Slot::Abandoned => {
+                        return Poll::Ready(Step::Answer(Err(Error::new(
+                            ErrorKind::Backend,
+                            "batched get: lost its place",
+                        ))));
+                    }
                 }
+                // Waiting: the deadline, or a leader that does not get on.
+                while timer.as_mut().poll(cx).is_ready() {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Poll::Ready(Step::TimedOut);
+                    }
+                    match s.take_lead(slot, now) {
+                        Ok(()) => return Poll::Ready(Step::Lead),
+                        Err(next) => timer
+                            .as_mut()
+                            .reset(next.map_or(deadline, |t| t.min(deadline))),
+                    }
+                }
+                Poll::Pending
             })
             .await;
-            if let Some(a) = answered {
-                claim.slot = None;
-                return a;
+            match step {
+                Step::Answer(a) => {
+                    claim.slot = None;
+                    return a;
+                }
+                // The claim marks the slot abandoned: its batch, queued or
+                // in flight, skips it.
+                Step::TimedOut => return Err(self.timed_out()),
+                Step::Lead => {}
             }
+            // Leading: send batches from the head of the queue until this
+            // caller's key is answered (a caller that took the lead over
+            // may find its key behind others). The claim holds the batch
+            // in flight, to put it back if this future is dropped.
+            loop {
+                let live = {
+                    let mut s = self.lock();
+                    if s.leader != Some(slot) {
+                        // Replaced: wait again.
+                        break;
+                    }
+                    let Some(b) = s.queue.pop_front() else {
+                        // This caller's key is on its way in a batch another
+                        // caller sent: wait for it, leading nobody.
+                        s.slots[slot] = Slot::Waiting(None);
+                        s.hand_off();
+                        break;
+                    };
+                    let live: Vec<usize> = (0..b.slots.len())
+                        .filter(|&i| matches!(s.slots[b.slots[i]], Slot::Waiting(_) | Slot::Lead))
+                        .collect();
+                    s.stats.batches += 1;
+                    s.stats.keys += live.len() as u64;
+                    claim.sending = Some(b);
+                    live
+                };
+                let batch = claim.sending.as_ref().expect("set just above");
+                let keys: Vec<&str> = live.iter().map(|&i| batch.key(i)).collect();
+                timer.as_mut().reset(deadline);
+                let answers = tokio::select! {
+                    biased;
+                    answers = self.node.mget(&keys, "batched MGET") => answers,
+                    // The claim puts the batch back for its other callers.
+                    () = &mut timer => return Err(self.timed_out()),
+                };
+                drop(keys);
+                let batch = claim.sending.take().expect("taken only here");
+                let mut s = self.lock();
+                s.answer(&batch, &live, answers);
+                s.recycle(batch);
+                let leads = s.leader == Some(slot);
+                match std::mem::replace(&mut s.slots[slot], Slot::Free) {
+                    Slot::Done(a) => {
+                        s.free.push(slot);
+                        claim.slot = None;
+                        if leads {
+                            s.hand_off();
+                        }
+                        return a;
+                    }
+                    other => {
+                        // Still leading toward its own batch, or replaced.
+                        s.slots[slot] = other;
+                        if leads {
+                            s.lead_since = Some(Instant::now());
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
+            timer
+                .as_mut()
+                .reset(deadline.min(Instant::now() + LEAD_STALL));
         }
-        // Leading: send the head batch (this caller's key is in it). The
-        // claim holds it while it is in flight, to put it back if dropped.
-        let live = {
-            let mut s = self.lock();
-            let b = s.queue.pop_front().unwrap_or_default();
-            let live: Vec<usize> = (0..b.slots.len())
-                .filter(|&i| matches!(s.slots[b.slots[i]], Slot::Waiting(_) | Slot::Lead))
-                .collect();
-            s.stats.batches += 1;
-            s.stats.keys += live.len() as u64;
-            claim.sending = Some(b);
-            live
-        };
-        // No timer of the batch's own: the leader's deadline bounds its
-        // wait, and each waiter has its own.
-        let batch = claim.sending.as_ref().expect("set just above");
-        let keys: Vec<&str> = live.iter().map(|&i| batch.key(i)).collect();
-        let answers = self.node.mget(&keys, "batched MGET").await;
-        drop(keys);
-        let batch = claim.sending.take().expect("taken only here");
-        let mut s = self.lock();
-        s.answer(&batch, &live, answers);
-        s.recycle(batch);
-        s.hand_off();
-        let answer = match std::mem::replace(&mut s.slots[slot], Slot::Free) {
-            Slot::Done(a) => a,
-            _ => Err(Error::new(
-                ErrorKind::Backend,
-                "batched get: the leader's key was not in its batch",
-            )),
-        };
-        s.free.push(slot);
-        claim.slot = None;
-        answer
     }
 }

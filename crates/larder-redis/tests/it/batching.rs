@@ -138,3 +138,62 @@ async fn a_dropped_caller_never_wedges_the_others() {
     // Nothing is left behind: a lone get still goes through.
     assert_eq!(s.get("e").await.unwrap().as_deref(), Some(&b"e"[..]));
 }
+
+/// A leader whose future is kept but never polled again (a `select!` that
+/// stopped polling it) no longer holds up the callers behind it: after a
+/// short stall one of them takes the lead and their gets are answered
+/// (before, they waited for their deadline and got `Timeout`). The parked
+/// leader's own key is answered too, when it is polled at last.
+#[tokio::test(flavor = "current_thread")]
+async fn a_leader_that_is_never_polled_again_does_not_hold_up_the_others() {
+    use std::task::Poll;
+
+    let server = RedisServer::start().unwrap();
+    let s = RedisStore::new(
+        quick_config(Topology::Standalone(server.url()))
+            .auto_batch(16)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    for k in ["a", "b", "c"] {
+        s.set(k, k.as_bytes(), Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.get("a").await.unwrap().as_deref(), Some(&b"a"[..]));
+    for parked_in_flight in [false, true] {
+        let mut parked = Box::pin(s.get("a"));
+        let mut once = |cx: &mut std::task::Context<'_>| parked.as_mut().poll(cx);
+        // Polled once: it leads and yields (and, polled twice, sends).
+        let polls = if parked_in_flight { 2 } else { 1 };
+        for _ in 0..polls {
+            assert!(
+                std::future::poll_fn(|cx| Poll::Ready(once(cx)))
+                    .await
+                    .is_pending()
+            );
+        }
+        let others: Vec<_> = ["b", "c"]
+            .into_iter()
+            .map(|k| {
+                let s = s.clone();
+                tokio::spawn(async move { s.get(k).await })
+            })
+            .collect();
+        for (k, h) in ["b", "c"].into_iter().zip(others) {
+            let got = h.await.unwrap();
+            assert_eq!(
+                got.unwrap().as_deref(),
+                Some(k.as_bytes()),
+                "{k} (the leader parked {})",
+                if parked_in_flight {
+                    "in flight"
+                } else {
+                    "before sending"
+                }
+            );
+        }
+        assert_eq!(parked.await.unwrap().as_deref(), Some(&b"a"[..]));
+    }
+}
