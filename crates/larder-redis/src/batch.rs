@@ -128,6 +128,8 @@ struct State {
     /// batch): a leader that has not got on within [`LEAD_STALL`] can be
     /// replaced by a caller whose batch waits.
     lead_since: Option<Instant>,
+    /// Per slot: its key waits in a queued batch (not one in flight).
+    queued: Vec<bool>,
     stats: BatchStats,
 }
 
@@ -140,6 +142,7 @@ impl State {
             Some(i) => i,
             None => {
                 self.slots.push(Slot::Free);
+                self.queued.push(false);
                 self.slots.len() - 1
             }
         };
@@ -161,12 +164,42 @@ impl State {
         b.keys.push('}');
         b.ends.push(b.keys.len());
         b.slots.push(slot);
+        self.queued[slot] = true;
         (slot, lead)
     }
 
     fn free_slot(&mut self, slot: usize) {
         self.slots[slot] = Slot::Free;
+        self.queued[slot] = false;
         self.free.push(slot);
+    }
+
+    /// Puts a batch taken for sending back at the head of the queue, and
+    /// wakes its waiters: their keys wait again, so each resumes watching
+    /// for a stalled leader.
+    fn requeue(&mut self, b: Batch) {
+        for &i in &b.slots {
+            if let Slot::Waiting(w) = &mut self.slots[i] {
+                self.queued[i] = true;
+                if let Some(w) = w.take() {
+                    w.wake();
+                }
+            }
+        }
+        self.queue.push_front(b);
+    }
+
+    /// Takes the head batch for sending: its keys are no longer queued.
+    /// Its live callers' indices in it (`None`: no queued batch).
+    fn take_head(&mut self) -> Option<(Batch, Vec<usize>)> {
+        let b = self.queue.pop_front()?;
+        for &i in &b.slots {
+            self.queued[i] = false;
+        }
+        let live = (0..b.slots.len())
+            .filter(|&i| matches!(self.slots[b.slots[i]], Slot::Waiting(_) | Slot::Lead))
+            .collect();
+        Some((b, live))
     }
 
     fn recycle(&mut self, mut b: Batch) {
@@ -211,7 +244,7 @@ impl State {
         if self.leader == Some(slot) {
             return Ok(());
         }
-        if !self.queue.iter().any(|b| b.slots.contains(&slot)) {
+        if !self.queued[slot] {
             return Err(None);
         }
         if let (Some(_), Some(since)) = (self.leader, self.lead_since)
@@ -301,8 +334,9 @@ impl Drop for Claim<'_> {
         let leads = s.leader == Some(slot);
         if let Some(b) = self.sending.take() {
             // Cancelled mid-flight: the batch goes back to the head of the
-            // queue for a live caller of it to send again.
-            s.queue.push_front(b);
+            // queue for a live caller of it to send again. Its waiters look
+            // again whether its new leader gets on.
+            s.requeue(b);
         }
         if matches!(s.slots[slot], Slot::Done(_)) {
             s.free_slot(slot);
@@ -374,6 +408,9 @@ impl Batcher {
         }
         let timer = tokio::time::sleep_until(deadline.min(Instant::now() + LEAD_STALL));
         tokio::pin!(timer);
+        // Whether the timer watches for a stalled leader (else it is set to
+        // the deadline: the key is in flight).
+        let mut watching = true;
         loop {
             let step = poll_fn(|cx| {
                 let mut s = self.lock();
@@ -399,6 +436,12 @@ impl Batcher {
                     }
                 }
                 // Waiting: the deadline, or a leader that does not get on.
+                if !watching && s.queued[slot] {
+                    // Its batch came back to the queue (its sender dropped).
+                    watching = true;
+                    let since = s.lead_since.unwrap_or_else(Instant::now);
+                    timer.as_mut().reset((since + LEAD_STALL).min(deadline));
+                }
                 while timer.as_mut().poll(cx).is_ready() {
                     let now = Instant::now();
                     if now >= deadline {
@@ -406,9 +449,12 @@ impl Batcher {
                     }
                     match s.take_lead(slot, now) {
                         Ok(()) => return Poll::Ready(Step::Lead),
-                        Err(next) => timer
-                            .as_mut()
-                            .reset(next.map_or(deadline, |t| t.min(deadline))),
+                        Err(next) => {
+                            watching = next.is_some();
+                            timer
+                                .as_mut()
+                                .reset(next.map_or(deadline, |t| t.min(deadline)));
+                        }
                     }
                 }
                 Poll::Pending
@@ -435,16 +481,21 @@ impl Batcher {
                         // Replaced: wait again.
                         break;
                     }
-                    let Some(b) = s.queue.pop_front() else {
+                    let Some((b, live)) = s.take_head() else {
                         // This caller's key is on its way in a batch another
                         // caller sent: wait for it, leading nobody.
                         s.slots[slot] = Slot::Waiting(None);
                         s.hand_off();
                         break;
                     };
-                    let live: Vec<usize> = (0..b.slots.len())
-                        .filter(|&i| matches!(s.slots[b.slots[i]], Slot::Waiting(_) | Slot::Lead))
-                        .collect();
+                    if live.is_empty() {
+                        // Every caller of it gave up: nothing to send.
+                        for &i in &b.slots {
+                            s.free_slot(i);
+                        }
+                        s.recycle(b);
+                        continue;
+                    }
                     s.stats.batches += 1;
                     s.stats.keys += live.len() as u64;
                     claim.sending = Some(b);
@@ -485,6 +536,7 @@ impl Batcher {
                     }
                 }
             }
+            watching = true;
             timer
                 .as_mut()
                 .reset(deadline.min(Instant::now() + LEAD_STALL));

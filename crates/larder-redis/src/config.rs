@@ -108,6 +108,8 @@ pub struct RedisConfig {
     pub(crate) retry: RetryPolicy,
     pub(crate) breaker: BreakerConfig,
     pub(crate) auto_batch: Option<usize>,
+    /// Fills look at the durable write-behind journal (standalone only).
+    pub(crate) fill_checks_journal: bool,
     pub(crate) helper_clock: HelperClock,
     #[cfg_attr(not(feature = "tls"), allow(dead_code))] // read only with `tls`
     pub(crate) tls_root_cert: Option<Vec<u8>>,
@@ -131,6 +133,7 @@ impl RedisConfig {
                 retry: RetryPolicy::default(),
                 breaker: BreakerConfig::default(),
                 auto_batch: None,
+                fill_checks_journal: true,
                 helper_clock: HelperClock::Server,
                 tls_root_cert: None,
             },
@@ -182,6 +185,20 @@ impl RedisConfigBuilder {
         self
     }
 
+    /// Whether a fill on a standalone server first looks at the namespace's
+    /// durable write-behind journal (`{ns}:wb:latest`, `{ns}:wb:journal`)
+    /// and is refused while a journalled write of the key has not reached
+    /// the source (default: on; Cluster and sharded stores never look).
+    /// Every instance that reads a namespace where any instance uses
+    /// durable write-behind needs it on. Turn it off where no instance ever
+    /// does and the server cannot run a script that names a second key
+    /// (a proxy that refuses keys of different slots in one script), or to
+    /// spare the Redis user `HGET`/`XRANGE`/`HDEL` on those keys.
+    pub fn fill_checks_journal(mut self, on: bool) -> Self {
+        self.config.fill_checks_journal = on;
+        self
+    }
+
     /// Circuit breaker settings (one breaker per node).
     pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
         self.config.breaker = breaker;
@@ -189,8 +206,8 @@ impl RedisConfigBuilder {
     }
 
     /// Coalesces concurrent single-key `get`s into one `MGET` of at most
-    /// `max_batch` keys, sent whenever the previous batch has returned.
-    /// Off by default.
+    /// `max_batch` keys, sent whenever the previous batch has returned (or
+    /// its sender has not got on for 20 ms). Off by default.
     pub fn auto_batch(mut self, max_batch: usize) -> Self {
         self.config.auto_batch = Some(max_batch.max(1));
         self

@@ -27,6 +27,8 @@ use crate::store::{RedisStore, ttl_ms};
 /// The hash of each key's latest journalled entry (`{ns}:wb:latest`);
 /// fills on a standalone server read it too.
 pub(crate) const JOURNAL_LATEST: &str = "wb:latest";
+/// The journal stream (`{ns}:wb:journal`).
+pub(crate) const JOURNAL_STREAM: &str = "wb:journal";
 
 /// The consumer group every Larder instance of a namespace joins.
 const GROUP: &str = "larder";
@@ -166,7 +168,7 @@ impl RedisStore {
         let ks = self.keyspace();
         Ok(Journal {
             store: self.clone(),
-            stream: ks.global_key("wb:journal")?,
+            stream: ks.global_key(JOURNAL_STREAM)?,
             latest: ks.global_key(JOURNAL_LATEST)?,
             dead: ks.global_key("wb:dead")?,
             consumer: consumer.to_owned(),
@@ -315,10 +317,17 @@ impl Journal {
     async fn settle(&self, entries: &[(String, String)], reason: &str) -> Result<u64> {
         let mut removed = 0;
         for chunk in entries.chunks(CLAIM_BATCH) {
-            let keys = chunk
+            // A foreign entry's key may be no valid key (empty, say): it is
+            // never the latest of anything, so its keys are never touched;
+            // the latest hash stands in for them.
+            let keys: Vec<(String, String)> = chunk
                 .iter()
-                .map(|(k, _)| self.store.versioned_keys(k))
-                .collect::<Result<Vec<_>>>()?;
+                .map(|(k, _)| {
+                    self.store
+                        .versioned_keys(k)
+                        .unwrap_or_else(|_| (self.latest.clone(), self.latest.clone()))
+                })
+                .collect();
             removed += self
                 .store
                 .run_home(

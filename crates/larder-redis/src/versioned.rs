@@ -19,7 +19,7 @@ use larder_core::{Error, ErrorKind, Result};
 use redis::Script;
 
 use crate::config::Topology;
-use crate::journal::JOURNAL_LATEST;
+use crate::journal::{JOURNAL_LATEST, JOURNAL_STREAM};
 use crate::stats::Cmd;
 use crate::store::{RedisStore, ttl_ms};
 
@@ -55,12 +55,21 @@ end
 static FILL: LazyLock<Script> = LazyLock::new(|| fill_script(""));
 
 /// [`FILL`] on a standalone server, where a durable write-behind journal
-/// may live: `KEYS[3]` the journal's latest-entry hash, `ARGV[3]` the key.
-/// Refused (0) while a journalled write of the key has not reached the
-/// source: the loader's value is older than that write, and would outlive
-/// it in the L2 once the write lands.
+/// may live: `KEYS[3]` the journal's latest-entry hash, `KEYS[4]` the
+/// journal stream, `ARGV[3]` the key. Refused (0) while a journalled write
+/// of the key has not reached the source: the loader's value is older than
+/// that write, and would outlive it in the L2 once the write lands. A
+/// latest-entry field whose entry is no longer in the journal (the stream
+/// was trimmed or lost) is removed, so it blocks nothing.
 static FILL_UNLESS_JOURNALLED: LazyLock<Script> = LazyLock::new(|| {
-    fill_script("if redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return 0 end\n")
+    fill_script(
+        "local id = redis.call('HGET', KEYS[3], ARGV[3])
+if id then
+  if #redis.call('XRANGE', KEYS[4], id, id) > 0 then return 0 end
+  redis.call('HDEL', KEYS[3], ARGV[3])
+end
+",
+    )
 });
 
 fn fill_script(guard: &str) -> Script {
@@ -205,16 +214,20 @@ impl RedisStore {
         check_envelope(value, "fill")?;
         // Durable write-behind journals live on standalone servers only.
         let journal = match self.config().topology() {
-            Topology::Standalone(_) => Some(self.keyspace().global_key(JOURNAL_LATEST)?),
+            Topology::Standalone(_) if self.config().fill_checks_journal => Some((
+                self.keyspace().global_key(JOURNAL_LATEST)?,
+                self.keyspace().global_key(JOURNAL_STREAM)?,
+            )),
             _ => None,
         };
         // Retried safely: a retry after a lost reply finds its own bytes and answers 1.
         let written: i64 = self
             .run_on(&data, Cmd::Script, true, "fill script", |mut c| {
                 let inv = match &journal {
-                    Some(latest) => {
+                    Some((latest, stream)) => {
                         let mut inv = FILL_UNLESS_JOURNALLED.key(&data);
-                        inv.key(&rec).key(latest).arg(value).arg(ms).arg(key);
+                        inv.key(&rec).key(latest).key(stream);
+                        inv.arg(value).arg(ms).arg(key);
                         inv
                     }
                     None => {

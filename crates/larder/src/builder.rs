@@ -25,9 +25,9 @@ pub const DEFAULT_MEMORY_CAPACITY: u64 = 10_000;
 pub const DEFAULT_LEASE_POLL: Duration = Duration::from_millis(20);
 /// How long a load may run by default before its callers get a timeout.
 pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest the L1 keeps a value the L2 did not confirm, by default
-/// ([`CacheBuilder::unconfirmed_ttl`]).
-pub const DEFAULT_UNCONFIRMED_TTL: Duration = Duration::from_secs(1);
+/// The longest the L1 of a coherent cache keeps a value the L2 did not
+/// confirm, by default ([`CacheBuilder::unconfirmed_ttl`]).
+pub const DEFAULT_UNCONFIRMED_TTL: Duration = Duration::from_secs(5);
 
 /// Builds a [`Cache`]: `Cache::<K, V>::builder()`.
 ///
@@ -199,17 +199,18 @@ where
         self
     }
 
-    /// The longest the L1 keeps a value the L2 did not confirm (default
-    /// [`DEFAULT_UNCONFIRMED_TTL`], 1 s; only with an L2): a value loaded
-    /// while the L2 could not be read (down, its breaker open, a timeout)
-    /// or whose fill failed, and a read of this process's queued
+    /// With [`CacheBuilder::coherence`], the longest the L1 keeps a value
+    /// the L2 did not confirm (default [`DEFAULT_UNCONFIRMED_TTL`], 5 s): a
+    /// value loaded while the L2 could not be read (down, its breaker open,
+    /// a timeout) or whose fill failed, and a read of this process's queued
     /// write-behind write. The L2 may hold something newer meanwhile (a
     /// write another instance made, or a write whose reply was lost), and
     /// no invalidation will come for a write that already happened: when
-    /// the L2 is reachable again, what it holds wins within this bound.
-    /// While it stays down, each key is loaded at most once per bound
-    /// (single flight), so the source still sees one load per key per
-    /// `unconfirmed_ttl`.
+    /// the L2 is reachable again, what it holds wins within this bound. The
+    /// cost: while the L2 stays down, each instance loads each key it is
+    /// asked for about once per bound (single flight), instead of once per
+    /// `memory_ttl_cap`. Without coherence the L1 promises no agreement
+    /// with the L2, and such values are kept like any other.
     pub fn unconfirmed_ttl(mut self, ttl: Duration) -> Self {
         self.unconfirmed_ttl = ttl;
         self
@@ -567,6 +568,10 @@ where
             .map(|_| crate::coherence::DEFAULT_COHERENT_L1_CAP));
         #[cfg(not(feature = "redis"))]
         let memory_ttl_cap = self.memory_ttl_cap;
+        #[cfg(feature = "redis")]
+        let unconfirmed_ttl = coherence.as_ref().map(|_| self.unconfirmed_ttl);
+        #[cfg(not(feature = "redis"))]
+        let unconfirmed_ttl = None;
         let cfg = Config {
             codec: self.codec,
             compression: self.compression,
@@ -578,7 +583,7 @@ where
             wait_timeout,
             tombstone,
             memory_ttl_cap,
-            unconfirmed_ttl: self.unconfirmed_ttl,
+            unconfirmed_ttl,
             max_value_bytes: self.max_value_bytes,
             lease,
             hot_ahead,

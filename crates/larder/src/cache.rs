@@ -34,8 +34,9 @@ pub(crate) struct Config<C> {
     pub(crate) wait_timeout: Duration,
     pub(crate) tombstone: Duration,
     pub(crate) memory_ttl_cap: Option<Duration>,
-    /// The longest the L1 keeps a value the L2 did not confirm.
-    pub(crate) unconfirmed_ttl: Duration,
+    /// The longest the L1 keeps a value the L2 did not confirm (with
+    /// coherence only).
+    pub(crate) unconfirmed_ttl: Option<Duration>,
     /// Encoded values above this size stay out of the L2.
     pub(crate) max_value_bytes: Option<usize>,
     pub(crate) lease: Option<LeaseConfig>,
@@ -550,6 +551,18 @@ where
         key: &K,
         work: impl std::future::Future<Output = Result<()>> + Send + 'static,
     ) -> Result<()> {
+        let panicked = || {
+            Error::new(
+                ErrorKind::Cancelled,
+                "the cache half of this write panicked",
+            )
+        };
+        // Whatever the work needs (timers, sockets) needs a runtime: without
+        // one, a typed error before it runs, as the task would give.
+        if tokio::runtime::Handle::try_current().is_err() {
+            self.inner.invalidate_local(key);
+            return Err(no_runtime());
+        }
         let mut work = Box::pin(work);
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             futures_util::FutureExt::now_or_never(&mut work)
@@ -558,15 +571,19 @@ where
             Ok(None) => {}
             Err(_) => {
                 self.inner.invalidate_local(key);
-                return Err(Error::new(
-                    ErrorKind::Cancelled,
-                    "the cache half of this write panicked",
-                ));
+                return Err(panicked());
             }
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let (inner, k) = (Arc::clone(&self.inner), key.clone());
         if let Err(e) = self.inner.spawn(async move {
-            let _ = tx.send(work.await);
+            let done =
+                futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(work)).await;
+            let _ = tx.send(done.unwrap_or_else(|_| {
+                // The L1 must not keep what the source no longer has.
+                inner.invalidate_local(&k);
+                Err(panicked())
+            }));
         }) {
             self.inner.invalidate_local(key);
             return Err(e);

@@ -216,11 +216,16 @@ where
     /// be read, or the value came from this process's write-behind queue):
     /// no invalidation may ever come for it if the L2 holds something else,
     /// so it lives at most `unconfirmed_ttl`.
+    /// Without coherence the L1 promises no agreement with the L2 anyway,
+    /// and such a value is kept like any other.
     pub(crate) fn l1_insert_unconfirmed(&self, key: &K, e: &Entry<V>, now: u64) {
-        let cap = match self.cfg.memory_ttl_cap {
-            Some(cap) => cap.min(self.cfg.unconfirmed_ttl),
-            None => self.cfg.unconfirmed_ttl,
+        let Some(unconfirmed) = self.cfg.unconfirmed_ttl else {
+            return self.l1_insert(key, e, now);
         };
+        let cap = self
+            .cfg
+            .memory_ttl_cap
+            .map_or(unconfirmed, |cap| cap.min(unconfirmed));
         self.l1_insert_capped(key, e, now, Some(cap));
     }
 

@@ -145,6 +145,11 @@ async fn dead_letters_keep_the_payload_and_the_error_and_foreign_entries_are_fla
     assert_eq!(got.len(), 2, "the append delivered the planted entry too");
     assert_eq!(got[0].payload, None, "a foreign entry has no payload");
     assert_eq!(got[1].payload.as_deref(), Some(&b"p"[..]));
+    // A foreign entry's key is no valid key: it is dead-lettered all the
+    // same (once refused with InvalidKey, so it stayed pending forever).
+    let foreign = vec![(got[0].key.clone(), got[0].id.clone())];
+    assert_eq!(j.dead_letter(&foreign, "foreign").await.unwrap(), 1);
+    assert_eq!(j.len().await.unwrap(), 1, "only k2's entry is left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,4 +218,34 @@ async fn a_fill_is_refused_while_a_journalled_write_of_the_key_is_pending() {
         s.fill("k", &env(ticket, b"new"), T).await.unwrap(),
         "written to the source: fills again"
     );
+
+    // A store told that no instance journals never looks.
+    let blind = RedisStore::new(
+        quick_config(Topology::Standalone(server.url()))
+            .fill_checks_journal(false)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    j.append("m", b"p", &env(0, b"new"), T, T).await.unwrap();
+    let ticket = s.invalidate("m", T).await.unwrap();
+    assert!(!s.fill("m", &env(ticket, b"old"), T).await.unwrap());
+    assert!(blind.fill("m", &env(ticket, b"old"), T).await.unwrap());
+
+    // The journal is lost (trimmed, evicted) but the latest-entry hash
+    // survives: its stale field blocks no fill, and goes.
+    j.append("n", b"p", &env(0, b"new"), T, T).await.unwrap();
+    let mut c = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("DEL").arg(j.stream_key()).query(&mut c).unwrap();
+    let ticket = s.invalidate("n", T).await.unwrap();
+    assert!(s.fill("n", &env(ticket, b"old"), T).await.unwrap());
+    let field: Option<String> = redis::cmd("HGET")
+        .arg("larder:wb:latest")
+        .arg("n")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(field, None, "the stale field was removed");
 }

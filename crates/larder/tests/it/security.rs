@@ -22,7 +22,7 @@ pub(crate) const FACADE_ACL: &str = "resetkeys ~larder:* resetchannels &larder:*
      +get +set +mget +del +unlink +scan \
      +evalsha +script|load +time +incr +publish +subscribe \
      +xadd +xreadgroup +xack +xdel +xautoclaim +xclaim +xgroup|create +xlen +xrange \
-     +hset +hget +hdel +hmget +hexists +pttl";
+     +hset +hget +hdel +hmget +pttl";
 
 const BOUND: Duration = Duration::from_secs(10);
 

@@ -209,12 +209,15 @@ mod with_redis {
             .redis(larder::redis::RedisStore::from_url(&server.url()).unwrap())
             .build()
             .unwrap();
+        c.insert(&1, None).await.unwrap();
         let e = c.insert(&1, Some(Bomb)).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
-        assert!(c.get(&1).await.unwrap().is_none());
+        // Out of the L1: the next read goes to the L2.
+        let l1_hits = c.stats().l1_hits;
+        assert!(matches!(c.get(&1).await.unwrap(), Some(None)));
+        assert_eq!(c.stats().l1_hits, l1_hits, "the key left the L1");
         // The key's write lock is free again.
         c.insert(&1, None).await.unwrap();
-        assert!(matches!(c.get(&1).await.unwrap(), Some(None)));
     }
 
     /// Instance `b` is loading the old row when instance `a` writes through:
