@@ -28,7 +28,7 @@ use futures_util::FutureExt;
 use larder::core::{Error, FnLoader, Store};
 use larder::redis::{RedisConfig, RedisStore, Topology};
 use larder::{Cache, Ttl};
-use larder_benches::manifest::{Better, Manifest};
+use larder_benches::manifest::{Better, Manifest, wanted};
 use larder_memory::MemoryCache;
 use larder_testkit::RedisServer;
 
@@ -536,35 +536,6 @@ async fn write_mode(behind: bool) -> f64 {
     let secs = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
     (TASKS * OPS) as f64 / secs
-}
-
-/// Whether a command-line filter (criterion's, e.g. `-- "l1 hit"`) leaves
-/// `group` in: the figures measured outside criterion honour it too.
-fn wanted(group: &str) -> bool {
-    // Criterion's options that take a value: their values are not filters.
-    const WITH_VALUE: [&str; 14] = [
-        "--warm-up-time",
-        "--measurement-time",
-        "--sample-size",
-        "--profile-time",
-        "--save-baseline",
-        "--baseline",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--nresamples",
-        "--output-format",
-        "--color",
-        "--plotting-backend",
-        "--format",
-    ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let takes_value = |i: usize| i > 0 && WITH_VALUE.contains(&args[i - 1].as_str());
-    let filter = args
-        .iter()
-        .enumerate()
-        .find(|(i, a)| !a.starts_with('-') && !takes_value(*i));
-    filter.is_none_or(|(_, f)| group.contains(f.as_str()) || f.contains(group))
 }
 
 /// 1,000 concurrent `get_or_load` of one missing key over `instances`

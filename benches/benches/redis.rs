@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::future::join_all;
-use larder_benches::manifest::{Better, Manifest};
+use larder_benches::manifest::{Better, Manifest, wanted};
 use larder_core::Store;
 use larder_redis::{BatchStats, RedisConfig, RedisStore, Topology};
 use larder_testkit::RedisServer;
@@ -32,36 +32,6 @@ const RAW_MGET: &str = "redis-rs MGET at the batcher's mean batch size";
 /// The interleaved comparison: rounds of iterations per client, taking turns.
 const ROUNDS: usize = 40;
 const ROUND_ITERS: usize = 25;
-
-/// Whether a command-line filter (criterion's, e.g. `-- "l2/get/64"`)
-/// leaves `group` in: the latency figures are measured outside criterion,
-/// so they honour it by hand (as `wanted` in the facade bench).
-fn wanted(group: &str) -> bool {
-    // Criterion's options that take a value: their values are not filters.
-    const WITH_VALUE: [&str; 14] = [
-        "--warm-up-time",
-        "--measurement-time",
-        "--sample-size",
-        "--profile-time",
-        "--save-baseline",
-        "--baseline",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--nresamples",
-        "--output-format",
-        "--color",
-        "--plotting-backend",
-        "--format",
-    ];
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let takes_value = |i: usize| i > 0 && WITH_VALUE.contains(&args[i - 1].as_str());
-    let filter = args
-        .iter()
-        .enumerate()
-        .find(|(i, a)| !a.starts_with('-') && !takes_value(*i));
-    filter.is_none_or(|(_, f)| group.contains(f.as_str()) || f.contains(group))
-}
 
 /// One GET through any raw redis-rs connection (the peers).
 async fn raw_get<C: redis::aio::ConnectionLike>(

@@ -68,3 +68,32 @@ impl Manifest {
         self.line(&[&"compare", &group, &subject, &peer]);
     }
 }
+
+/// Whether a command-line filter (criterion's, e.g. `-- "l2/get/64"`)
+/// leaves `group` in: figures measured outside criterion honour it too.
+pub fn wanted(group: &str) -> bool {
+    // Criterion's options that take a value: their values are not filters.
+    const WITH_VALUE: [&str; 14] = [
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--profile-time",
+        "--save-baseline",
+        "--baseline",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+        "--output-format",
+        "--color",
+        "--plotting-backend",
+        "--format",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let takes_value = |i: usize| i > 0 && WITH_VALUE.contains(&args[i - 1].as_str());
+    let filter = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with('-') && !takes_value(*i));
+    filter.is_none_or(|(_, f)| group.contains(f.as_str()) || f.contains(group))
+}
