@@ -45,12 +45,16 @@ pub(crate) struct Stripe {
 /// stripe with a plain load and store, no locked instruction (on x86 a
 /// `lock xadd` cost as much as taking the shard's read lock, a third of
 /// a hit on a hot key). Threads beyond the first `OWNED` alive at once
-/// share one more stripe and count there with `fetch_add`.
+/// count with `fetch_add` in the shared stripes.
 pub(crate) const OWNED: usize = 8;
-/// The shared stripe's index.
+/// Shared stripes, for the threads beyond the owners: each such thread
+/// counts with `fetch_add` in one of them, chosen round-robin, so many
+/// threads (a large runtime) do not all meet on one cache line.
+const SHARED_STRIPES: usize = 8;
+/// The first shared stripe's index.
 const SHARED: usize = OWNED;
-/// All stripes: the owned ones and the shared one.
-pub(crate) const STRIPES: usize = OWNED + 1;
+/// All stripes: the owned ones and the shared ones.
+pub(crate) const STRIPES: usize = OWNED + SHARED_STRIPES;
 
 /// Which of the `OWNED` stripe indices are taken, one bit each; the same
 /// index in every cache, so a thread owns its stripe in all of them.
@@ -98,7 +102,9 @@ fn choose_stripe() -> usize {
     let i = loop {
         let free = (!taken).trailing_zeros() as usize;
         if free >= OWNED {
-            break SHARED;
+            static NEXT_SHARED: std::sync::atomic::AtomicUsize =
+                std::sync::atomic::AtomicUsize::new(0);
+            break SHARED + NEXT_SHARED.fetch_add(1, Relaxed) % SHARED_STRIPES;
         }
         // The acquire pairs with the release of the stripe's last owner.
         match TAKEN.compare_exchange_weak(taken, taken | (1 << free), Acquire, Relaxed) {
@@ -106,7 +112,7 @@ fn choose_stripe() -> usize {
             Err(t) => taken = t,
         }
     };
-    if i != SHARED && OWNER.try_with(|o| o.set(Some(Owner(i)))).is_err() {
+    if i < OWNED && OWNER.try_with(|o| o.set(Some(Owner(i)))).is_err() {
         // The thread is exiting: its destructor would not run.
         TAKEN.fetch_and(!(1 << i), std::sync::atomic::Ordering::Release);
         return SHARED;
@@ -125,7 +131,7 @@ fn stripe_index() -> usize {
 /// Adds one to `counter` of stripe `i`.
 #[inline]
 fn add_one(i: usize, counter: &AtomicU64) {
-    if i == SHARED {
+    if i >= SHARED {
         counter.fetch_add(1, Ordering::Relaxed);
     } else {
         // Only this thread writes an owned stripe.

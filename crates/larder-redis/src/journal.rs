@@ -29,6 +29,8 @@ use crate::store::{RedisStore, ttl_ms};
 pub(crate) const JOURNAL_LATEST: &str = "wb:latest";
 /// The journal stream (`{ns}:wb:journal`).
 pub(crate) const JOURNAL_STREAM: &str = "wb:journal";
+/// The dead-letter stream (`{ns}:wb:dead`).
+const JOURNAL_DEAD: &str = "wb:dead";
 
 /// The consumer group every Larder instance of a namespace joins.
 const GROUP: &str = "larder";
@@ -170,7 +172,7 @@ impl RedisStore {
             store: self.clone(),
             stream: ks.global_key(JOURNAL_STREAM)?,
             latest: ks.global_key(JOURNAL_LATEST)?,
-            dead: ks.global_key("wb:dead")?,
+            dead: ks.global_key(JOURNAL_DEAD)?,
             consumer: consumer.to_owned(),
         })
     }

@@ -37,6 +37,9 @@ struct Inner {
     clock: SharedClock,
     backend: Backend,
     batcher: Option<Batcher>,
+    /// The journal keys a fill looks at (`{ns}:wb:latest`,
+    /// `{ns}:wb:journal`), when it does.
+    fill_journal: Option<(String, String)>,
 }
 
 enum Backend {
@@ -136,12 +139,24 @@ impl RedisStore {
             (Backend::Single(node), Some(max)) => Some(Batcher::new(Arc::clone(node), max)),
             _ => None,
         };
+        // Durable write-behind journals live on standalone servers only.
+        let fill_journal = match config.topology() {
+            Topology::Standalone(_) if config.fill_checks_journal => {
+                let ks = config.keyspace();
+                Some((
+                    ks.global_key(crate::journal::JOURNAL_LATEST)?,
+                    ks.global_key(crate::journal::JOURNAL_STREAM)?,
+                ))
+            }
+            _ => None,
+        };
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 config,
                 clock,
                 backend,
                 batcher,
+                fill_journal,
             }),
         })
     }
@@ -154,6 +169,11 @@ impl RedisStore {
     /// The key space (namespace) of this store.
     pub fn keyspace(&self) -> &KeySpace {
         self.inner.config.keyspace()
+    }
+
+    /// The journal keys a fill on this store looks at, if any.
+    pub(crate) fn fill_journal(&self) -> Option<&(String, String)> {
+        self.inner.fill_journal.as_ref()
     }
 
     /// The configuration.

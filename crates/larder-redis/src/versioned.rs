@@ -18,8 +18,6 @@ use larder_core::envelope::{HEADER_LEN, MAGIC};
 use larder_core::{Error, ErrorKind, Result};
 use redis::Script;
 
-use crate::config::Topology;
-use crate::journal::{JOURNAL_LATEST, JOURNAL_STREAM};
 use crate::stats::Cmd;
 use crate::store::{RedisStore, ttl_ms};
 
@@ -212,18 +210,11 @@ impl RedisStore {
         let (data, rec) = self.versioned_keys(key)?;
         let ms = ttl_ms(ttl)?;
         check_envelope(value, "fill")?;
-        // Durable write-behind journals live on standalone servers only.
-        let journal = match self.config().topology() {
-            Topology::Standalone(_) if self.config().fill_checks_journal => Some((
-                self.keyspace().global_key(JOURNAL_LATEST)?,
-                self.keyspace().global_key(JOURNAL_STREAM)?,
-            )),
-            _ => None,
-        };
+        let journal = self.fill_journal();
         // Retried safely: a retry after a lost reply finds its own bytes and answers 1.
         let written: i64 = self
             .run_on(&data, Cmd::Script, true, "fill script", |mut c| {
-                let inv = match &journal {
+                let inv = match journal {
                     Some((latest, stream)) => {
                         let mut inv = FILL_UNLESS_JOURNALLED.key(&data);
                         inv.key(&rec).key(latest).key(stream);

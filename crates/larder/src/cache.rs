@@ -373,6 +373,9 @@ where
     /// [`Cache::get`] for many keys: one result per key, in order. L1 hits
     /// first, then one bulk L2 read (`MGET`) for the rest.
     pub async fn get_many(&self, keys: &[K]) -> Vec<Result<Option<V>>> {
+        if let Err(e) = self.enter() {
+            return keys.iter().map(|_| Err(e.clone())).collect();
+        }
         Arc::clone(&self.inner).get_many(keys, false).await
     }
 
@@ -383,6 +386,9 @@ where
     pub async fn get_many_or_load(&self, keys: &[K]) -> Vec<Result<Option<V>>> {
         if self.inner.loader.is_none() {
             return keys.iter().map(|_| Err(no_loader())).collect();
+        }
+        if let Err(e) = self.enter() {
+            return keys.iter().map(|_| Err(e.clone())).collect();
         }
         Arc::clone(&self.inner).get_many(keys, true).await
     }
@@ -488,6 +494,8 @@ where
                 "put_behind needs write-behind (CacheBuilder::write_behind)",
             ));
         };
+        #[cfg(feature = "redis")]
+        queue.own_replayed().await?;
         let order = Arc::clone(&self.inner.write_locks[self.inner.stripe(key)])
             .lock_owned()
             .await;
@@ -765,7 +773,11 @@ where
     /// and counted in `Stats::write_behind`), then waits for the background
     /// loads and refreshes still running (each bounded by the load timeout,
     /// plus up to three lease times when waiting on another process's
-    /// lease). Nothing outlives the cache silently.
+    /// lease). Nothing outlives the cache silently. A direct write (`put`,
+    /// `update`, `delete`) of a key whose write-behind write it took out of
+    /// the queue is waited for too, as that write comes back if the direct
+    /// one fails: such a wait lasts as long as the `Writer` call, which
+    /// Larder does not bound (bound it in the `Writer`).
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         #[cfg(feature = "redis")]

@@ -590,12 +590,8 @@ where
                 Ok(bytes) if self.oversized(&bytes) => {
                     // The source has it; the cache must not keep the old
                     // value: invalidated in both levels instead.
-                    let r = l2.invalidate(text, self.cfg.tombstone).await.map(|_| ());
-                    self.invalidate_local(key);
-                    if r.is_ok() {
-                        self.announce(&[text.to_owned()]).await;
-                    }
-                    return r;
+                    self.stats.writes.incr();
+                    return self.invalidate(key, text).await;
                 }
                 Ok(bytes) => {
                     let ttl = meta.store_ttl(now).unwrap_or(fresh);

@@ -233,6 +233,8 @@ pub(crate) struct Durable<K, V> {
     pub(crate) decode: Box<DecodeWrite<K, V>>,
     /// Set once this consumer's own leftovers were replayed.
     own_done: tokio::sync::Mutex<bool>,
+    /// The same, for the appends' fast check.
+    own_ready: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(feature = "redis")]
@@ -247,6 +249,7 @@ impl<K, V> Durable<K, V> {
             encode,
             decode,
             own_done: tokio::sync::Mutex::new(false),
+            own_ready: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -264,10 +267,6 @@ pub(crate) struct Queue<K, V> {
     flusher: Mutex<Option<JoinHandle<()>>>,
     /// Journal ids of the batch being written (durable mode).
     in_flight: Mutex<Vec<String>>,
-    /// Keys a direct write superseded whose journal could not be told
-    /// (durable mode): told again before any replay or claim.
-    #[cfg(feature = "redis")]
-    supersede_retry: Mutex<Vec<String>>,
     /// A flusher was started once (the operations' fast check).
     pub(crate) started: std::sync::atomic::AtomicBool,
     pub(crate) flushed: Counter,
@@ -418,8 +417,6 @@ where
             durable,
             flusher: Mutex::new(None),
             in_flight: Mutex::new(Vec::new()),
-            #[cfg(feature = "redis")]
-            supersede_retry: Mutex::new(Vec::new()),
             started: std::sync::atomic::AtomicBool::new(false),
             flushed: Counter::new(),
             retries: Counter::new(),
@@ -839,9 +836,10 @@ where
         if let Some(d) = &self.durable
             && let Err(e) = d.journal.supersede(&[text.to_owned()]).await
         {
-            // Until the journal knows, an older entry of the key could be
-            // replayed over this write: kept, and told again first thing.
-            self.supersede_retry.lock().push(text.to_owned());
+            // Not retried later: by then another instance may have
+            // journalled a newer write of the key, and an unconditional
+            // removal would drop it. An older entry may still be written
+            // over this write (documented).
             self.journal_failed(e);
         }
         #[cfg(not(feature = "redis"))]
@@ -893,6 +891,21 @@ where
         }
     }
 
+    /// Durable mode: this consumer's leftovers from a previous run are
+    /// queued before its first append. Its own pending entries are read
+    /// only once, and read after an append they would include this run's
+    /// writes, queued a second time (the flusher's first replay raced the
+    /// first `put_behind`).
+    #[cfg(feature = "redis")]
+    pub(crate) async fn own_replayed(&self) -> Result<()> {
+        match &self.durable {
+            Some(d) if !d.own_ready.load(std::sync::atomic::Ordering::Acquire) => {
+                self.replay(true).await.map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Durable mode: takes over journalled writes nobody is writing and
     /// queues them (no room needed: they were accepted long ago). With
     /// `own`, first this consumer's leftovers from a previous run (once per
@@ -904,16 +917,6 @@ where
         };
         let mut own_done = d.own_done.lock().await;
         let own = own && !*own_done;
-        // Direct writes the journal has not heard of come first: no entry
-        // they superseded may be replayed.
-        let retry = std::mem::take(&mut *self.supersede_retry.lock());
-        if !retry.is_empty()
-            && let Err(e) = d.journal.supersede(&retry).await
-        {
-            self.supersede_retry.lock().extend(retry);
-            self.journal_failed(e.clone());
-            return Err(e);
-        }
         // Claims only while the queue has room (replays need none, but a
         // bound keeps one instance from taking a whole backlog at once).
         let room = {
@@ -980,6 +983,8 @@ where
         }
         if own {
             *own_done = true;
+            d.own_ready
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         self.replayed.add(queued as u64);
         if !stale.is_empty() {

@@ -234,18 +234,26 @@ async fn coherence_checks_its_settings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_built_outside_a_runtime_starts_coherence_at_its_first_operation() {
     let server = RedisServer::start().unwrap();
-    let (url, db) = (server.url(), MapDb::with(&[(1, "v1")]));
-    let c = std::thread::spawn(move || cache(&url, &db, Some(CoherenceMode::Tracking)))
-        .join()
-        .unwrap();
-    c.get(&1).await.unwrap();
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !c.stats().coherence.unwrap().connected {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stream never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    // The first operation is a single read, or a bulk one (which once
+    // skipped the start).
+    for bulk in [false, true] {
+        let (url, db) = (server.url(), MapDb::with(&[(1, "v1")]));
+        let c = std::thread::spawn(move || cache(&url, &db, Some(CoherenceMode::Tracking)))
+            .join()
+            .unwrap();
+        if bulk {
+            c.get_many_or_load(&[1]).await[0].as_ref().unwrap();
+        } else {
+            c.get(&1).await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + BOUND;
+        while !c.stats().coherence.unwrap().connected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stream never came up (bulk first: {bulk})"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 }
 

@@ -395,6 +395,33 @@ async fn a_cache_built_outside_a_runtime_replays_at_its_first_operation() {
     assert_eq!(rows(&db), vec![(3, "left behind".to_owned())]);
 }
 
+/// Building a durable cache on a runtime starts its first replay, which
+/// reads this consumer's pending entries. It must finish before the first
+/// append, or it reads this run's appends back and queues those writes a
+/// second time (found as a flaky `coalesced` count in
+/// `a_durable_write_is_journalled_with_its_value_and_acknowledged_once_written`). The
+/// race is a scheduling one, so it is run 20 times: without the ordering
+/// about one build in four replays its own writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_replay_runs_before_the_first_append_and_queues_nothing_twice() {
+    let server = RedisServer::start().unwrap();
+    for round in 0..20 {
+        let db = MapDb::default();
+        let c = durable(&server.url(), &db, "web-1", held());
+        for k in 0..4u64 {
+            c.put_behind(&k, format!("v{round}")).await.unwrap();
+        }
+        c.close().await;
+        let s = c.stats().write_behind.unwrap();
+        assert_eq!(
+            (s.journalled, s.replayed, s.coalesced, s.flushed),
+            (4, 0, 0, 4),
+            "round {round}: {s:?}"
+        );
+        assert_eq!(journal_len(&server.url()), 0);
+    }
+}
+
 /// Values above `max_value_bytes` stay out of the L2: a load keeps one in
 /// this instance's L1 only, a write invalidates the key instead, a durable
 /// `put_behind` is refused; each is counted.
