@@ -1,8 +1,8 @@
 //! One shard: a hash table of slot indices, a slab of entries, the policy
 //! and the timer wheel, all behind the shard's read-write lock. Reads hold
 //! it shared and report to the policy through the shard's read buffer
-//! ([`crate::reads`]); everything else holds it exclusively and applies the
-//! buffer first. The shard never holds more than its capacity after any
+//! ([`crate::reads`]); everything else applies the buffer first (under an
+//! upgradable lock, reads still going on) and then holds it exclusively. The shard never holds more than its capacity after any
 //! operation returns: an insert evicts before it releases the lock.
 
 use std::borrow::Borrow;

@@ -55,6 +55,9 @@ pub(crate) struct TinyLfu {
     protected: List,
     capacity: u64,
     window_max: u64,
+    /// `PROTECTED_SHARE` of the main space, kept with `window_max` (every
+    /// promotion compares against it).
+    protected_max: u64,
     // Hill climbing.
     hits: u64,
     misses: u64,
@@ -101,7 +104,7 @@ impl TinyLfu {
         } else {
             (capacity.min(EAGER_ENTRIES), capacity)
         };
-        TinyLfu {
+        let mut p = TinyLfu {
             sketch: Sketch::new(expected),
             sketch_most: most,
             links: Links::default(),
@@ -111,7 +114,8 @@ impl TinyLfu {
             probation: List::default(),
             protected: List::default(),
             capacity,
-            window_max: ((capacity as f64 * INITIAL_WINDOW).round() as u64).max(1),
+            window_max: 0,
+            protected_max: 0,
             hits: 0,
             misses: 0,
             sample: expected.max(10),
@@ -122,7 +126,16 @@ impl TinyLfu {
             looked: false,
             quiet: Vec::new(),
             unquiet: Vec::new(),
-        }
+        };
+        p.set_window(((capacity as f64 * INITIAL_WINDOW).round() as u64).max(1));
+        p
+    }
+
+    /// Sets the window's share, and the protected segment's with it.
+    fn set_window(&mut self, window_max: u64) {
+        self.window_max = window_max;
+        let main_max = self.capacity.saturating_sub(window_max);
+        self.protected_max = (main_max as f64 * PROTECTED_SHARE) as u64;
     }
 
     fn main_max(&self) -> u64 {
@@ -130,7 +143,7 @@ impl TinyLfu {
     }
 
     fn protected_max(&self) -> u64 {
-        (self.main_max() as f64 * PROTECTED_SHARE) as u64
+        self.protected_max
     }
 
     fn set_meta(&mut self, slot: u32, q: Queue, info: EntryInfo) {
@@ -254,7 +267,7 @@ impl TinyLfu {
             .round()
             .clamp(1.0, max.max(1) as f64) as u64;
         self.moved = new != self.window_max;
-        self.window_max = new;
+        self.set_window(new);
         self.rebalance_protected();
     }
 }
