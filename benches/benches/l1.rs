@@ -19,37 +19,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use larder_benches::manifest::{Better, Manifest};
 use larder_memory::MemoryCache;
 
-const KEYS: usize = 1_000_000;
-const CAPACITY: usize = 100_000;
-const STREAM: usize = 1 << 20;
+use larder_benches::zipf::{CAPACITY, STREAM, key_of, stream as zipf_stream};
 
 type Value = [u8; 64];
-
-/// The key of Zipf rank `rank` (0 is the most popular).
-fn key_of(rank: u64) -> u64 {
-    rank.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-/// A Zipf(1.0) stream of keys over `KEYS` ranks, scrambled so hot keys are
-/// not neighbours.
-fn zipf_stream(seed: u64) -> Vec<u64> {
-    let mut cdf = Vec::with_capacity(KEYS);
-    let mut sum = 0.0f64;
-    for r in 1..=KEYS {
-        sum += 1.0 / r as f64;
-        cdf.push(sum);
-    }
-    let mut x = seed | 1;
-    (0..STREAM)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let u = (x >> 11) as f64 / (1u64 << 53) as f64 * sum;
-            key_of(cdf.partition_point(|&c| c < u) as u64)
-        })
-        .collect()
-}
 
 trait Subject: Sync {
     fn get(&self, k: u64) -> Option<Value>;

@@ -9,3 +9,4 @@
 pub mod fixtures;
 pub mod manifest;
 pub mod traces;
+pub mod zipf;

@@ -372,6 +372,9 @@ enum Of {
     Figure,
     /// Time per operation, from ops/s: `peer / subject` of the figures.
     TimePerOp,
+    /// The subject's figure itself against an absolute target (no peer):
+    /// the subject is a `*` glob over the group's ids.
+    Value,
 }
 
 /// A goal from the issues: in `group` (a `*` glob: one row per group of the
@@ -501,6 +504,50 @@ const GOALS: &[Goal] = &[
         Direction::AtLeast,
         10.0,
     ),
+    Goal {
+        of: Of::Value,
+        ..goal(
+            "Hit ratio, 1 shard: mean % of OPT over the traces README's rows",
+            "sim/summary",
+            "larder TinyLfu: mean % of OPT",
+            "",
+            Direction::AtLeast,
+            85.0,
+        )
+    },
+    Goal {
+        of: Of::Value,
+        ..goal(
+            "Hit ratio, default shards: mean % of OPT over the traces README's rows",
+            "sim/summary",
+            "larder TinyLfu, default shards: mean % of OPT",
+            "",
+            Direction::AtLeast,
+            85.0,
+        )
+    },
+    Goal {
+        of: Of::Value,
+        ..goal(
+            "Hit ratio, 1 shard: points below the best peer, worst row",
+            "sim/summary",
+            "points below the best peer, worst row*",
+            "",
+            Direction::AtMost,
+            2.0,
+        )
+    },
+    Goal {
+        of: Of::Value,
+        ..goal(
+            "Hit ratio, default shards: points below the best peer, worst row",
+            "sim/summary",
+            "points below the best peer, default shards, worst row*",
+            "",
+            Direction::AtMost,
+            2.0,
+        )
+    },
     goal(
         "Flash sale, larder vs moka + redis-rs (throughput)",
         "facade/flash sale",
@@ -535,8 +582,9 @@ fn glob(pattern: &str, text: &str) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 struct GoalRow {
     what: String,
-    /// (subject, peer) figures as shown, and the ratio; None if not measured.
-    measured: Option<(String, String, f64)>,
+    /// (subject, peer) figures as shown, and the ratio (none for a goal on
+    /// a value); None if not measured.
+    measured: Option<(String, String, Option<f64>)>,
     target: String,
     met: Option<bool>,
 }
@@ -545,12 +593,13 @@ fn goal_rows(goals: &[Goal], figures: &[Figure]) -> Vec<GoalRow> {
     let mut rows = Vec::new();
     for g in goals {
         let target = format!(
-            "{} {:.2}x",
+            "{} {:.2}{}",
             match g.direction {
                 Direction::AtLeast => ">=",
                 Direction::AtMost => "<=",
             },
-            g.target
+            g.target,
+            if g.of == Of::Value { "" } else { "x" }
         );
         let find = |group: &str, id: &str| {
             figures
@@ -564,21 +613,37 @@ fn goal_rows(goals: &[Goal], figures: &[Figure]) -> Vec<GoalRow> {
             if !glob(g.group, &group) {
                 continue;
             }
+            let show = |f: &Figure| match g.of {
+                Of::Figure | Of::Value => format!("{} {}", fmt_value(f.value, &f.unit), f.unit),
+                Of::TimePerOp => format!("{:.1} ns/op", 1e9 / f.value),
+            };
+            let meets = |x: f64| match g.direction {
+                Direction::AtLeast => x >= g.target,
+                Direction::AtMost => x <= g.target,
+            };
+            if g.of == Of::Value {
+                let Some(s) = figures
+                    .iter()
+                    .find(|f| f.group == group && glob(g.subject, &f.id))
+                else {
+                    continue;
+                };
+                matched += 1;
+                rows.push(GoalRow {
+                    what: format!("{} ({})", g.what, s.id),
+                    measured: Some((show(s), "–".to_owned(), None)),
+                    target: target.clone(),
+                    met: Some(meets(s.value)),
+                });
+                continue;
+            }
             let (Some(s), Some(p)) = (find(&group, g.subject), find(&group, g.peer)) else {
                 continue;
             };
             matched += 1;
-            let show = |f: &Figure| match g.of {
-                Of::Figure => format!("{} {}", fmt_value(f.value, &f.unit), f.unit),
-                Of::TimePerOp => format!("{:.1} ns/op", 1e9 / f.value),
-            };
             let ratio = match g.of {
-                Of::Figure => s.value / p.value,
+                Of::Figure | Of::Value => s.value / p.value,
                 Of::TimePerOp => p.value / s.value,
-            };
-            let met = match g.direction {
-                Direction::AtLeast => ratio >= g.target,
-                Direction::AtMost => ratio <= g.target,
             };
             let what = if wildcard {
                 format!("{} ({group})", g.what)
@@ -587,9 +652,9 @@ fn goal_rows(goals: &[Goal], figures: &[Figure]) -> Vec<GoalRow> {
             };
             rows.push(GoalRow {
                 what,
-                measured: Some((show(&s), show(&p), ratio)),
+                measured: Some((show(&s), show(&p), Some(ratio))),
                 target: target.clone(),
-                met: Some(met),
+                met: Some(meets(ratio)),
             });
         }
         if matched == 0 {
@@ -624,9 +689,10 @@ fn summary(goals: &[Goal], figures: &[Figure]) -> String {
         };
         match &r.measured {
             Some((a, b, ratio)) => {
+                let ratio = ratio.map_or_else(|| "–".to_owned(), |x| format!("{x:.2}x"));
                 let _ = writeln!(
                     s,
-                    "| {} | {a} | {b} | {ratio:.2}x | {} | {verdict} |",
+                    "| {} | {a} | {b} | {ratio} | {} | {verdict} |",
                     r.what, r.target
                 );
             }
@@ -807,6 +873,14 @@ mod tests {
                 of: Of::TimePerOp,
                 ..goal("time", "g/time", "s", "p", Direction::AtMost, 1.3)
             },
+            Goal {
+                of: Of::Value,
+                ..goal("mean", "sim/summary", "mean*", "", Direction::AtLeast, 85.0)
+            },
+            Goal {
+                of: Of::Value,
+                ..goal("gap", "sim/summary", "gap*", "", Direction::AtMost, 2.0)
+            },
         ];
         let figures = [
             fig("g/up", "s", 90.0, "ops/s"),
@@ -820,6 +894,8 @@ mod tests {
             // 1 M ops/s = 1000 ns/op against 2 M ops/s = 500 ns/op: 2x the time.
             fig("g/time", "s", 1e6, "ops/s"),
             fig("g/time", "p", 2e6, "ops/s"),
+            fig("sim/summary", "mean % of OPT", 83.5, "%"),
+            fig("sim/summary", "gap (row a)", 1.5, "points"),
         ];
         let rows = goal_rows(&goals, &figures);
         let verdicts: Vec<(&str, Option<bool>)> =
@@ -834,14 +910,20 @@ mod tests {
                 ("absent", None),
                 ("half", None),
                 ("time", Some(false)),
+                ("mean (mean % of OPT)", Some(false)),
+                ("gap (gap (row a))", Some(true)),
             ]
         );
-        let ratio = |i: usize| rows[i].measured.as_ref().unwrap().2;
+        let ratio = |i: usize| rows[i].measured.as_ref().unwrap().2.unwrap();
         assert!((ratio(0) - 0.9).abs() < 1e-9);
         assert!((ratio(6) - 2.0).abs() < 1e-9, "time per op, not ops/s");
         assert_eq!(rows[6].measured.as_ref().unwrap().0, "1000.0 ns/op");
         let md = summary(&goals, &figures);
-        assert!(md.starts_with("## Summary: goals\n\n2 met, 3 not met, 2 not measured"));
+        assert!(md.starts_with("## Summary: goals\n\n3 met, 4 not met, 2 not measured"));
+        assert!(
+            md.contains("| mean (mean % of OPT) | 83.50 % | – | – | >= 85.00 | **not met** |"),
+            "{md}"
+        );
         assert!(md.contains("| absent | – | – | – | >= 1.00x | not measured |"));
         assert!(md.contains("| up | 90.0 ops/s | 100.0 ops/s | 0.90x | >= 1.00x | **not met** |"));
     }
@@ -851,7 +933,9 @@ mod tests {
     #[test]
     fn the_goals_are_well_formed() {
         for g in GOALS {
-            assert!(!g.group.is_empty() && !g.subject.is_empty() && !g.peer.is_empty());
+            assert!(!g.group.is_empty() && !g.subject.is_empty());
+            // A goal on a value has no peer; every other goal has one.
+            assert_eq!(g.peer.is_empty(), g.of == Of::Value, "{}", g.what);
             assert_ne!(g.subject, g.peer, "{}", g.what);
             assert!(g.target > 0.0, "{}", g.what);
         }

@@ -10,12 +10,15 @@
 //!   `fuzz/` on the stable toolchain and runs one for a bounded time.
 //! - `chaos [--seconds N] [--seed S]`: the chaos soak (`chaos/`) in release
 //!   mode: worker processes, a seeded nemesis, the checkers.
+//! - `profile`: instructions and cache misses per L1 operation, Larder
+//!   against quick_cache, counted under valgrind's cachegrind.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool
 
 mod bench;
 mod fuzz;
 mod invariants;
+mod profile;
 mod redis;
 mod util;
 
@@ -35,7 +38,9 @@ commands:
   chaos [--seconds N] [--seed S] [--workers W] [--break NAME]
                                 the chaos soak: worker processes, a seeded nemesis,
                                 checkers (default 60 s; see docs/chaos.md)
-  invariants                    check the crate dependency invariants";
+  invariants                    check the crate dependency invariants
+  profile                       instructions and cache misses per L1 operation,
+                                Larder vs quick_cache (needs valgrind)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("sim") => sim(&args[1..]),
+        Some("profile") => profile::run(&args[1..]),
         Some("chaos") => redis::ensure_redis_server().and_then(|bin| chaos(&bin, &args[1..])),
         Some("invariants") => {
             invariants::check_all().map(|n| println!("invariants: {n} passed, 0 failed"))

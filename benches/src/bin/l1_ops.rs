@@ -1,0 +1,78 @@
+//! `cargo xtask profile`: the L1 benchmark's workload (Zipf 1.0 over 1M
+//! keys, capacity 100k, `u64` keys, 64-byte values), one subject, a given
+//! number of operations after the same warm-up, for a counting profiler:
+//! under cachegrind, two runs that differ only in the operation count
+//! give the instructions and simulated cache misses of one operation,
+//! exactly, where wall-clock ratios on a shared 2-core VM swing by 20%.
+//!
+//! ```text
+//! l1_ops SUBJECT MODE OPS    SUBJECT: larder | quick_cache
+//!                            MODE: get (100% gets) | mixed (95% gets, 5% inserts)
+//! ```
+
+#![allow(clippy::print_stdout)] // a command-line tool
+
+use std::hint::black_box;
+
+use larder_benches::zipf;
+use larder_memory::MemoryCache;
+
+type Value = [u8; 64];
+
+trait Subject {
+    fn get(&self, k: u64) -> Option<Value>;
+    fn insert(&self, k: u64, v: Value);
+}
+
+impl Subject for MemoryCache<u64, Value> {
+    fn get(&self, k: u64) -> Option<Value> {
+        MemoryCache::get(self, &k)
+    }
+    fn insert(&self, k: u64, v: Value) {
+        MemoryCache::insert(self, k, v);
+    }
+}
+
+impl Subject for quick_cache::sync::Cache<u64, Value> {
+    fn get(&self, k: u64) -> Option<Value> {
+        quick_cache::sync::Cache::get(self, &k)
+    }
+    fn insert(&self, k: u64, v: Value) {
+        quick_cache::sync::Cache::insert(self, k, v);
+    }
+}
+
+fn main() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [subject, mode, ops] = args.as_slice() else {
+        return Err("usage: l1_ops larder|quick_cache get|mixed OPS".into());
+    };
+    let mixed = match mode.as_str() {
+        "get" => false,
+        "mixed" => true,
+        other => return Err(format!("unknown mode {other:?}")),
+    };
+    let ops: usize = ops.parse().map_err(|e| format!("OPS: {e}"))?;
+    let cache: Box<dyn Subject> = match subject.as_str() {
+        "larder" => Box::new(MemoryCache::<u64, Value>::new(zipf::CAPACITY as u64)),
+        "quick_cache" => Box::new(quick_cache::sync::Cache::<u64, Value>::new(zipf::CAPACITY)),
+        other => return Err(format!("unknown subject {other:?}")),
+    };
+    let stream = zipf::stream(0x1234_5678);
+    for &k in &stream {
+        if cache.get(k).is_none() {
+            cache.insert(k, [1; 64]);
+        }
+    }
+    let mut hits = 0usize;
+    for i in 0..ops {
+        let k = stream[i % stream.len()];
+        if mixed && i % 20 == 0 {
+            cache.insert(k, [7; 64]);
+        } else {
+            hits += usize::from(black_box(cache.get(k)).is_some());
+        }
+    }
+    println!("{subject} {mode}: {ops} operations, {hits} hits");
+    Ok(())
+}
