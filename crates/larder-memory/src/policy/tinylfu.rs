@@ -40,6 +40,42 @@ enum Queue {
     Protected,
 }
 
+impl Queue {
+    const ALL: [Queue; 3] = [Queue::Window, Queue::Probation, Queue::Protected];
+}
+
+/// A slot's queue (two bits) and quiet flag in one byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Meta(u8);
+
+impl Meta {
+    const QUIET: u8 = 4;
+
+    fn new(q: Queue) -> Self {
+        Meta(q as u8)
+    }
+
+    fn queue(self) -> Queue {
+        Queue::ALL[usize::from(self.0 & 3)]
+    }
+
+    fn quiet(self) -> bool {
+        self.0 & Self::QUIET != 0
+    }
+
+    fn with_queue(self, q: Queue) -> Self {
+        Meta((self.0 & !3) | q as u8)
+    }
+
+    fn with_quiet(self, quiet: bool) -> Self {
+        Meta(if quiet {
+            self.0 | Self::QUIET
+        } else {
+            self.0 & !Self::QUIET
+        })
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct TinyLfu {
     sketch: Sketch,
@@ -47,7 +83,9 @@ pub(crate) struct TinyLfu {
     /// weigher (never more entries), else unbounded.
     sketch_most: u64,
     links: Links,
-    queue: Vec<Queue>,
+    /// Per slot: its queue, and whether its reads are quiet (see
+    /// [`Policy::on_hit`]); one byte, where two arrays cost two.
+    meta: Vec<Meta>,
     /// Per slot, only with a weigher.
     weights: Option<Vec<u32>>,
     window: List,
@@ -69,8 +107,6 @@ pub(crate) struct TinyLfu {
     moved: bool,
     /// Whether the first (shorter) period is over.
     looked: bool,
-    /// Per slot: reads are quiet (see [`Policy::on_hit`]).
-    quiet: Vec<bool>,
     /// Quiet entries that moved to probation since the shard last asked:
     /// their reads must be reported again (a read there promotes).
     unquiet: Vec<u32>,
@@ -108,7 +144,7 @@ impl TinyLfu {
             sketch: Sketch::new(expected),
             sketch_most: most,
             links: Links::default(),
-            queue: Vec::new(),
+            meta: Vec::new(),
             weights: weighted.then(Vec::new),
             window: List::default(),
             probation: List::default(),
@@ -124,7 +160,6 @@ impl TinyLfu {
             direction: 1.0,
             moved: true,
             looked: false,
-            quiet: Vec::new(),
             unquiet: Vec::new(),
         };
         p.set_window(((capacity as f64 * INITIAL_WINDOW).round() as u64).max(1));
@@ -148,11 +183,10 @@ impl TinyLfu {
 
     fn set_meta(&mut self, slot: u32, q: Queue, info: EntryInfo) {
         let i = slot as usize;
-        if self.queue.len() <= i {
-            self.reserve((i + 1).max(self.queue.len() * 2));
+        if self.meta.len() <= i {
+            self.reserve((i + 1).max(self.meta.len() * 2));
         }
-        self.queue[i] = q;
-        self.quiet[i] = false;
+        self.meta[i] = Meta::new(q);
         if let Some(w) = &mut self.weights {
             w[i] = info.weight as u32;
         }
@@ -166,11 +200,25 @@ impl TinyLfu {
             .map_or(1, |w| u64::from(w[slot as usize]))
     }
 
+    fn queue(&self, slot: u32) -> Queue {
+        self.meta[slot as usize].queue()
+    }
+
+    fn quiet(&self, slot: u32) -> bool {
+        self.meta[slot as usize].quiet()
+    }
+
+    fn set_quiet(&mut self, slot: u32, quiet: bool) {
+        let m = &mut self.meta[slot as usize];
+        *m = m.with_quiet(quiet);
+    }
+
     fn push(&mut self, q: Queue, slot: u32) {
         let w = self.weight(slot);
-        self.queue[slot as usize] = q;
-        if q == Queue::Probation && self.quiet[slot as usize] {
-            self.quiet[slot as usize] = false;
+        let m = self.meta[slot as usize];
+        self.meta[slot as usize] = m.with_queue(q);
+        if q == Queue::Probation && m.quiet() {
+            self.set_quiet(slot, false);
             self.unquiet.push(slot);
         }
         let (links, list) = match q {
@@ -182,7 +230,7 @@ impl TinyLfu {
     }
 
     fn unlink(&mut self, slot: u32) {
-        let q = self.queue[slot as usize];
+        let q = self.queue(slot);
         let w = self.weight(slot);
         let (links, list) = match q {
             Queue::Window => (&mut self.links, &mut self.window),
@@ -211,10 +259,10 @@ impl TinyLfu {
     /// quiet, so its next read is seen again. Each chance costs a quiet mark
     /// that a seen read paid for, so the passes are O(1) amortised.
     fn second_chance(&mut self, slot: u32, q: Queue) -> bool {
-        if !self.quiet[slot as usize] {
+        if !self.quiet(slot) {
             return false;
         }
-        self.quiet[slot as usize] = false;
+        self.set_quiet(slot, false);
         self.unquiet.push(slot);
         let list = match q {
             Queue::Window => &mut self.window,
@@ -232,7 +280,9 @@ impl TinyLfu {
         let ages = self.sketch.ages();
         let saturated = self.sketch.increment(hash);
         if self.sketch.ages() != ages {
-            self.quiet.fill(false);
+            for m in &mut self.meta {
+                *m = m.with_quiet(false);
+            }
         }
         saturated
     }
@@ -299,7 +349,7 @@ impl Policy for TinyLfu {
     fn on_hit(&mut self, slot: u32, hash: u64) -> bool {
         let saturated = self.count(hash);
         self.hits += 1;
-        match self.queue[slot as usize] {
+        match self.queue(slot) {
             Queue::Window => self.links.move_to_front(&mut self.window, slot),
             Queue::Probation => {
                 self.unlink(slot);
@@ -311,13 +361,13 @@ impl Policy for TinyLfu {
             }
         }
         self.climb();
-        let quiet = saturated && self.queue[slot as usize] != Queue::Probation;
-        self.quiet[slot as usize] = quiet;
+        let quiet = saturated && self.queue(slot) != Queue::Probation;
+        self.set_quiet(slot, quiet);
         quiet
     }
 
     fn warm(&self, slot: u32, hash: u64) -> u64 {
-        let q = self.queue.get(slot as usize).map_or(0, |&q| q as u64);
+        let q = self.meta.get(slot as usize).map_or(0, |m| u64::from(m.0));
         self.sketch.warm(hash) ^ q ^ self.links.warm(slot)
     }
 
@@ -338,10 +388,10 @@ impl Policy for TinyLfu {
     }
 
     fn on_update(&mut self, slot: u32, old: EntryInfo, new: EntryInfo) {
-        let (q, quiet) = (self.queue[slot as usize], self.quiet[slot as usize]);
+        let (q, quiet) = (self.queue(slot), self.quiet(slot));
         self.unlink(slot);
         self.set_meta(slot, q, new);
-        self.quiet[slot as usize] = quiet;
+        self.set_quiet(slot, quiet);
         let _ = old;
         self.push(q, slot);
         if q == Queue::Protected {
@@ -351,13 +401,12 @@ impl Policy for TinyLfu {
 
     fn on_remove(&mut self, slot: u32, _info: EntryInfo) {
         self.unlink(slot);
-        self.quiet[slot as usize] = false;
+        self.set_quiet(slot, false);
     }
 
     fn reserve(&mut self, slots: usize) {
-        if slots > self.queue.len() {
-            self.queue.resize(slots, Queue::Window);
-            self.quiet.resize(slots, false);
+        if slots > self.meta.len() {
+            self.meta.resize(slots, Meta::new(Queue::Window));
             if let Some(w) = &mut self.weights {
                 w.resize(slots, 0);
             }
@@ -438,8 +487,7 @@ impl Policy for TinyLfu {
     fn heap_bytes(&self) -> usize {
         self.sketch.heap_bytes()
             + self.links.heap_bytes()
-            + self.queue.capacity()
-            + self.quiet.capacity()
+            + self.meta.capacity()
             + self.weights.as_ref().map_or(0, |w| w.capacity() * 4)
     }
 }
@@ -464,10 +512,10 @@ mod tests {
             let (mut n, mut w, mut cur) = (0, 0, list.head());
             while let Some(s) = cur {
                 assert!(seen.insert(s), "slot {s} is in two lists");
-                assert_eq!(p.queue[s as usize], q, "slot {s}'s queue byte");
+                assert_eq!(p.queue(s), q, "slot {s}'s queue bits");
                 assert!(live.contains_key(&s), "dead slot {s} in {q:?}");
                 if q == Queue::Probation {
-                    assert!(!p.quiet[s as usize], "quiet slot {s} in probation");
+                    assert!(!p.quiet(s), "quiet slot {s} in probation");
                 }
                 n += 1;
                 w += p.weight(s);
@@ -561,6 +609,17 @@ mod tests {
     }
 
     #[test]
+    fn a_meta_byte_keeps_queue_and_quiet_apart() {
+        for q in Queue::ALL {
+            for quiet in [false, true] {
+                let m = Meta::new(Queue::Protected).with_quiet(quiet).with_queue(q);
+                assert_eq!((m.queue(), m.quiet()), (q, quiet));
+                assert_eq!(m.with_quiet(!quiet).queue(), q);
+            }
+        }
+    }
+
+    #[test]
     fn a_hot_entry_goes_quiet_and_a_demoted_one_is_unmarked() {
         let mut p = TinyLfu::new(4, false);
         let live: BTreeMap<u32, u64> = (0..4u32).map(|s| (s, u64::from(s) * 2 + 1)).collect();
@@ -577,7 +636,7 @@ mod tests {
         // Reads until slot 0's frequency saturates: then it is quiet.
         let quiet = (0..40).map(|_| p.on_hit(0, 1)).last();
         assert_eq!(quiet, Some(true));
-        assert!(p.quiet[0]);
+        assert!(p.quiet(0));
         let mut unmarked = Vec::new();
         p.take_unquiet(&mut |s| unmarked.push(s));
         assert!(unmarked.is_empty());
@@ -585,7 +644,7 @@ mod tests {
         // the shard is told to clear its mark.
         p.unlink(0);
         p.push(Queue::Probation, 0);
-        assert!(!p.quiet[0]);
+        assert!(!p.quiet(0));
         p.take_unquiet(&mut |s| unmarked.push(s));
         assert_eq!(unmarked, [0]);
     }
