@@ -247,10 +247,13 @@ impl ReadBuffer {
     }
 
     /// Events recorded and not yet taken (exact while nobody pushes; call
-    /// with the upkeep lock held, so nobody takes them meanwhile).
+    /// with the upkeep lock held, so nobody takes them meanwhile). The
+    /// whole ring, not only the places below the head: an event stored
+    /// after a drain passed its place sits above the reset head until a
+    /// later drain takes it or a later push counts it lost, and until then
+    /// it is pending like any other.
     pub(crate) fn pending(&self) -> u64 {
-        let n = self.head.load(Ordering::Acquire).min(CAPACITY);
-        self.events[..n]
+        self.events
             .iter()
             .filter(|e| e.load(Ordering::Acquire) != 0)
             .count() as u64
@@ -380,6 +383,10 @@ mod loom_model {
             }
             drainer.join().unwrap();
             let mut a = applied.lock().unwrap();
+            // At rest, every event is applied, pending or counted lost:
+            // what the statistics add up.
+            let at_rest = a.len() as u64 + buf.pending() + buf.lost_hits.load(Ordering::Relaxed);
+            assert_eq!(at_rest, 4, "applied {a:?}, pending {}", buf.pending());
             buf.drain(|ev| a.push(ev));
             // Events left in the ring (claimed before a reset, written
             // after the drain passed them) are applied by a later drain
