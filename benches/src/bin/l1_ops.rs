@@ -3,7 +3,9 @@
 //! number of operations after the same warm-up, for a counting profiler:
 //! under cachegrind, two runs that differ only in the operation count
 //! give the instructions and simulated cache misses of one operation,
-//! exactly, where wall-clock ratios on a shared 2-core VM swing by 20%.
+//! where wall-clock ratios on a shared 2-core VM swing by 20%. Each
+//! subject hashes with its default hasher's family (foldhash) under a
+//! fixed seed, so both runs do the same work up to the difference.
 //!
 //! ```text
 //! l1_ops SUBJECT MODE OPS    SUBJECT: larder | quick_cache
@@ -18,13 +20,18 @@ use larder_benches::zipf;
 use larder_memory::MemoryCache;
 
 type Value = [u8; 64];
+/// Larder's default hasher family (hashbrown's), seeded.
+type LarderHasher = foldhash::fast::FixedState;
+/// quick_cache's default hasher family, seeded.
+type QuickHasher = foldhash::quality::FixedState;
+const SEED: u64 = 0x5EED;
 
 trait Subject {
     fn get(&self, k: u64) -> Option<Value>;
     fn insert(&self, k: u64, v: Value);
 }
 
-impl Subject for MemoryCache<u64, Value> {
+impl Subject for MemoryCache<u64, Value, LarderHasher> {
     fn get(&self, k: u64) -> Option<Value> {
         MemoryCache::get(self, &k)
     }
@@ -33,7 +40,7 @@ impl Subject for MemoryCache<u64, Value> {
     }
 }
 
-impl Subject for quick_cache::sync::Cache<u64, Value> {
+impl Subject for quick_cache::sync::Cache<u64, Value, quick_cache::UnitWeighter, QuickHasher> {
     fn get(&self, k: u64) -> Option<Value> {
         quick_cache::sync::Cache::get(self, &k)
     }
@@ -54,8 +61,18 @@ fn main() -> Result<(), String> {
     };
     let ops: usize = ops.parse().map_err(|e| format!("OPS: {e}"))?;
     let cache: Box<dyn Subject> = match subject.as_str() {
-        "larder" => Box::new(MemoryCache::<u64, Value>::new(zipf::CAPACITY as u64)),
-        "quick_cache" => Box::new(quick_cache::sync::Cache::<u64, Value>::new(zipf::CAPACITY)),
+        "larder" => Box::new(
+            MemoryCache::<u64, Value>::builder(zipf::CAPACITY as u64)
+                .hasher(LarderHasher::with_seed(SEED))
+                .build(),
+        ),
+        "quick_cache" => Box::new(quick_cache::sync::Cache::with(
+            zipf::CAPACITY,
+            zipf::CAPACITY as u64,
+            quick_cache::UnitWeighter,
+            QuickHasher::with_seed(SEED),
+            quick_cache::sync::DefaultLifecycle::default(),
+        )),
         other => return Err(format!("unknown subject {other:?}")),
     };
     let stream = zipf::stream(0x1234_5678);
@@ -66,7 +83,7 @@ fn main() -> Result<(), String> {
     }
     let mut hits = 0usize;
     for i in 0..ops {
-        let k = stream[i % stream.len()];
+        let k = stream[i & (zipf::STREAM - 1)];
         if mixed && i % 20 == 0 {
             cache.insert(k, [7; 64]);
         } else {

@@ -395,14 +395,16 @@ where
     /// The shard, locked exclusively, with its read buffer applied. The
     /// ring is applied first under an upgradable (shared) lock, so reads of
     /// the shard go on meanwhile; the few events recorded before the
-    /// upgrade are applied under the exclusive lock. Reads never wait for
-    /// the upkeep lock (they only try it), so holding it across the upgrade
-    /// cannot deadlock.
+    /// upgrade are applied under the exclusive lock. The upkeep lock is
+    /// let go before the upgrade, which waits for the shard's readers: a
+    /// scrape (`stats`, `policy`) takes only the upkeep lock and must not
+    /// wait for a reader, which may be user code (a hook, a `Clone`) that
+    /// itself asks for the statistics.
     fn write<'a>(&self, cell: &'a ShardCell<K, V>) -> Write<'a, K, V> {
         let shared = cell.lock.upgradable_read();
-        let mut m = cell.maint.lock();
-        shared.apply_reads(&mut m, &cell.reads, None);
+        shared.apply_reads(&mut cell.maint.lock(), &cell.reads, None);
         let shard = RwLockUpgradableReadGuard::upgrade(shared);
+        let mut m = cell.maint.lock();
         shard.apply_reads(&mut m, &cell.reads, None);
         Write { shard, m }
     }
@@ -861,6 +863,78 @@ mod tests {
                 .map(|s| s.0.maint.lock().policy_heap_bytes())
                 .sum()
         }
+    }
+
+    /// Parks the read of key 7 in the expiry hook, holding the shard's read
+    /// lock, until released.
+    struct Park {
+        entered: std::sync::mpsc::SyncSender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Expiry<u64, u64> for Park {
+        fn expire_after_create(&self, _k: &u64, _v: &u64, _now: Instant) -> Option<Duration> {
+            None
+        }
+        fn expire_after_read(
+            &self,
+            k: &u64,
+            _v: &u64,
+            _now: Instant,
+            current: Option<Duration>,
+        ) -> Option<Duration> {
+            if *k == 7 {
+                let _ = self.entered.send(());
+                let _ = self.release.lock().recv();
+            }
+            current
+        }
+    }
+
+    /// A write waiting for a reader to leave the shard holds nothing a
+    /// scrape needs: `stats()` returns while a reader is parked (in user
+    /// code) and a writer waits behind it. Red when the writer kept the
+    /// upkeep lock across the upgrade: the scrape waited for the reader.
+    #[test]
+    fn a_scrape_does_not_wait_for_a_writer_that_waits_for_a_reader() {
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+        let (release, release_rx) = std::sync::mpsc::sync_channel(1);
+        let cache: MemoryCache<u64, u64> = MemoryCache::builder(100)
+            .shards(1)
+            .expiry(Park {
+                entered: entered_tx,
+                release: Mutex::new(release_rx),
+            })
+            .build();
+        cache.insert(7, 7);
+        let cache = &cache;
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| cache.get(&7));
+            entered.recv().expect("the reader is parked in the hook");
+            let writer = s.spawn(|| cache.insert(8, 8));
+            // The gate: the writer holds the shard's upgradable lock (it
+            // then applies the ring and waits to upgrade). Bounded.
+            let shard = &cache.inner.shards[0].0;
+            let mut spins = 0u32;
+            while shard.lock.try_upgradable_read().is_some() {
+                assert!(spins < 10_000_000, "the writer never took the shard");
+                spins += 1;
+                std::thread::yield_now();
+            }
+            let (done_tx, done) = std::sync::mpsc::channel();
+            let scraper = s.spawn(move || {
+                let st = cache.stats();
+                let _ = done_tx.send(st.inserts);
+            });
+            let scraped = done.recv_timeout(Duration::from_secs(10));
+            // Let everyone finish before judging, so a failure ends.
+            let _ = release.send(());
+            assert_eq!(reader.join().unwrap(), Some(7));
+            writer.join().unwrap();
+            scraper.join().unwrap();
+            assert_eq!(scraped, Ok(1), "the scrape waited for the parked reader");
+        });
+        assert_eq!(cache.stats().inserts, 2);
     }
 
     /// An insert over an entry past its deadline that the wheel has not

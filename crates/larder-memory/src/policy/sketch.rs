@@ -128,20 +128,21 @@ impl Sketch {
     /// saturated (all four counters at 15): until the next aging, counting
     /// it again changes nothing.
     pub(crate) fn increment(&mut self, hash: u64) -> bool {
-        let mut added = false;
+        // Branch-free: whether a counter is saturated is a coin toss the
+        // branch predictor loses on most hits.
+        let mut added = 0;
         let mut min = MAX;
         let b = self.block(hash);
         let block = &mut self.table[b].0;
         for (w, s) in Self::cells(hash) {
             let c = (block[w] >> s) & MAX;
-            if c < MAX {
-                block[w] += 1 << s;
-                added = true;
-            }
-            min = min.min((c + 1).min(MAX));
+            let inc = u64::from(c < MAX);
+            block[w] += inc << s;
+            added |= inc;
+            min = min.min(c + inc);
         }
         let saturated = min == MAX;
-        if added {
+        if added != 0 {
             self.additions += 1;
             if self.additions >= self.sample {
                 self.age();
