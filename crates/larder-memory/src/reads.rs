@@ -9,8 +9,9 @@
 //!   W-TinyLFU, a hot entry whose frequency is saturated) only adds to
 //!   `quiet_hits`, until the policy's epoch moves on;
 //! - any other hit is an event in a fixed ring of atomic words, applied in
-//!   order under the shard's write lock by whoever fills the ring (if the
-//!   lock is free) and before every write to the shard.
+//!   order under the shard's upkeep lock (the shard itself held shared) by
+//!   whoever fills the ring (if that lock is free) and before every write
+//!   to the shard.
 //!
 //! A single thread therefore sees the policy order of an unbuffered cache
 //! (the simulator relies on this). Under contention the ring is lossy, like
@@ -215,7 +216,7 @@ impl ReadBuffer {
     }
 
     /// Takes every recorded event, oldest first, and empties the ring.
-    /// Call with the shard's write lock held (one drainer at a time). An
+    /// Call with the shard's upkeep lock held (one drainer at a time). An
     /// event whose writer has claimed a place but not yet stored it is
     /// left for the next drain, or counted as lost if a later push takes
     /// its place first (the race that makes the ring lossy).
@@ -295,7 +296,7 @@ impl ReadBuffer {
         epoch.wrapping_add(1)
     }
 
-    /// Publishes the policy's epoch (under the write lock).
+    /// Publishes the policy's epoch (under the upkeep lock).
     pub(crate) fn set_epoch(&self, epoch: u32) {
         self.epoch.store(epoch, Ordering::Relaxed);
     }
@@ -357,7 +358,7 @@ mod loom_model {
         builder.preemption_bound = Some(3);
         builder.check(|| {
             let buf = Arc::new(ReadBuffer::default());
-            // The shard's write lock, and what was applied under it.
+            // The shard's upkeep lock, and what was applied under it.
             let applied = Arc::new(Mutex::new(Vec::new()));
             let readers: Vec<_> = (0..2u32)
                 .map(|t| {

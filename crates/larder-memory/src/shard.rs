@@ -2,8 +2,9 @@
 //! and the timer wheel, all behind the shard's read-write lock. Reads hold
 //! it shared and report to the policy through the shard's read buffer
 //! ([`crate::reads`]); everything else applies the buffer first (under an
-//! upgradable lock, reads still going on) and then holds it exclusively. The shard never holds more than its capacity after any
-//! operation returns: an insert evicts before it releases the lock.
+//! upgradable lock, reads still going on) and then holds it exclusively.
+//! The shard never holds more than its capacity after any operation
+//! returns: an insert evicts before it releases the lock.
 
 use std::borrow::Borrow;
 use std::hash::Hash;
@@ -424,7 +425,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     }
 
     /// Clears the quiet mark of every entry the policy no longer calls
-    /// quiet (call before releasing the write lock).
+    /// quiet (call with the upkeep lock held).
     fn unmark_unquiet(&self, m: &mut Maint) {
         let slots = &self.slots;
         m.policy.take_unquiet(&mut |s| {

@@ -31,6 +31,9 @@ const SEEDS: [u64; 4] = [
 #[repr(C, align(64))]
 struct Block([u64; 8]);
 
+// One block, one line: checked where it cannot pass by luck.
+const _: () = assert!(std::mem::align_of::<Block>() == 64 && std::mem::size_of::<Block>() == 64);
+
 #[derive(Debug)]
 pub(crate) struct Sketch {
     /// 16 nibbles per word, 8 words (64 bytes) per block.

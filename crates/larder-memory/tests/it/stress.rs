@@ -30,8 +30,11 @@ fn threads_hammering_every_policy() {
                     for i in 0..20_000 {
                         if i % 1_000 == 0 {
                             // The upkeep lock, taken without the shard's
-                            // lock, while writers hold both.
-                            let _ = cache.stats();
+                            // lock, while writers hold both: never more
+                            // reads than were started.
+                            let st = cache.stats();
+                            let started = gets.load(Ordering::SeqCst);
+                            assert!(st.hits + st.misses <= started, "{st:?} > {started}");
                         }
                         x ^= x << 13;
                         x ^= x >> 7;
@@ -44,7 +47,7 @@ fn threads_hammering_every_policy() {
                             }
                             1..=4 => cache.insert(k, k * 3),
                             _ => {
-                                gets.fetch_add(1, Ordering::Relaxed);
+                                gets.fetch_add(1, Ordering::SeqCst);
                                 if let Some(v) = cache.get(&k) {
                                     assert_eq!(v, k * 3, "wrong value for {k}");
                                 }
