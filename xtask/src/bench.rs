@@ -410,6 +410,19 @@ const fn goal(
     }
 }
 
+/// A goal on one of the simulator's summary figures itself (no peer).
+const fn value_goal(
+    what: &'static str,
+    subject: &'static str,
+    direction: Direction,
+    target: f64,
+) -> Goal {
+    Goal {
+        of: Of::Value,
+        ..goal(what, "sim/summary", subject, "", direction, target)
+    }
+}
+
 /// The goals the report opens with (issues #14 and the L1, facade and
 /// write-behind issues), each with its target ratio.
 const GOALS: &[Goal] = &[
@@ -504,50 +517,30 @@ const GOALS: &[Goal] = &[
         Direction::AtLeast,
         10.0,
     ),
-    Goal {
-        of: Of::Value,
-        ..goal(
-            "Hit ratio, 1 shard: mean % of OPT over the traces README's rows",
-            "sim/summary",
-            "larder TinyLfu: mean % of OPT",
-            "",
-            Direction::AtLeast,
-            85.0,
-        )
-    },
-    Goal {
-        of: Of::Value,
-        ..goal(
-            "Hit ratio, default shards: mean % of OPT over the traces README's rows",
-            "sim/summary",
-            "larder sharded TinyLfu: mean % of OPT",
-            "",
-            Direction::AtLeast,
-            85.0,
-        )
-    },
-    Goal {
-        of: Of::Value,
-        ..goal(
-            "Hit ratio, 1 shard: points below the best peer, worst row",
-            "sim/summary",
-            "points below the best peer, worst row*",
-            "",
-            Direction::AtMost,
-            2.0,
-        )
-    },
-    Goal {
-        of: Of::Value,
-        ..goal(
-            "Hit ratio, default shards: points below the best peer, worst row",
-            "sim/summary",
-            "points below the best peer, sharded, worst row*",
-            "",
-            Direction::AtMost,
-            2.0,
-        )
-    },
+    value_goal(
+        "Hit ratio, 1 shard: mean % of OPT over the traces README's rows",
+        "larder TinyLfu: mean % of OPT",
+        Direction::AtLeast,
+        85.0,
+    ),
+    value_goal(
+        "Hit ratio, default shards: mean % of OPT over the traces README's rows",
+        "larder sharded TinyLfu: mean % of OPT",
+        Direction::AtLeast,
+        85.0,
+    ),
+    value_goal(
+        "Hit ratio, 1 shard: points below the best peer, worst row",
+        "points below the best peer, worst row*",
+        Direction::AtMost,
+        2.0,
+    ),
+    value_goal(
+        "Hit ratio, default shards: points below the best peer, worst row",
+        "points below the best peer, sharded, worst row*",
+        Direction::AtMost,
+        2.0,
+    ),
     goal(
         "Flash sale, larder vs moka + redis-rs (throughput)",
         "facade/flash sale",
