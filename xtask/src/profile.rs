@@ -1,6 +1,6 @@
 //! `cargo xtask profile`: where an L1 operation's time goes, counted, not
 //! timed. Runs `benches/src/bin/l1_ops.rs` under valgrind's cachegrind,
-//! Larder's L1 and quick_cache, 100% gets and 95/5, each twice: after the
+//! Larder's L1 and quick_cache, 100% gets, 95/5 and 16 hot keys, each twice: after the
 //! same warm-up with no operations and with `OPS` operations. The
 //! difference divided by `OPS` is the count per operation of
 //! instructions, first-level data cache misses and last-level data misses
@@ -48,7 +48,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     println!(
         "| workload | subject | instructions / op | D1 misses / op | LL data misses / op |\n|---|---|--:|--:|--:|"
     );
-    for mode in ["get", "mixed"] {
+    for mode in ["get", "mixed", "hot"] {
         let mut larder = None;
         for subject in ["larder", "quick_cache"] {
             let base = counts(&exe, &out, subject, mode, 0)?;

@@ -10,6 +10,7 @@
 //! ```text
 //! l1_ops SUBJECT MODE OPS    SUBJECT: larder | quick_cache
 //!                            MODE: get (100% gets) | mixed (95% gets, 5% inserts)
+//!                                  | hot (the 16 most popular keys, all resident)
 //! ```
 
 #![allow(clippy::print_stdout)] // a command-line tool
@@ -54,9 +55,10 @@ fn main() -> Result<(), String> {
     let [subject, mode, ops] = args.as_slice() else {
         return Err("usage: l1_ops larder|quick_cache get|mixed OPS".into());
     };
-    let mixed = match mode.as_str() {
-        "get" => false,
-        "mixed" => true,
+    let (mixed, hot) = match mode.as_str() {
+        "get" => (false, false),
+        "mixed" => (true, false),
+        "hot" => (false, true),
         other => return Err(format!("unknown mode {other:?}")),
     };
     let ops: usize = ops.parse().map_err(|e| format!("OPS: {e}"))?;
@@ -81,9 +83,19 @@ fn main() -> Result<(), String> {
             cache.insert(k, [1; 64]);
         }
     }
+    let hot_keys: [u64; 16] = std::array::from_fn(|r| zipf::key_of(r as u64));
+    for &k in &hot_keys {
+        if cache.get(k).is_none() {
+            cache.insert(k, [1; 64]);
+        }
+    }
     let mut hits = 0usize;
     for i in 0..ops {
-        let k = stream[i & (zipf::STREAM - 1)];
+        let k = if hot {
+            hot_keys[i & 15]
+        } else {
+            stream[i & (zipf::STREAM - 1)]
+        };
         if mixed && i % 20 == 0 {
             cache.insert(k, [7; 64]);
         } else {
