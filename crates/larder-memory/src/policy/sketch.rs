@@ -24,20 +24,27 @@ const SEEDS: [u64; 4] = [
     0xD6E8_FEB8_6659_FD93,
 ];
 
-/// Eight words of counters, on one cache line of its own: a block that
-/// straddled two lines (a `Vec<u64>` is only 8-byte aligned) cost a second
-/// miss on most increments, even after the first word was warmed.
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(64))]
-struct Block([u64; 8]);
+/// Words per block: 64 bytes, one cache line.
+const BLOCK: usize = 8;
 
-// One block, one line: checked where it cannot pass by luck.
-const _: () = assert!(std::mem::align_of::<Block>() == 64 && std::mem::size_of::<Block>() == 64);
+/// A zeroed table of `blocks` blocks, and the word at which the first
+/// block starts: a 64-byte boundary. A `Vec<u64>` is only 8-byte aligned,
+/// and a block straddling two lines cost a second miss on most increments
+/// (even after its first word was warmed); seven spare words let the
+/// blocks start on a line. A zeroed `Vec<u64>` also comes from `calloc`,
+/// whose fresh pages cost nothing until touched.
+fn zeroed(blocks: usize) -> (Vec<u64>, usize) {
+    let table = vec![0u64; blocks * BLOCK + BLOCK - 1];
+    let words_past_line = (table.as_ptr().addr() / 8) % BLOCK;
+    (table, (BLOCK - words_past_line) % BLOCK)
+}
 
 #[derive(Debug)]
 pub(crate) struct Sketch {
-    /// 16 nibbles per word, 8 words (64 bytes) per block.
-    table: Vec<Block>,
+    /// 16 nibbles per word, 8 words (64 bytes) per block; the blocks start
+    /// at word `start` (see [`zeroed`]).
+    table: Vec<u64>,
+    start: usize,
     block_mask: usize,
     additions: u64,
     sample: u64,
@@ -52,9 +59,11 @@ impl Sketch {
         // 16 counters (one word) per expected entry, at least one block.
         let entries = expected_entries.clamp(8, Self::MAX_WORDS);
         let words = (entries as usize).next_power_of_two();
+        let (table, start) = zeroed(words / BLOCK);
         Sketch {
-            table: vec![Block::default(); words / 8],
-            block_mask: words / 8 - 1,
+            table,
+            start,
+            block_mask: words / BLOCK - 1,
             additions: 0,
             sample: 10 * entries,
             ages: 0,
@@ -67,7 +76,7 @@ impl Sketch {
 
     /// Entries the table is sized for.
     pub(crate) fn entries(&self) -> u64 {
-        self.table.len() as u64 * 8
+        (self.block_mask as u64 + 1) * BLOCK as u64
     }
 
     /// Grows the table to cover `entries` (a power of two at least as
@@ -75,7 +84,7 @@ impl Sketch {
     /// samples `10 x` as many accesses between agings.
     pub(crate) fn ensure_capacity(&mut self, entries: u64) {
         let entries = entries.min(Self::MAX_WORDS);
-        let old = self.table.len() * 8;
+        let old = self.entries() as usize;
         if entries <= old as u64 {
             return;
         }
@@ -83,11 +92,13 @@ impl Sketch {
         // A block's index is the low bits of a hash-derived number; the
         // new bits above the old mask pick one of the copies, and the
         // counters inside a block do not depend on the block.
-        self.table.reserve_exact((words - old) / 8);
-        for _ in 1..words / old {
-            self.table.extend_from_within(..old / 8);
+        let (mut table, start) = zeroed(words / BLOCK);
+        let counters = &self.table[self.start..self.start + old];
+        for copy in table[start..start + words].chunks_exact_mut(old) {
+            copy.copy_from_slice(counters);
         }
-        self.block_mask = words / 8 - 1;
+        (self.table, self.start) = (table, start);
+        self.block_mask = words / BLOCK - 1;
         self.sample = 10 * words as u64;
     }
 
@@ -112,14 +123,21 @@ impl Sketch {
         ((hash ^ (hash >> 29)).wrapping_mul(SEEDS[0]) >> 32) as usize & self.block_mask
     }
 
+    /// The words of block `b`.
+    #[inline]
+    fn words(&self, b: usize) -> &[u64] {
+        let at = self.start + b * BLOCK;
+        &self.table[at..at + BLOCK]
+    }
+
     /// One word of `hash`'s block (to bring it into cache early).
     pub(crate) fn warm(&self, hash: u64) -> u64 {
-        self.table[self.block(hash)].0[0]
+        self.words(self.block(hash))[0]
     }
 
     /// The estimated recent frequency of `hash` (0..=15).
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
-        let block = &self.table[self.block(hash)].0;
+        let block = self.words(self.block(hash));
         Self::cells(hash)
             .iter()
             .map(|&(w, s)| (block[w] >> s) & MAX)
@@ -135,8 +153,8 @@ impl Sketch {
         // branch predictor loses on most hits.
         let mut added = 0;
         let mut min = MAX;
-        let b = self.block(hash);
-        let block = &mut self.table[b].0;
+        let at = self.start + self.block(hash) * BLOCK;
+        let block = &mut self.table[at..at + BLOCK];
         for (w, s) in Self::cells(hash) {
             let c = (block[w] >> s) & MAX;
             let inc = u64::from(c < MAX);
@@ -163,7 +181,7 @@ impl Sketch {
     /// Bytes of the counter table.
     #[cfg(test)]
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.table.capacity() * std::mem::size_of::<Block>()
+        self.table.capacity() * 8
     }
 
     /// Halves every counter. The count of additions halves too, less the
@@ -171,7 +189,8 @@ impl Sketch {
     /// access raised four).
     fn age(&mut self) {
         let mut odd = 0u64;
-        for w in self.table.iter_mut().flat_map(|b| &mut b.0) {
+        let words = self.entries() as usize;
+        for w in &mut self.table[self.start..self.start + words] {
             odd += u64::from((*w & ONES).count_ones());
             *w = (*w >> 1) & LOW3;
         }
@@ -203,11 +222,18 @@ mod tests {
     /// increment costs one miss, not two.
     #[test]
     fn blocks_are_cache_line_aligned() {
-        let mut s = Sketch::new(100);
-        assert_eq!(s.table.as_ptr() as usize % 64, 0);
-        s.ensure_capacity(5_000);
-        assert_eq!(s.table.as_ptr() as usize % 64, 0);
-        assert_eq!(std::mem::size_of::<Block>(), 64);
+        let line = |s: &Sketch| s.words(0).as_ptr().addr() % 64;
+        for entries in [8, 100, 5_000, 1 << 16] {
+            let mut s = Sketch::new(entries);
+            assert_eq!(line(&s), 0, "{entries} entries");
+            s.ensure_capacity(entries * 4);
+            assert_eq!(line(&s), 0, "{entries} entries, grown");
+        }
+        for blocks in 1..64 {
+            let (table, start) = zeroed(blocks);
+            assert_eq!(table[start..].as_ptr().addr() % 64, 0);
+            assert!(table.len() - start >= blocks * BLOCK);
+        }
     }
 
     #[test]
