@@ -179,11 +179,16 @@ impl State {
     /// for a stalled leader.
     fn requeue(&mut self, b: Batch) {
         for &i in &b.slots {
-            if let Slot::Waiting(w) = &mut self.slots[i] {
-                self.queued[i] = true;
-                if let Some(w) = w.take() {
-                    w.wake();
+            // Every live caller's key is queued again, its leader's too.
+            match &mut self.slots[i] {
+                Slot::Waiting(w) => {
+                    self.queued[i] = true;
+                    if let Some(w) = w.take() {
+                        w.wake();
+                    }
                 }
+                Slot::Lead => self.queued[i] = true,
+                Slot::Free | Slot::Done(_) | Slot::Abandoned => {}
             }
         }
         self.queue.push_front(b);

@@ -509,77 +509,60 @@ impl Node {
 
     /// `MGET` of `keys`, one answer per key. On a Cluster the keys are split
     /// by master and each part goes through that master's breaker
-    /// concurrently, so a dead master fails only its own keys.
+    /// concurrently, so a dead master fails only its own keys. One node
+    /// gets one `MGET`, no grouping.
     pub(crate) async fn mget<K: AsRef<str> + Sync>(
         &self,
         keys: &[K],
         what: &'static str,
     ) -> Vec<Result<Option<Vec<u8>>>> {
         if !self.is_cluster() {
-            // One node: one MGET, no grouping.
-            let answer = self
-                .run_routed(None, Cmd::MGet, true, what, |mut c| {
-                    let mut cmd = redis::cmd("MGET");
-                    for k in keys {
-                        cmd.arg(k.as_ref());
-                    }
-                    async move { cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await }
-                })
-                .await;
-            return match answer {
-                Ok(values) if values.len() == keys.len() => values.into_iter().map(Ok).collect(),
-                Ok(values) => {
-                    let e = Error::new(
-                        ErrorKind::Backend,
-                        format!("{what}: {} answers for {} keys", values.len(), keys.len()),
-                    );
-                    keys.iter().map(|_| Err(e.clone())).collect()
-                }
-                Err(e) => keys.iter().map(|_| Err(e.clone())).collect(),
-            };
+            return self.mget_part(None, keys, what).await;
         }
         let groups = self.groups_by_owner(keys);
         let answers = join_all(groups.iter().map(|(route, idx)| {
             let part: Vec<&str> = idx.iter().map(|&i| keys[i].as_ref()).collect();
-            async move {
-                self.run_routed(route.as_deref(), Cmd::MGet, true, what, |mut c| {
-                    let part = &part;
-                    async move {
-                        redis::cmd("MGET")
-                            .arg(part)
-                            .query_async::<Vec<Option<Vec<u8>>>>(&mut c)
-                            .await
-                    }
-                })
-                .await
-            }
+            async move { self.mget_part(route.as_deref(), &part, what).await }
         }))
         .await;
         let mut out: Vec<Result<Option<Vec<u8>>>> = (0..keys.len()).map(|_| Ok(None)).collect();
-        for ((_, idx), answer) in groups.iter().zip(answers) {
-            match answer {
-                Ok(values) if values.len() == idx.len() => {
-                    for (&i, v) in idx.iter().zip(values) {
-                        out[i] = Ok(v);
-                    }
-                }
-                Ok(values) => {
-                    let e = Error::new(
-                        ErrorKind::Backend,
-                        format!("{what}: {} answers for {} keys", values.len(), idx.len()),
-                    );
-                    for &i in idx {
-                        out[i] = Err(e.clone());
-                    }
-                }
-                Err(e) => {
-                    for &i in idx {
-                        out[i] = Err(e.clone());
-                    }
-                }
+        for ((_, idx), answers) in groups.iter().zip(answers) {
+            for (&i, answer) in idx.iter().zip(answers) {
+                out[i] = answer;
             }
         }
         out
+    }
+
+    /// One `MGET` of `keys` through `route`'s breaker: one answer per key,
+    /// the same error for each when the command failed or answered a
+    /// different number of values.
+    async fn mget_part<K: AsRef<str> + Sync>(
+        &self,
+        route: Option<&str>,
+        keys: &[K],
+        what: &'static str,
+    ) -> Vec<Result<Option<Vec<u8>>>> {
+        let answer = self
+            .run_routed(route, Cmd::MGet, true, what, |mut c| {
+                let mut cmd = redis::cmd("MGET");
+                for k in keys {
+                    cmd.arg(k.as_ref());
+                }
+                async move { cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await }
+            })
+            .await;
+        match answer {
+            Ok(values) if values.len() == keys.len() => values.into_iter().map(Ok).collect(),
+            Ok(values) => {
+                let e = Error::new(
+                    ErrorKind::Backend,
+                    format!("{what}: {} answers for {} keys", values.len(), keys.len()),
+                );
+                keys.iter().map(|_| Err(e.clone())).collect()
+            }
+            Err(e) => keys.iter().map(|_| Err(e.clone())).collect(),
+        }
     }
 
     /// Runs one command: breaker check, a per-attempt deadline, stats, and

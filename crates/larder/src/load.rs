@@ -589,9 +589,11 @@ where
             let written = match self.encode_written(meta, &entry) {
                 Ok(bytes) if self.oversized(&bytes) => {
                     // The source has it; the cache must not keep the old
-                    // value: invalidated in both levels instead.
+                    // value: dropped from both levels instead. A write,
+                    // counted once it took effect; not an invalidation.
+                    self.drop_everywhere(key, text).await?;
                     self.stats.writes.incr();
-                    return self.invalidate(key, text).await;
+                    return Ok(());
                 }
                 Ok(bytes) => {
                     let ttl = meta.store_ttl(now).unwrap_or(fresh);

@@ -280,6 +280,13 @@ where
     /// the L2 between the first local invalidation and the L2's).
     pub(crate) async fn invalidate(&self, key: &K, text: &str) -> Result<()> {
         self.stats.invalidations.incr();
+        self.drop_everywhere(key, text).await
+    }
+
+    /// Removes `key` from every level and tells the other instances,
+    /// counting nothing (an invalidation counts itself; an oversized
+    /// write counts as a write).
+    pub(crate) async fn drop_everywhere(&self, key: &K, text: &str) -> Result<()> {
         self.invalidate_local(key);
         if let Some(l2) = &self.l2 {
             l2.invalidate(text, self.cfg.tombstone).await?;

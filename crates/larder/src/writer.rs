@@ -900,7 +900,7 @@ where
     pub(crate) async fn own_replayed(&self) -> Result<()> {
         match &self.durable {
             Some(d) if !d.own_ready.load(std::sync::atomic::Ordering::Acquire) => {
-                self.replay(true).await.map(|_| ())
+                self.replay_with(true, true).await.map(|_| ())
             }
             _ => Ok(()),
         }
@@ -912,10 +912,21 @@ where
     /// queue). Returns how many were queued.
     #[cfg(feature = "redis")]
     pub(crate) async fn replay(&self, own: bool) -> Result<usize> {
+        self.replay_with(own, false).await
+    }
+
+    /// [`Queue::replay`]; with `only_own`, nothing once the own replay is
+    /// done: the writes that waited for it (`own_replayed`) leave the
+    /// claim passes to the flusher instead of each making one.
+    #[cfg(feature = "redis")]
+    async fn replay_with(&self, own: bool, only_own: bool) -> Result<usize> {
         let Some(d) = &self.durable else {
             return Ok(0);
         };
         let mut own_done = d.own_done.lock().await;
+        if only_own && *own_done {
+            return Ok(0);
+        }
         let own = own && !*own_done;
         // Claims only while the queue has room (replays need none, but a
         // bound keeps one instance from taking a whole backlog at once).

@@ -232,11 +232,14 @@ async fn a_batch_put_back_under_a_leader_never_polled_is_still_sent() {
     tokio::task::yield_now().await; // c joins a's batch
     assert!(poll_once(&mut leader).await.is_pending(), "a sends a, b, c");
     proxy.wait_held_replies(held + 1).await;
-    // Long enough for c's stall check to find its key in flight (a wait
-    // for a timer of the code under test, not for a state: if the machine
-    // is slow the check comes later and the case is not reached, the test
-    // passes without showing anything; it never fails spuriously).
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    // c's stall check runs and finds its key in flight: the runtime's
+    // clock is moved past the check (not slept on), then c runs (this is
+    // a current-thread runtime: the yield hands it the thread) and stops
+    // watching. Well inside the held MGET's 300 ms response timeout.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(60)).await;
+    tokio::task::yield_now().await;
+    tokio::time::resume();
     proxy.set_replies_stalled(false);
     drop(leader); // the batch goes back; b is named to send it, never polled
     assert_eq!(

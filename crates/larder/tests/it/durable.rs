@@ -458,7 +458,14 @@ async fn values_above_max_value_bytes_stay_out_of_the_l2() {
     // A write-through: the source has it, the cache invalidated the key.
     assert_eq!(c.get_or_load(&2).await.unwrap().as_deref(), Some("small"));
     assert!(exists(&mut raw, "larder:{2}"));
+    let before = c.stats();
     c.put(&2, big.clone()).await.unwrap();
+    let after = c.stats();
+    assert_eq!(after.writes, before.writes + 1, "one write");
+    assert_eq!(
+        after.invalidations, before.invalidations,
+        "a write, not an invalidation"
+    );
     assert!(
         !exists(&mut raw, "larder:{2}"),
         "the old value stayed in the L2"
