@@ -88,7 +88,8 @@ pub struct PolicyInfo {
     /// Number of shards (each holds its share of the capacity).
     pub shards: usize,
     /// W-TinyLFU only: the current window capacity summed over shards
-    /// (it adapts by hill climbing).
+    /// (it follows the cache's window simulation, or climbs a hill with a
+    /// weigher).
     pub window_capacity: Option<u64>,
 }
 
@@ -318,11 +319,12 @@ where
         }
         let clock = self.clock.unwrap_or_else(SystemClock::shared);
         let origin = clock.now();
+        let weighted = self.weigher.is_some();
+        let sim = policy::simulation(self.kind, self.capacity, weighted);
         let shards: Vec<_> = (0..n as u64)
             .map(|i| {
                 let cap = self.capacity / n as u64 + u64::from(i < self.capacity % n as u64);
-                let weighted = self.weigher.is_some();
-                let policy = policy::make(self.kind, cap, weighted);
+                let policy = policy::make(self.kind, cap, weighted, sim.as_ref());
                 Padded(ShardCell {
                     reads: ReadBuffer::default(),
                     lock: RwLock::new(Shard::new(cap, weighted)),

@@ -682,7 +682,7 @@ mod tests {
             PolicyKind::Lfu,
         ] {
             let mut shard: Shard<u64, u64> = Shard::new(10, true);
-            let mut m = Maint::new(policy::make(kind, 10, true));
+            let mut m = Maint::new(policy::make(kind, 10, true, None));
             let mut out = Removed::new();
             // Key k hashes to 2k + 1.
             let h: Rehash<'_, u64> = &|k| 2 * k + 1;

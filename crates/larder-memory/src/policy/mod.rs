@@ -5,8 +5,11 @@
 //! inserts, hits, misses, weight changes and removals, and asks it for a
 //! victim while the shard is over capacity.
 
+use std::sync::Arc;
+
 pub(crate) mod lfu;
 pub(crate) mod lru;
+pub(crate) mod minisim;
 pub(crate) mod sketch;
 pub(crate) mod tinylfu;
 pub(crate) mod ttl;
@@ -83,8 +86,9 @@ pub enum PolicyKind {
     /// W-TinyLFU: a small LRU window admits newcomers; a count-min sketch of
     /// recent frequencies decides whether a window victim may displace the
     /// main space's victim; the main space is a segmented LRU; the window
-    /// size adapts by hill climbing. Resists scans and loops, keeps
-    /// recency-biased workloads. The default.
+    /// size follows mini-simulations of six window sizes on a sample of
+    /// the keys (hill climbing with a weigher). Resists scans and loops,
+    /// keeps recency-biased workloads. The default.
     #[default]
     TinyLfu,
     /// Least recently used, exactly.
@@ -99,12 +103,31 @@ pub enum PolicyKind {
 
 /// A policy for a shard of `capacity` (entries, or weight if `weighted`).
 /// Nothing is sized by a weight: per-entry structures follow the entries
-/// held.
-pub(crate) fn make(kind: PolicyKind, capacity: u64, weighted: bool) -> Box<dyn Policy> {
+/// held. `sim` is the cache's window simulation (W-TinyLFU counted in
+/// entries only), shared by its shards; see [`simulation`].
+pub(crate) fn make(
+    kind: PolicyKind,
+    capacity: u64,
+    weighted: bool,
+    sim: Option<&Arc<minisim::WindowSim>>,
+) -> Box<dyn Policy> {
     match kind {
-        PolicyKind::TinyLfu => Box::new(tinylfu::TinyLfu::new(capacity, weighted)),
+        PolicyKind::TinyLfu => Box::new(tinylfu::TinyLfu::new(capacity, weighted, sim.cloned())),
         PolicyKind::Lru => Box::new(lru::Lru::default()),
         PolicyKind::Lfu => Box::new(lfu::Lfu::new(capacity, weighted)),
         PolicyKind::Ttl => Box::new(ttl::Ttl::default()),
     }
+}
+
+/// The window simulation for a cache of `capacity`, if its policy uses
+/// one: W-TinyLFU counted in entries.
+pub(crate) fn simulation(
+    kind: PolicyKind,
+    capacity: u64,
+    weighted: bool,
+) -> Option<Arc<minisim::WindowSim>> {
+    (kind == PolicyKind::TinyLfu && !weighted)
+        .then(|| minisim::WindowSim::new(capacity))
+        .flatten()
+        .map(Arc::new)
 }

@@ -1,7 +1,7 @@
 //! W-TinyLFU (Einziger, Friedman and Manes; Caffeine's design): a small LRU
 //! window in front of a segmented-LRU main space (probation + protected),
 //! with a frequency sketch as the admission filter between them, and a
-//! window whose size adapts by hill climbing.
+//! window whose size adapts to the workload.
 //!
 //! - New entries enter the window. When the cache is over capacity and the
 //!   window is over its share, the window's LRU entry (the candidate) meets
@@ -10,16 +10,18 @@
 //!   admission rejection.
 //! - A hit in probation promotes to protected (80% of main); protected
 //!   overflow demotes its LRU entry back to probation.
-//! - Hill climbing (Caffeine's climber, with two guards against noise):
-//!   every `10 x capacity` requests (the first time after `2 x capacity`,
-//!   so a recency-biased workload does not wait long for its window) the
+//! - The window's share ([`Adapt`]): a cache counted in entries follows
+//!   its mini-simulations (see [`super::minisim`]); recency-biased
+//!   workloads get a large window (toward LRU), frequency-biased ones and
+//!   loops a small one (toward LFU). A weighted cache, whose capacity is a
+//!   weight that sampled ghosts cannot scale, climbs a hill instead
+//!   (Caffeine's climber, with two guards against noise): every
+//!   `10 x capacity` requests (the first time after `2 x capacity`) the
 //!   hit rate of the period is compared with the one before. The window
 //!   keeps moving in the same direction while the hit rate holds or
 //!   improves and turns around when it drops; the step (6.25% of capacity)
 //!   decays by 2% a period and restarts after a change of 5 points. It
-//!   starts by growing the window. Recency-biased workloads grow it toward
-//!   LRU (up to 99% of the cache); frequency-biased ones shrink it toward
-//!   LFU.
+//!   starts by growing the window.
 //!   - A change under 1 point is noise, not a verdict: the window stays.
 //!   - A period in which the window could not move (it sat at its minimum
 //!     or maximum) says nothing about the last move, so a small drop then
@@ -29,9 +31,11 @@
 //!     minimum again and again (lirs_loop at 768 entries: 73.0% instead
 //!     of 75.1%, OPT 75.8%).
 
+use super::minisim::{self, WindowSim};
 use super::sketch::Sketch;
 use super::{EntryInfo, Policy, Victim};
 use crate::list::{Links, List};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Queue {
@@ -101,9 +105,28 @@ pub(crate) struct TinyLfu {
     /// `PROTECTED_SHARE` of the main space, kept with `window_max` (every
     /// promotion compares against it).
     protected_max: u64,
-    // Hill climbing.
+    adapt: Adapt,
+    /// Quiet entries that moved to probation since the shard last asked:
+    /// their reads must be reported again (a read there promotes).
+    unquiet: Vec<u32>,
+}
+
+/// How the window's share is chosen.
+#[derive(Debug)]
+enum Adapt {
+    /// Never changes (a ghost of the simulation).
+    Fixed,
+    /// Follows the cache's simulation; `seen` is the share last applied.
+    Follow { sim: Arc<WindowSim>, seen: usize },
+    /// Hill climbing (a weighted cache).
+    Climb(Climber),
+}
+
+#[derive(Debug)]
+struct Climber {
     hits: u64,
     misses: u64,
+    /// Requests per period, over [`PERIOD`].
     sample: u64,
     previous_hit_rate: f64,
     step: f64,
@@ -112,9 +135,6 @@ pub(crate) struct TinyLfu {
     moved: bool,
     /// Whether the first (shorter) period is over.
     looked: bool,
-    /// Quiet entries that moved to probation since the shard last asked:
-    /// their reads must be reported again (a read there promotes).
-    unquiet: Vec<u32>,
 }
 
 const INITIAL_WINDOW: f64 = 0.01;
@@ -139,11 +159,40 @@ const EAGER_ENTRIES: u64 = 1 << 16;
 const FIRST_ENTRIES: u64 = 16;
 
 impl TinyLfu {
-    pub(crate) fn new(capacity: u64, weighted: bool) -> Self {
+    /// The policy of a shard of `capacity`: a weighted one climbs a hill,
+    /// one counted in entries follows `sim` (the cache's simulation, shared
+    /// by its shards) when there is one, else keeps its first window.
+    pub(crate) fn new(capacity: u64, weighted: bool, sim: Option<Arc<WindowSim>>) -> Self {
         let (expected, most) = if weighted {
             (FIRST_ENTRIES, u64::MAX)
         } else {
             (capacity.min(EAGER_ENTRIES), capacity)
+        };
+        let (adapt, window) = match (weighted, sim) {
+            (false, Some(sim)) => {
+                let seen = sim.choice();
+                (
+                    Adapt::Follow { sim, seen },
+                    minisim::window_for(capacity, seen),
+                )
+            }
+            (false, None) => (
+                Adapt::Fixed,
+                minisim::window_for(capacity, minisim::INITIAL),
+            ),
+            (true, _) => (
+                Adapt::Climb(Climber {
+                    hits: 0,
+                    misses: 0,
+                    sample: expected.max(10),
+                    previous_hit_rate: 0.0,
+                    step: STEP_INITIAL * capacity as f64,
+                    direction: 1.0,
+                    moved: true,
+                    looked: false,
+                }),
+                ((capacity as f64 * INITIAL_WINDOW).round() as u64).max(1),
+            ),
         };
         let mut p = TinyLfu {
             sketch: Sketch::new(expected),
@@ -157,17 +206,17 @@ impl TinyLfu {
             capacity,
             window_max: 0,
             protected_max: 0,
-            hits: 0,
-            misses: 0,
-            sample: expected.max(10),
-            previous_hit_rate: 0.0,
-            step: STEP_INITIAL * capacity as f64,
-            direction: 1.0,
-            moved: true,
-            looked: false,
+            adapt,
             unquiet: Vec::new(),
         };
-        p.set_window(((capacity as f64 * INITIAL_WINDOW).round() as u64).max(1));
+        p.set_window(window);
+        p
+    }
+
+    /// A policy of `capacity` entries whose window stays at `window`.
+    pub(crate) fn fixed(capacity: u64, window: u64) -> Self {
+        let mut p = TinyLfu::new(capacity, false, None);
+        p.set_window(window);
         p
     }
 
@@ -292,11 +341,50 @@ impl TinyLfu {
         saturated
     }
 
-    fn climb(&mut self) {
+    /// Counts reads for the climber, and moves the window when the
+    /// climber or the simulation says so.
+    fn adapt(&mut self, hits: u64, misses: u64) {
+        let new = match &mut self.adapt {
+            Adapt::Fixed => return,
+            Adapt::Follow { sim, seen } => {
+                let choice = sim.choice();
+                if choice == *seen {
+                    return;
+                }
+                *seen = choice;
+                minisim::window_for(self.capacity, choice)
+            }
+            Adapt::Climb(c) => {
+                c.hits += hits;
+                c.misses += misses;
+                match c.climb(self.capacity, self.window_max) {
+                    Some(new) => new,
+                    None => return,
+                }
+            }
+        };
+        self.set_window(new);
+        self.rebalance_protected();
+    }
+
+    /// Tells the simulation about an access to `hash`, when sampled.
+    #[inline]
+    fn simulate(&self, hash: u64) {
+        if let Adapt::Follow { sim, .. } = &self.adapt
+            && sim.sampled(hash)
+        {
+            sim.record(hash);
+        }
+    }
+}
+
+impl Climber {
+    /// At the end of a period, the new window (`None`: no change yet).
+    fn climb(&mut self, capacity: u64, window_max: u64) -> Option<u64> {
         let requests = self.hits + self.misses;
         let period = if self.looked { PERIOD } else { FIRST_PERIOD };
         if requests < period * self.sample {
-            return;
+            return None;
         }
         let hit_rate = self.hits as f64 / requests as f64;
         let change = hit_rate - self.previous_hit_rate;
@@ -305,25 +393,24 @@ impl TinyLfu {
         self.misses = 0;
         self.looked = true;
         if change.abs() < DEAD_BAND {
-            return;
+            return None;
         }
         let blameless = !self.moved && change > -RESTART_THRESHOLD;
         if change < 0.0 && !blameless {
             self.direction = -self.direction;
         }
         self.step = if change.abs() >= RESTART_THRESHOLD {
-            STEP_INITIAL * self.capacity as f64
+            STEP_INITIAL * capacity as f64
         } else {
             self.step * STEP_DECAY
         };
         let amount = self.direction * self.step;
-        let max = (self.capacity as f64 * MAX_WINDOW) as u64;
-        let new = (self.window_max as f64 + amount)
+        let max = (capacity as f64 * MAX_WINDOW) as u64;
+        let new = (window_max as f64 + amount)
             .round()
             .clamp(1.0, max.max(1) as f64) as u64;
-        self.moved = new != self.window_max;
-        self.set_window(new);
-        self.rebalance_protected();
+        self.moved = new != window_max;
+        Some(new)
     }
 }
 
@@ -337,11 +424,15 @@ impl Policy for TinyLfu {
             // More entries than the sketch covers: double it (each key keeps
             // its estimate), and the climber's period follows.
             self.sketch.ensure_capacity(held.min(self.sketch_most));
-            self.sample = self.sketch.entries();
+            if let Adapt::Climb(c) = &mut self.adapt {
+                c.sample = self.sketch.entries();
+            }
         }
         self.count(info.hash);
         self.set_meta(slot, Queue::Window, info);
         self.push(Queue::Window, slot);
+        self.simulate(info.hash);
+        self.adapt(0, 0);
     }
 
     /// Quiet once the entry's frequency is saturated and it sits in the
@@ -353,7 +444,6 @@ impl Policy for TinyLfu {
     /// promote it.
     fn on_hit(&mut self, slot: u32, hash: u64) -> bool {
         let saturated = self.count(hash);
-        self.hits += 1;
         match self.queue(slot) {
             Queue::Window => self.links.move_to_front(&mut self.window, slot),
             Queue::Probation => {
@@ -365,7 +455,8 @@ impl Policy for TinyLfu {
                 self.links.move_to_front(&mut self.protected, slot);
             }
         }
-        self.climb();
+        self.simulate(hash);
+        self.adapt(1, 0);
         let quiet = saturated && self.queue(slot) != Queue::Probation;
         self.set_quiet(slot, quiet);
         quiet
@@ -377,9 +468,7 @@ impl Policy for TinyLfu {
     }
 
     fn on_counted_reads(&mut self, hits: u64, misses: u64) {
-        self.hits += hits;
-        self.misses += misses;
-        self.climb();
+        self.adapt(hits, misses);
     }
 
     fn epoch(&self) -> u32 {
@@ -563,7 +652,7 @@ mod tests {
             cap in 1u64..24,
             ops in proptest::collection::vec(op(), 1..600),
         ) {
-            let mut p = TinyLfu::new(cap, false);
+            let mut p = TinyLfu::new(cap, false, WindowSim::new(cap).map(Arc::new));
             let mut live: BTreeMap<u32, u64> = BTreeMap::new();
             let hash = |k: u8| u64::from(k).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
             for op in ops {
@@ -627,7 +716,7 @@ mod tests {
 
     #[test]
     fn a_hot_entry_goes_quiet_and_a_demoted_one_is_unmarked() {
-        let mut p = TinyLfu::new(4, false);
+        let mut p = TinyLfu::new(4, false, None);
         let live: BTreeMap<u32, u64> = (0..4u32).map(|s| (s, u64::from(s) * 2 + 1)).collect();
         for (&s, &h) in &live {
             p.on_insert(
