@@ -17,8 +17,15 @@
 //!
 //! Server error replies (wrong type, script errors) do not count: they prove
 //! the node is alive. Time comes from the core `Clock`.
+//!
+//! A healthy node's calls take no lock: while the breaker is closed with no
+//! failure counted (`healthy`, kept with the state under the lock), a permit
+//! is a flag and a success changes nothing. Every other case locks as
+//! before, so a permit taken just before a failure opened the breaker is
+//! one the locked path would have granted a moment earlier.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use larder_core::{Error, ErrorKind, Result, SharedClock};
@@ -93,6 +100,9 @@ pub(crate) struct Breaker {
     config: BreakerConfig,
     clock: SharedClock,
     inner: Arc<StdMutex<Inner>>,
+    /// Closed with no failure counted: written under the lock whenever the
+    /// state or the count changes, read without it.
+    healthy: Arc<AtomicBool>,
 }
 
 /// Permission to make one call; report its outcome with
@@ -100,17 +110,16 @@ pub(crate) struct Breaker {
 /// nor failure, and a probe's slot is freed for the next call.
 #[derive(Debug)]
 pub(crate) struct Permit {
-    /// The probe's id, for a half-open probe.
-    probe: Option<u64>,
-    inner: Arc<StdMutex<Inner>>,
+    /// A half-open probe: its id, and the state whose slot it holds.
+    probe: Option<(u64, Arc<StdMutex<Inner>>)>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         // `record` takes `probe` first, so this runs only for a permit
         // whose call was abandoned.
-        if let Some(id) = self.probe {
-            end_probe(&mut lock(&self.inner), id);
+        if let Some((id, inner)) = &self.probe {
+            end_probe(&mut lock(inner), *id);
         }
     }
 }
@@ -140,11 +149,19 @@ impl Breaker {
                 probe_in_flight: false,
                 probe_id: 0,
             })),
+            healthy: Arc::new(AtomicBool::new(true)),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         lock(&self.inner)
+    }
+
+    /// Publishes whether `g` is closed with no failure counted (call with
+    /// the lock held, after any change).
+    fn publish(&self, g: &Inner) {
+        let healthy = g.state == BreakerState::Closed && g.failures == 0;
+        self.healthy.store(healthy, Ordering::Release);
     }
 
     pub(crate) fn state(&self) -> BreakerState {
@@ -171,20 +188,19 @@ impl Breaker {
 
     /// A permit, or a `CircuitOpen` error naming the node.
     pub(crate) fn allow(&self) -> Result<Permit> {
+        if self.healthy.load(Ordering::Acquire) {
+            return Ok(Permit { probe: None });
+        }
         let node = &self.name;
         let mut g = self.lock();
         self.advance(&mut g);
         match g.state {
-            BreakerState::Closed => Ok(Permit {
-                probe: None,
-                inner: Arc::clone(&self.inner),
-            }),
+            BreakerState::Closed => Ok(Permit { probe: None }),
             BreakerState::HalfOpen if !g.probe_in_flight => {
                 g.probe_in_flight = true;
                 g.probe_id = g.probe_id.wrapping_add(1);
                 Ok(Permit {
-                    probe: Some(g.probe_id),
-                    inner: Arc::clone(&self.inner),
+                    probe: Some((g.probe_id, Arc::clone(&self.inner))),
                 })
             }
             _ => Err(Error::new(
@@ -198,7 +214,11 @@ impl Breaker {
     /// node failures (timeouts, connection errors).
     pub(crate) fn record(&self, mut permit: Permit, failed: bool) {
         // Taken, so that the permit's Drop has nothing left to release.
-        let probe = permit.probe.take();
+        let probe = permit.probe.take().map(|(id, _)| id);
+        if !failed && probe.is_none() && self.healthy.load(Ordering::Acquire) {
+            // A success where no failure is counted: nothing changes.
+            return;
+        }
         let mut g = self.lock();
         if let Some(id) = probe {
             end_probe(&mut g, id);
@@ -220,6 +240,7 @@ impl Breaker {
                 g.opened_at = None;
             }
         }
+        self.publish(&g);
     }
 }
 
