@@ -95,7 +95,7 @@ pub struct PolicyInfo {
 
 /// A value alone on its cache lines (no false sharing between shards).
 #[repr(align(128))]
-struct Padded<T>(T);
+pub(crate) struct Padded<T>(pub(crate) T);
 
 /// A shard, its read ring and its upkeep. What every read touches (the
 /// epoch and ring head, the lock word, the shard's table and slab) shares

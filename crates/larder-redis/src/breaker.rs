@@ -219,6 +219,9 @@ impl Breaker {
             // A success where no failure is counted: nothing changes.
             return;
         }
+        // Read before the state changes: nothing between a change and its
+        // publication can fail.
+        let now = failed.then(|| self.clock.now());
         let mut g = self.lock();
         if let Some(id) = probe {
             end_probe(&mut g, id);
@@ -231,7 +234,7 @@ impl Breaker {
                 || g.failures >= self.config.failure_threshold
             {
                 g.state = BreakerState::Open;
-                g.opened_at = Some(self.clock.now());
+                g.opened_at = now;
             }
         } else {
             g.failures = 0;

@@ -10,18 +10,23 @@
 //!
 //! - A key takes part when its hash falls in a fixed sample (spatial
 //!   sampling: a sampled key's every access is seen, so reuse distances
-//!   keep their shape), sized so each ghost holds [`GHOST_ENTRIES`] keys:
-//!   a ghost plays the real cache scaled down by the sampling rate.
+//!   keep their shape), sized so each ghost holds [`GHOST_ENTRIES`] keys
+//!   (up to [`GHOST_ENTRIES_MAX`] for large caches): a ghost plays the
+//!   real cache scaled down by the sampling rate.
 //! - Each ghost is a W-TinyLFU with a fixed window, one per
-//!   [`FRACTIONS`] entry. Every [`GHOST_ENTRIES`] sampled accesses, each
-//!   ghost's score decays by [`DECAY`] and gains its hits; the window
-//!   follows the best ghost, and moves only when it beats the current one
-//!   by [`HYSTERESIS`] (near-ties are noise and a move costs).
+//!   [`FRACTIONS`] entry. Every period of as many sampled accesses as a
+//!   ghost holds keys, each ghost's score decays by [`DECAY`] and gains its
+//!   hits; the window follows the best ghost, and moves only when it beats
+//!   the current one by [`HYSTERESIS`] (near-ties are noise and a move
+//!   costs). A shard's window walks to the chosen share a sixteenth of its
+//!   capacity per policy event (see `tinylfu`), so no single event pays for
+//!   a whole jump.
 //! - One simulation serves every shard of a cache: the shards' keys are
 //!   hash-disjoint samples of one workload, so one window share fits them
 //!   all. A shard reports its sampled accesses under its upkeep lock and
-//!   skips one if another shard is reporting (`try_lock`: never a wait, and
-//!   a skipped access is one sample less, the same for every ghost).
+//!   skips one if another shard is reporting (`try_lock`: never a wait; a
+//!   skipped access is lost to every ghost alike, and a skipped insert
+//!   makes that key's next access a ghost miss, again in every ghost).
 //! - The ghosts see what the policy sees: inserts and reported hits. Quiet
 //!   hits (see [`super::Policy::on_hit`]) are not reported; on
 //!   `../shared/traces` letting sampled keys go quiet changed no figure by
@@ -29,14 +34,16 @@
 //!   policy work.
 //!
 //! Measured with `cargo xtask sim` (mean % of OPT over the traces README's
-//! rows, 1 shard): the climber 83.54, this 85.02 (85.02 with the default
-//! shards); over all 24 rows 86.47 and 87.83. Cost: about 60 KB per cache
-//! (six ghosts of 256 keys), and for a sampled event six ghost accesses; a
-//! cache of `c` entries samples `256 / c` of its keys (all of them up to
-//! 256 entries).
+//! rows): the climber 83.54 (1 shard) and 83.46 (default shards), this
+//! 85.29 and 84.84; over all 24 rows 86.47 against 87.90 (1 shard). Cost:
+//! six ghosts of 256 to 1024 keys, about 60 KB per cache up to 16k entries
+//! and 240 KB from 64k, and for a sampled event six ghost accesses; a
+//! cache of `c` entries up to 16k samples `256 / c` of its keys (all of
+//! them up to 256 entries), from 64k `1024 / c`.
 
 use super::tinylfu::TinyLfu;
 use super::{EntryInfo, Policy};
+use crate::cache::Padded;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -50,8 +57,18 @@ pub(crate) const FRACTIONS: [f64; 6] = [0.0, 0.02, 0.07, 0.2, 0.5, 0.99];
 /// The window a cache starts with, as an index into [`FRACTIONS`].
 pub(crate) const INITIAL: usize = 1;
 
-/// Keys per ghost (at most; fewer in a smaller cache).
+/// Keys per ghost: at least this many (fewer only in a smaller cache)...
 pub(crate) const GHOST_ENTRIES: u64 = 256;
+/// ...and at most this many, for caches of `64 x` as many entries: the
+/// sampled share of a large cache's keys shrinks, and a bigger sample
+/// keeps its noise down (arc_P3 at 32768 entries, over three sampling
+/// seeds: 18.56% with 256 keys, 18.91% with 512).
+pub(crate) const GHOST_ENTRIES_MAX: u64 = 1024;
+
+/// Keys per ghost for a cache of `capacity`.
+fn ghost_entries(capacity: u64) -> u64 {
+    (capacity / 64).clamp(GHOST_ENTRIES, GHOST_ENTRIES_MAX)
+}
 
 /// How much of its score a ghost keeps from one period to the next.
 const DECAY: f64 = 0.98;
@@ -61,30 +78,43 @@ const DECAY: f64 = 0.98;
 const HYSTERESIS: f64 = 0.005;
 
 /// A cache's window simulation, shared by its shards.
-#[derive(Debug)]
 pub(crate) struct WindowSim {
     /// A key is sampled when `sample_hash(hash) <= threshold`.
     threshold: u32,
     /// The ghosts' capacity.
     ghost_entries: u64,
-    ghosts: Mutex<Option<Box<Ghosts>>>,
-    /// The chosen window share, an index into [`FRACTIONS`].
+    /// The chosen window share, an index into [`FRACTIONS`]. It and the
+    /// fields above are read by every shard's policy events; the lock
+    /// below, written by every sampled event, sits on lines of its own.
     choice: AtomicU32,
+    ghosts: Padded<Mutex<Option<Box<Ghosts>>>>,
+}
+
+impl std::fmt::Debug for WindowSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowSim")
+            .field("ghost_entries", &self.ghost_entries)
+            .field("choice", &self.choice())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WindowSim {
-    /// The simulation for a cache of `capacity` entries; `None` for a
-    /// cache too large for the sample to hold a key (`u64::MAX`: never
-    /// evicts, so the window never matters).
+    /// The simulation for a cache of `capacity` entries; `None` when it
+    /// could change nothing: a cache of 2 entries or fewer (every share
+    /// gives a window of one entry), or one so large (above about 10^12
+    /// entries, `u64::MAX` among them) that the sample would hold no key.
     pub(crate) fn new(capacity: u64) -> Option<Self> {
-        let ghost_entries = capacity.clamp(1, GHOST_ENTRIES);
+        let ghost_entries = capacity.clamp(1, ghost_entries(capacity));
         let threshold = (u64::from(u32::MAX) as u128 * u128::from(ghost_entries)
             / u128::from(capacity.max(1))) as u32;
-        (threshold > 0).then(|| WindowSim {
+        let windows = (0..FRACTIONS.len()).map(|i| window_for(ghost_entries, i));
+        let distinct = windows.clone().min() != windows.max();
+        (threshold > 0 && distinct).then(|| WindowSim {
             threshold,
             ghost_entries,
-            ghosts: Mutex::new(None),
             choice: AtomicU32::new(INITIAL as u32),
+            ghosts: Padded(Mutex::new(None)),
         })
     }
 
@@ -97,13 +127,19 @@ impl WindowSim {
     /// One access to a sampled key (an insert or a reported hit). Skipped
     /// when another shard is reporting.
     pub(crate) fn record(&self, hash: u64) {
-        let Some(mut ghosts) = self.ghosts.try_lock() else {
+        let Some(mut ghosts) = self.ghosts.0.try_lock() else {
             return;
         };
         let ghosts = ghosts.get_or_insert_with(|| Box::new(Ghosts::new(self.ghost_entries)));
         if let Some(choice) = ghosts.access(hash as u32) {
             self.choice.store(choice as u32, Ordering::Relaxed);
         }
+    }
+
+    /// Sets the choice, as a period's end would.
+    #[cfg(test)]
+    pub(crate) fn force_choice(&self, i: usize) {
+        self.choice.store(i as u32, Ordering::Relaxed);
     }
 
     /// The chosen window share, an index into [`FRACTIONS`].
@@ -266,6 +302,12 @@ mod tests {
             assert!(sim.sampled(h));
             sim.record(h);
         }
+        // The ghosts stay within their capacity, and reuse their slots.
+        let ghosts = sim.ghosts.0.lock();
+        for g in &ghosts.as_ref().expect("ghosts").caches {
+            assert!(g.slots.len() as u64 <= g.capacity);
+            assert!(g.keys.len() as u64 <= g.capacity + 1);
+        }
         FRACTIONS[sim.choice()]
     }
 
@@ -296,9 +338,12 @@ mod tests {
         let expected = n as f64 / 64.0;
         assert!((sampled - expected).abs() < expected * 0.2, "{sampled}");
         assert!(WindowSim::new(u64::MAX).is_none());
-        // A tiny cache: every key, ghosts of its own size.
+        // A tiny cache: every key, ghosts of its own size; none at all
+        // where every share gives the same window.
         let tiny = WindowSim::new(3).expect("a simulation");
-        assert!(tiny.sampled(1) && tiny.sampled(u64::MAX));
-        assert_eq!(tiny.ghost_entries, 3);
+        assert_eq!((tiny.ghost_entries, tiny.threshold), (3, u32::MAX));
+        for capacity in [0, 1, 2] {
+            assert!(WindowSim::new(capacity).is_none(), "{capacity}");
+        }
     }
 }

@@ -15,9 +15,10 @@
 //!   workloads get a large window (toward LRU), frequency-biased ones and
 //!   loops a small one (toward LFU). A weighted cache, whose capacity is a
 //!   weight that sampled ghosts cannot scale, climbs a hill instead
-//!   (Caffeine's climber, with two guards against noise): every
-//!   `10 x capacity` requests (the first time after `2 x capacity`) the
-//!   hit rate of the period is compared with the one before. The window
+//!   (Caffeine's climber, with two guards against noise): every period of
+//!   `10 x` the entries the sketch covers (it starts at 16 and doubles with
+//!   the entries held; the first period is `2 x`), the hit rate of the
+//!   period is compared with the one before. The window
 //!   keeps moving in the same direction while the hit rate holds or
 //!   improves and turns around when it drops; the step (6.25% of capacity)
 //!   decays by 2% a period and restarts after a change of 5 points. It
@@ -116,8 +117,14 @@ pub(crate) struct TinyLfu {
 enum Adapt {
     /// Never changes (a ghost of the simulation).
     Fixed,
-    /// Follows the cache's simulation; `seen` is the share last applied.
-    Follow { sim: Arc<WindowSim>, seen: usize },
+    /// Follows the cache's simulation: `seen` is the share it last chose,
+    /// `target` that share's window here, which `window_max` approaches by
+    /// at most [`FOLLOW_STEP`] of the capacity per policy event.
+    Follow {
+        sim: Arc<WindowSim>,
+        seen: usize,
+        target: u64,
+    },
     /// Hill climbing (a weighted cache).
     Climb(Climber),
 }
@@ -138,6 +145,12 @@ struct Climber {
 }
 
 const INITIAL_WINDOW: f64 = 0.01;
+/// A followed window moves by at most `capacity / FOLLOW_STEP` per policy
+/// event (a sixteenth, the climber's first step): moving protected's
+/// overflow to probation, or the window's to main, is bounded per event, so
+/// a jump from the smallest window to the largest costs no single insert or
+/// hit a pass over the whole shard.
+const FOLLOW_STEP: u64 = 16;
 const PROTECTED_SHARE: f64 = 0.80;
 const STEP_INITIAL: f64 = 0.0625;
 const STEP_DECAY: f64 = 0.98;
@@ -171,10 +184,8 @@ impl TinyLfu {
         let (adapt, window) = match (weighted, sim) {
             (false, Some(sim)) => {
                 let seen = sim.choice();
-                (
-                    Adapt::Follow { sim, seen },
-                    minisim::window_for(capacity, seen),
-                )
+                let target = minisim::window_for(capacity, seen);
+                (Adapt::Follow { sim, seen, target }, target)
             }
             (false, None) => (
                 Adapt::Fixed,
@@ -344,20 +355,26 @@ impl TinyLfu {
     /// Counts reads for the climber, and moves the window when the
     /// climber or the simulation says so.
     fn adapt(&mut self, hits: u64, misses: u64) {
+        let (capacity, window) = (self.capacity, self.window_max);
         let new = match &mut self.adapt {
             Adapt::Fixed => return,
-            Adapt::Follow { sim, seen } => {
+            Adapt::Follow { sim, seen, target } => {
                 let choice = sim.choice();
-                if choice == *seen {
-                    return;
+                if choice != *seen {
+                    *seen = choice;
+                    *target = minisim::window_for(capacity, choice);
                 }
-                *seen = choice;
-                minisim::window_for(self.capacity, choice)
+                let step = (capacity / FOLLOW_STEP).max(1);
+                match window.cmp(target) {
+                    std::cmp::Ordering::Equal => return,
+                    std::cmp::Ordering::Less => window.saturating_add(step).min(*target),
+                    std::cmp::Ordering::Greater => window.saturating_sub(step).max(*target),
+                }
             }
             Adapt::Climb(c) => {
                 c.hits += hits;
                 c.misses += misses;
-                match c.climb(self.capacity, self.window_max) {
+                match c.climb(capacity, window) {
                     Some(new) => new,
                     None => return,
                 }
@@ -650,9 +667,13 @@ mod tests {
         #[test]
         fn structure_holds_through_any_sequence(
             cap in 1u64..24,
+            weighted in any::<bool>(),
             ops in proptest::collection::vec(op(), 1..600),
         ) {
-            let mut p = TinyLfu::new(cap, false, WindowSim::new(cap).map(Arc::new));
+            // Unweighted, the window follows a simulation; weighted, it
+            // climbs a hill (weights of 1, so the same driver fits).
+            let sim = if weighted { None } else { WindowSim::new(cap).map(Arc::new) };
+            let mut p = TinyLfu::new(cap, weighted, sim);
             let mut live: BTreeMap<u32, u64> = BTreeMap::new();
             let hash = |k: u8| u64::from(k).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
             for op in ops {
@@ -700,6 +721,28 @@ mod tests {
                 prop_assert!(p.window_max >= 1 && p.window_max <= cap.max(1));
             }
         }
+    }
+
+    #[test]
+    fn a_followed_window_walks_a_sixteenth_of_the_capacity_per_event() {
+        let sim = Arc::new(WindowSim::new(1600).expect("a simulation"));
+        let mut p = TinyLfu::new(1600, false, Some(Arc::clone(&sim)));
+        let first = minisim::window_for(1600, minisim::INITIAL);
+        assert_eq!(p.window_max, first);
+        let last = minisim::FRACTIONS.len() - 1;
+        let largest = minisim::window_for(1600, last);
+        sim.force_choice(last);
+        p.on_counted_reads(0, 0);
+        assert_eq!(p.window_max, first + 100);
+        let events = (largest - first).div_ceil(100);
+        for _ in 1..events {
+            p.on_counted_reads(0, 0);
+        }
+        assert_eq!(p.window_max, largest);
+        // And back down, as far per event.
+        sim.force_choice(0);
+        p.on_counted_reads(0, 0);
+        assert_eq!(p.window_max, largest - 100);
     }
 
     #[test]

@@ -340,8 +340,17 @@ fn tinylfu_keeps_a_hot_set_through_a_scan() {
     assert!(st.admission_rejected > 350, "{st:?} kept {kept}");
 }
 
+/// A hasher without a per-process seed: which keys the window simulation
+/// samples is then the same in every run.
+fn fixed_hasher() -> std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher> {
+    std::hash::BuildHasherDefault::default()
+}
+
 /// Cache-aside over `keys`; returns the hits.
-fn replay(cache: &MemoryCache<u64, u64>, keys: impl Iterator<Item = u64>) -> u64 {
+fn replay<S: std::hash::BuildHasher>(
+    cache: &MemoryCache<u64, u64, S>,
+    keys: impl Iterator<Item = u64>,
+) -> u64 {
     let mut hits = 0;
     for k in keys {
         if cache.get(&k).is_some() {
@@ -360,7 +369,10 @@ fn replay(cache: &MemoryCache<u64, u64>, keys: impl Iterator<Item = u64>) -> u64
 #[test]
 fn tinylfu_grows_its_window_for_a_recency_biased_workload() {
     for shards in [1, 4] {
-        let cache: MemoryCache<u64, u64> = MemoryCache::builder(1024).shards(shards).build();
+        let cache = MemoryCache::builder(1024)
+            .shards(shards)
+            .hasher(fixed_hasher())
+            .build();
         let first = cache.policy().window_capacity.expect("a window");
         assert!(first < 64, "{first}");
         let stream = (0..40_000u64).flat_map(|i| [i, i.saturating_sub(100)]);
@@ -378,7 +390,10 @@ fn tinylfu_grows_its_window_for_a_recency_biased_workload() {
 /// most of the loop.
 #[test]
 fn tinylfu_shrinks_its_window_for_a_loop() {
-    let cache: MemoryCache<u64, u64> = MemoryCache::builder(1024).shards(2).build();
+    let cache = MemoryCache::builder(1024)
+        .shards(2)
+        .hasher(fixed_hasher())
+        .build();
     // First a recency phase grows the window, then the loop must shrink it.
     replay(
         &cache,
