@@ -10,9 +10,8 @@
 //!
 //! - A key takes part when its hash falls in a fixed sample (spatial
 //!   sampling: a sampled key's every access is seen, so reuse distances
-//!   keep their shape), sized so each ghost holds [`GHOST_ENTRIES`] keys
-//!   (up to [`GHOST_ENTRIES_MAX`] for large caches): a ghost plays the
-//!   real cache scaled down by the sampling rate.
+//!   keep their shape), sized so each ghost holds [`GHOST_ENTRIES`] keys:
+//!   a ghost plays the real cache scaled down by the sampling rate.
 //! - Each ghost is a W-TinyLFU with a fixed window, one per
 //!   [`FRACTIONS`] entry. Every period of as many sampled accesses as a
 //!   ghost holds keys, each ghost's score decays by [`DECAY`] and gains its
@@ -35,11 +34,10 @@
 //!
 //! Measured with `cargo xtask sim` (mean % of OPT over the traces README's
 //! rows): the climber 83.54 (1 shard) and 83.46 (default shards), this
-//! 85.29 and 84.84; over all 24 rows 86.47 against 87.90 (1 shard). Cost:
-//! six ghosts of 256 to 1024 keys, about 60 KB per cache up to 16k entries
-//! and 240 KB from 64k, and for a sampled event six ghost accesses; a
-//! cache of `c` entries up to 16k samples `256 / c` of its keys (all of
-//! them up to 256 entries), from 64k `1024 / c`.
+//! 85.00 and 84.93; over all 24 rows 86.47 against 87.82 (1 shard). Cost:
+//! six ghosts of 256 keys, about 60 KB per cache, and for a sampled event
+//! six ghost accesses; a cache of `c` entries samples `256 / c` of its
+//! keys (all of them up to 256 entries).
 
 use super::tinylfu::TinyLfu;
 use super::{EntryInfo, Policy};
@@ -57,18 +55,10 @@ pub(crate) const FRACTIONS: [f64; 6] = [0.0, 0.02, 0.07, 0.2, 0.5, 0.99];
 /// The window a cache starts with, as an index into [`FRACTIONS`].
 pub(crate) const INITIAL: usize = 1;
 
-/// Keys per ghost: at least this many (fewer only in a smaller cache)...
+/// Keys per ghost (fewer only in a smaller cache). 512 scored better on
+/// arc_P3 (a larger sample, less noise) but cost a cache of 100k entries
+/// 17 more instructions per get (`cargo xtask profile`: 274 against 257).
 pub(crate) const GHOST_ENTRIES: u64 = 256;
-/// ...and at most this many, for caches of `64 x` as many entries: the
-/// sampled share of a large cache's keys shrinks, and a bigger sample
-/// keeps its noise down (arc_P3 at 32768 entries, over three sampling
-/// seeds: 18.56% with 256 keys, 18.91% with 512).
-pub(crate) const GHOST_ENTRIES_MAX: u64 = 1024;
-
-/// Keys per ghost for a cache of `capacity`.
-fn ghost_entries(capacity: u64) -> u64 {
-    (capacity / 64).clamp(GHOST_ENTRIES, GHOST_ENTRIES_MAX)
-}
 
 /// How much of its score a ghost keeps from one period to the next.
 const DECAY: f64 = 0.98;
@@ -105,7 +95,7 @@ impl WindowSim {
     /// gives a window of one entry), or one so large (above about 10^12
     /// entries, `u64::MAX` among them) that the sample would hold no key.
     pub(crate) fn new(capacity: u64) -> Option<Self> {
-        let ghost_entries = capacity.clamp(1, ghost_entries(capacity));
+        let ghost_entries = capacity.clamp(1, GHOST_ENTRIES);
         let threshold = (u64::from(u32::MAX) as u128 * u128::from(ghost_entries)
             / u128::from(capacity.max(1))) as u32;
         let windows = (0..FRACTIONS.len()).map(|i| window_for(ghost_entries, i));
