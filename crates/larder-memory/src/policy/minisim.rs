@@ -34,7 +34,7 @@
 //!
 //! Measured with `cargo xtask sim` (mean % of OPT over the traces README's
 //! rows): the climber 83.54 (1 shard) and 83.46 (default shards), this
-//! 85.00 and 84.93; over all 24 rows 86.47 against 87.82 (1 shard). Cost:
+//! 85.14 and 84.93; over all 24 rows 86.47 against 87.88 (1 shard). Cost:
 //! six ghosts of 256 keys, about 60 KB per cache, and for a sampled event
 //! six ghost accesses; a cache of `c` entries samples `256 / c` of its
 //! keys (all of them up to 256 entries).

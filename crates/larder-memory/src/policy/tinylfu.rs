@@ -146,10 +146,12 @@ struct Climber {
 
 const INITIAL_WINDOW: f64 = 0.01;
 /// A followed window moves by at most `capacity / FOLLOW_STEP` per policy
-/// event (a sixteenth, the climber's first step): moving protected's
-/// overflow to probation, or the window's to main, is bounded per event, so
-/// a jump from the smallest window to the largest costs no single insert or
-/// hit a pass over the whole shard.
+/// event (a sixteenth, the climber's first step), and shrinks no further
+/// than a step below what it holds: the demotions from protected to
+/// probation, and the window's entries moved to main, are then at most a
+/// step per event (protected's quiet entries still get their second
+/// chances, O(1) amortised), so a jump between the smallest window and the
+/// largest is not paid by one insert or hit.
 const FOLLOW_STEP: u64 = 16;
 const PROTECTED_SHARE: f64 = 0.80;
 const STEP_INITIAL: f64 = 0.0625;
@@ -356,6 +358,7 @@ impl TinyLfu {
     /// climber or the simulation says so.
     fn adapt(&mut self, hits: u64, misses: u64) {
         let (capacity, window) = (self.capacity, self.window_max);
+        let held = self.window.weight;
         let new = match &mut self.adapt {
             Adapt::Fixed => return,
             Adapt::Follow { sim, seen, target } => {
@@ -368,7 +371,12 @@ impl TinyLfu {
                 match window.cmp(target) {
                     std::cmp::Ordering::Equal => return,
                     std::cmp::Ordering::Less => window.saturating_add(step).min(*target),
-                    std::cmp::Ordering::Greater => window.saturating_sub(step).max(*target),
+                    // Down no faster than the window drains: `victim` moves
+                    // the overflow to main, at most a step of it per call.
+                    std::cmp::Ordering::Greater => window
+                        .saturating_sub(step)
+                        .max(*target)
+                        .max(held.saturating_sub(step)),
                 }
             }
             Adapt::Climb(c) => {
@@ -743,6 +751,59 @@ mod tests {
         sim.force_choice(0);
         p.on_counted_reads(0, 0);
         assert_eq!(p.window_max, largest - 100);
+    }
+
+    /// A window told to shrink while it is full moves a step of entries to
+    /// main per insert, not all of them at the next one.
+    #[test]
+    fn a_shrinking_window_drains_a_step_per_insert() {
+        let cap = 1600u64;
+        let sim = Arc::new(WindowSim::new(cap).expect("a simulation"));
+        let mut p = TinyLfu::new(cap, false, Some(Arc::clone(&sim)));
+        let last = minisim::FRACTIONS.len() - 1;
+        sim.force_choice(last);
+        for _ in 0..32 {
+            p.on_counted_reads(0, 0);
+        }
+        let largest = minisim::window_for(cap, last);
+        assert_eq!(p.window_max, largest);
+        let hash = |s: u32| u64::from(s).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let info = |s: u32| EntryInfo {
+            hash: hash(s),
+            weight: 1,
+            expires_at: u64::MAX,
+        };
+        let mut live = 0u64;
+        let mut insert = |p: &mut TinyLfu, s: u32| {
+            p.on_insert(s, info(s));
+            live += 1;
+            while live > cap {
+                let v = p.victim(&|x| hash(x)).expect("a victim");
+                p.on_remove(v.slot, info(v.slot));
+                live -= 1;
+            }
+        };
+        for s in 0..cap as u32 {
+            insert(&mut p, s);
+        }
+        // Nothing was evicted yet: the window holds every entry.
+        assert!(p.window.len >= largest, "{}", p.window.len);
+        sim.force_choice(0);
+        for _ in 0..32 {
+            p.on_counted_reads(0, 0);
+        }
+        let main = p.probation.len + p.protected.len;
+        insert(&mut p, cap as u32);
+        let moved = p.probation.len + p.protected.len - main;
+        assert!(
+            moved <= cap / 16 + 1,
+            "{moved} entries moved to main at once"
+        );
+        // It still gets there, a step per event.
+        for s in cap as u32 + 1..cap as u32 + 40 {
+            insert(&mut p, s);
+        }
+        assert_eq!(p.window_max, minisim::window_for(cap, 0));
     }
 
     #[test]

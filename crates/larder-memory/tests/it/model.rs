@@ -340,9 +340,30 @@ fn tinylfu_keeps_a_hot_set_through_a_scan() {
     assert!(st.admission_rejected > 350, "{st:?} kept {kept}");
 }
 
-/// A hasher without a per-process seed: which keys the window simulation
-/// samples is then the same in every run.
-fn fixed_hasher() -> std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher> {
+/// A hasher of our own, without a seed: which keys the window simulation
+/// samples is then the same in every run and with every toolchain (std's
+/// `DefaultHasher` may change its algorithm).
+#[derive(Default)]
+struct Mix(u64);
+
+impl std::hash::Hasher for Mix {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        let h = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 29);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn fixed_hasher() -> std::hash::BuildHasherDefault<Mix> {
     std::hash::BuildHasherDefault::default()
 }
 
@@ -386,8 +407,8 @@ fn tinylfu_grows_its_window_for_a_recency_biased_workload() {
 }
 
 /// A loop over more keys than the cache holds: LRU (the largest window)
-/// never hits; the window shrinks to its least and the main space keeps
-/// most of the loop.
+/// never hits; the window shrinks to (nearly) its least and the main space
+/// keeps most of the loop.
 #[test]
 fn tinylfu_shrinks_its_window_for_a_loop() {
     let cache = MemoryCache::builder(1024)
@@ -402,7 +423,9 @@ fn tinylfu_shrinks_its_window_for_a_loop() {
     assert!(cache.policy().window_capacity.expect("a window") >= 500);
     let hits = replay(&cache, (0..60).flat_map(|_| 0..1500u64));
     let window = cache.policy().window_capacity.expect("a window");
-    assert!(window <= 8, "window {window} of 1024");
+    // One of the two smallest shares (one entry or 2%, a shard's 10):
+    // which one depends on the sampled keys.
+    assert!(window <= 20, "window {window} of 1024");
     assert!(hits > 30_000, "{hits} hits of 90000");
 }
 
