@@ -53,7 +53,7 @@ impl Subject for quick_cache::sync::Cache<u64, Value, quick_cache::UnitWeighter,
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [subject, mode, ops] = args.as_slice() else {
-        return Err("usage: l1_ops larder|quick_cache get|mixed OPS".into());
+        return Err("usage: l1_ops larder|quick_cache get|mixed|hot OPS".into());
     };
     let (mixed, hot) = match mode.as_str() {
         "get" => (false, false),

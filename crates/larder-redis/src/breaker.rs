@@ -178,6 +178,7 @@ impl Breaker {
         {
             g.state = BreakerState::HalfOpen;
             g.probe_in_flight = false;
+            self.publish(g);
         }
     }
 

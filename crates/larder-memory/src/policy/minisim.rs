@@ -34,12 +34,12 @@
 //!
 //! Measured with `cargo xtask sim` (mean % of OPT over the traces README's
 //! rows): the climber 83.54 (1 shard) and 83.46 (default shards), this
-//! 85.14 and 84.93; over all 24 rows 86.47 against 87.88 (1 shard). Cost:
+//! 85.06 and 84.98; over all 24 rows 86.47 against 87.84 (1 shard). Cost:
 //! six ghosts of 256 keys, about 60 KB per cache, and for a sampled event
 //! six ghost accesses; a cache of `c` entries samples `256 / c` of its
 //! keys (all of them up to 256 entries).
 
-use super::tinylfu::TinyLfu;
+use super::tinylfu::{MAX_WINDOW, TinyLfu};
 use super::{EntryInfo, Policy};
 use crate::cache::Padded;
 use hashbrown::HashTable;
@@ -141,7 +141,7 @@ impl WindowSim {
 
 /// The window a cache (or a ghost) of `capacity` gets for share `i`.
 pub(crate) fn window_for(capacity: u64, i: usize) -> u64 {
-    let most = ((capacity as f64 * 0.99) as u64).max(1);
+    let most = ((capacity as f64 * MAX_WINDOW) as u64).max(1);
     ((capacity as f64 * FRACTIONS[i]).round() as u64).clamp(1, most)
 }
 
@@ -176,8 +176,8 @@ impl Ghosts {
         }
     }
 
-    /// Plays one access in every ghost; at the end of a period, the share
-    /// to use from now on.
+    /// Plays one access in every ghost; at the end of a period in which
+    /// another share won, that share.
     fn access(&mut self, key: u32) -> Option<usize> {
         for g in &mut self.caches {
             g.access(key);
@@ -197,10 +197,14 @@ impl Ghosts {
                 best = i;
             }
         }
-        if self.caches[best].score > self.caches[self.current].score * (1.0 + HYSTERESIS) {
+        // Only a change is published: the choice's cache line is read by
+        // every shard's policy events.
+        let changed = best != self.current
+            && self.caches[best].score > self.caches[self.current].score * (1.0 + HYSTERESIS);
+        changed.then(|| {
             self.current = best;
-        }
-        Some(self.current)
+            best
+        })
     }
 }
 

@@ -164,7 +164,7 @@ const DEAD_BAND: f64 = 0.01;
 const FIRST_PERIOD: u64 = 2;
 const PERIOD: u64 = 10;
 /// The window may grow to nearly all of the cache (pure recency).
-const MAX_WINDOW: f64 = 0.99;
+pub(crate) const MAX_WINDOW: f64 = 0.99;
 /// Without a weigher, a sketch for up to this many entries is allocated at
 /// once (as many entries as the capacity); beyond, and always with a
 /// weigher (whose capacity is a weight, not a count), the sketch starts
@@ -373,10 +373,13 @@ impl TinyLfu {
                     std::cmp::Ordering::Less => window.saturating_add(step).min(*target),
                     // Down no faster than the window drains: `victim` moves
                     // the overflow to main, at most a step of it per call.
+                    // (Never up: a window still filling holds more than
+                    // its share until the cache first evicts.)
                     std::cmp::Ordering::Greater => window
                         .saturating_sub(step)
                         .max(*target)
-                        .max(held.saturating_sub(step)),
+                        .max(held.saturating_sub(step))
+                        .min(window),
                 }
             }
             Adapt::Climb(c) => {
@@ -751,6 +754,33 @@ mod tests {
         sim.force_choice(0);
         p.on_counted_reads(0, 0);
         assert_eq!(p.window_max, largest - 100);
+    }
+
+    /// A window told to shrink while the cache still fills (the window holds
+    /// every entry until the first eviction) never grows instead.
+    #[test]
+    fn a_window_told_to_shrink_while_filling_never_grows() {
+        let cap = 1600u64;
+        let sim = Arc::new(WindowSim::new(cap).expect("a simulation"));
+        let mut p = TinyLfu::new(cap, false, Some(Arc::clone(&sim)));
+        let first = p.window_max;
+        for s in 0..1000u32 {
+            let hash = u64::from(s).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            p.on_insert(
+                s,
+                EntryInfo {
+                    hash,
+                    weight: 1,
+                    expires_at: u64::MAX,
+                },
+            );
+        }
+        assert_eq!(p.window.len, 1000);
+        sim.force_choice(0);
+        for _ in 0..32 {
+            p.on_counted_reads(0, 0);
+            assert!(p.window_max <= first, "{} > {first}", p.window_max);
+        }
     }
 
     /// A window told to shrink while it is full moves a step of entries to
