@@ -24,13 +24,92 @@ struct PerOp {
 }
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    if let Some(bad) = args.first() {
-        return Err(format!("profile takes no arguments (got {bad:?})"));
-    }
     let valgrind = Command::new("valgrind").arg("--version").output();
     if !valgrind.is_ok_and(|o| o.status.success()) {
         return Err("profile needs valgrind (e.g. `apt-get install valgrind`)".into());
     }
+    match args {
+        [] => l1(),
+        [l2] if l2 == "l2" => crate::redis::ensure_redis_server().and_then(|bin| self::l2(&bin)),
+        [bad, ..] => Err(format!("profile takes no argument or `l2` (got {bad:?})")),
+    }
+}
+
+/// Rounds of 64 gets in the two L2 runs.
+const L2_ROUNDS: [u64; 2] = [100, 600];
+
+fn l2(redis_server: &Path) -> Result<(), String> {
+    let mut build = util::cargo();
+    build.args([
+        "build",
+        "--release",
+        "--package",
+        "larder-benches",
+        "--bin",
+        "l2_ops",
+    ]);
+    util::run(build)?;
+    let root = util::project_root();
+    let exe = root.join("target/release/l2_ops");
+    let out = root.join("target/larder-profile");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let server = Server(
+        Command::new(redis_server)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("could not start {}: {e}", redis_server.display()))?,
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    wait_for_port(port)?;
+    println!("| client | instructions / get |\n|---|--:|");
+    let mut larder = 0.0;
+    for subject in ["larder", "manager", "multiplexed"] {
+        let [few, many] = L2_ROUNDS;
+        let file = |rounds: u64| out.join(format!("l2-{subject}-{rounds}.out"));
+        let base = cachegrind(&exe, &file(few), &[subject, &url, &few.to_string()])?;
+        let with = cachegrind(&exe, &file(many), &[subject, &url, &many.to_string()])?;
+        let per = (with[0] as f64 - base[0] as f64) / ((many - few) * 64) as f64;
+        println!("| {subject} | {per:.0} |");
+        if subject == "larder" {
+            larder = per;
+        } else {
+            println!("| larder / {subject} | {:.3}x |", larder / per);
+        }
+    }
+    drop(server);
+    Ok(())
+}
+
+/// A redis-server child, killed on drop.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (at most 10 s, in 20 ms steps) until the server accepts.
+fn wait_for_port(port: u16) -> Result<(), String> {
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(format!(
+        "redis-server did not listen on port {port} within 10 s"
+    ))
+}
+
+fn l1() -> Result<(), String> {
     let mut build = util::cargo();
     build.args([
         "build",
@@ -90,6 +169,12 @@ const EVENTS: [&str; 9] = [
 /// Cachegrind's totals, in [`EVENTS`] order, for one run.
 fn counts(exe: &Path, out: &Path, subject: &str, mode: &str, ops: u64) -> Result<Vec<u64>, String> {
     let file = out.join(format!("{subject}-{mode}-{ops}.out"));
+    cachegrind(exe, &file, &[subject, mode, &ops.to_string()])
+}
+
+/// Runs `exe args` under cachegrind into `file`: its totals, in
+/// [`EVENTS`] order.
+fn cachegrind(exe: &Path, file: &Path, args: &[&str]) -> Result<Vec<u64>, String> {
     let status = Command::new("valgrind")
         .args([
             "--tool=cachegrind",
@@ -100,17 +185,15 @@ fn counts(exe: &Path, out: &Path, subject: &str, mode: &str, ops: u64) -> Result
         ])
         .arg(format!("--cachegrind-out-file={}", file.display()))
         .arg(exe)
-        .args([subject, mode, &ops.to_string()])
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .map_err(|e| format!("could not run valgrind: {e}"))?;
     if !status.success() {
-        return Err(format!(
-            "cachegrind run of {subject} {mode} {ops} failed: {status}"
-        ));
+        return Err(format!("cachegrind run of {args:?} failed: {status}"));
     }
-    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     summary(&text).ok_or_else(|| {
         format!(
             "{}: no summary line, or events other than {EVENTS:?}",

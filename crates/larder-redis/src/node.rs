@@ -235,7 +235,31 @@ impl Node {
         })
     }
 
+    /// The connection, made on first use. Once made it is handed out
+    /// without an await; the making (and, on a Cluster after a node
+    /// failure, the slot map's re-read) runs in a future of its own on the
+    /// heap, so every command's future stays small: the async-trait boxes
+    /// it, and a box over glibc's per-thread cache size (1 KiB) takes
+    /// malloc's slow path (profiled: `cargo xtask profile l2`).
     async fn conn(&self) -> redis::RedisResult<Conn> {
+        let ready = match &self.source {
+            Source::Standalone(lazy) => lazy.manager.get().map(|m| Conn::Standalone(m.clone())),
+            Source::Cluster(lazy) => lazy.conn.get().map(|c| Conn::Cluster(c.clone())),
+        };
+        let conn = match ready {
+            Some(c) => c,
+            None => Box::pin(self.connect()).await?,
+        };
+        if let (Source::Cluster(lazy), Conn::Cluster(c)) = (&self.source, &conn)
+            && lazy.stale.swap(false, Ordering::Relaxed)
+        {
+            Box::pin(self.refresh_stale(lazy, c.clone())).await;
+        }
+        Ok(conn)
+    }
+
+    /// Makes the connection (once; concurrent first callers share it).
+    async fn connect(&self) -> redis::RedisResult<Conn> {
         match &self.source {
             Source::Standalone(lazy) => {
                 let m = lazy
@@ -267,18 +291,13 @@ impl Node {
     /// After a node failure on a Cluster, re-reads the slot map before the
     /// next command, for at most half a response timeout (the command keeps
     /// the rest of its attempt's deadline). A failed re-read stays due.
-    async fn refresh_if_stale(&self, conn: &Conn) {
-        if let (Source::Cluster(lazy), Conn::Cluster(c)) = (&self.source, conn)
-            && lazy.stale.swap(false, Ordering::Relaxed)
-        {
-            let mut c = c.clone();
-            let budget = self.config.response_timeout / 2;
-            let ok = tokio::time::timeout(budget, self.refresh_slots(lazy, &mut c))
-                .await
-                .unwrap_or(false);
-            if !ok {
-                lazy.stale.store(true, Ordering::Relaxed);
-            }
+    async fn refresh_stale(&self, lazy: &LazyCluster, mut c: ClusterConnection) {
+        let budget = self.config.response_timeout / 2;
+        let ok = tokio::time::timeout(budget, self.refresh_slots(lazy, &mut c))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            lazy.stale.store(true, Ordering::Relaxed);
         }
     }
 
@@ -615,7 +634,6 @@ impl Node {
             let deadline = self.config.response_timeout + self.config.connect_timeout;
             let outcome = tokio::time::timeout(deadline, async {
                 let conn = self.conn().await?;
-                self.refresh_if_stale(&conn).await;
                 f(conn).await
             })
             .await;

@@ -64,6 +64,10 @@ pub(crate) fn hostile_keys() -> Vec<String> {
         "queue:q}:#ready".into(),
         "k".repeat(MAX_KEY_LEN),
         "é".repeat(MAX_KEY_LEN / 2),
+        // `larder:{key}` of exactly 128 bytes and of 129: a plain get
+        // assembles the Redis key in 128 bytes on the stack when it fits.
+        "b".repeat(119),
+        "c".repeat(120),
     ]
 }
 
