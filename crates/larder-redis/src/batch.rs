@@ -509,9 +509,12 @@ impl Batcher {
                 let batch = claim.sending.as_ref().expect("set just above");
                 let keys: Vec<&str> = live.iter().map(|&i| batch.key(i)).collect();
                 timer.as_mut().reset(deadline);
+                // On the heap: once per batch, and every caller's future
+                // stays small (it is boxed per get for `dyn Store`).
+                let mget = Box::pin(self.node.mget(&keys, "batched MGET"));
                 let answers = tokio::select! {
                     biased;
-                    answers = self.node.mget(&keys, "batched MGET") => answers,
+                    answers = mget => answers,
                     // The claim puts the batch back for its other callers.
                     () = &mut timer => return Err(self.timed_out()),
                 };
