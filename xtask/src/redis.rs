@@ -93,7 +93,7 @@ fn locale_installed(locale: &str) -> bool {
     crate::util::output(cmd).is_some_and(|out| out.lines().any(|l| norm(l.trim()) == norm(locale)))
 }
 
-fn find_or_install_redis_server() -> Result<PathBuf, String> {
+pub(crate) fn find_or_install_redis_server() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("LARDER_REDIS_SERVER") {
         let p = PathBuf::from(p);
         return if p.is_file() {

@@ -111,6 +111,15 @@ fn main() -> Result<(), String> {
         if found != rounds * CONCURRENCY {
             return Err(format!("{found} of {} keys found", rounds * CONCURRENCY));
         }
+        // A retried GET would count twice: the count is of clean runs only.
+        if let Some(get) = store.stats().command("GET")
+            && (get.errors > 0 || get.timeouts > 0)
+        {
+            return Err(format!(
+                "the store saw {} failed and {} timed-out GETs: the count is not of one get each",
+                get.errors, get.timeouts
+            ));
+        }
         println!("{subject}: {rounds} rounds of {CONCURRENCY} gets");
         Ok(())
     })

@@ -239,8 +239,8 @@ impl Node {
     /// without an await; the making (and, on a Cluster after a node
     /// failure, the slot map's re-read) runs in a future of its own on the
     /// heap, so every command's future stays small: the async-trait boxes
-    /// it, and a box over glibc's per-thread cache size (1 KiB) takes
-    /// malloc's slow path (profiled: `cargo xtask profile l2`).
+    /// it, and glibc never serves a box over 1032 bytes from its per-thread
+    /// cache (profiled: `cargo xtask profile l2`).
     async fn conn(&self) -> redis::RedisResult<Conn> {
         let ready = match &self.source {
             Source::Standalone(lazy) => lazy.manager.get().map(|m| Conn::Standalone(m.clone())),
@@ -291,14 +291,29 @@ impl Node {
     /// After a node failure on a Cluster, re-reads the slot map before the
     /// next command, for at most half a response timeout (the command keeps
     /// the rest of its attempt's deadline). A failed re-read stays due.
+    /// A re-read that does not finish, because it failed or because its
+    /// future was dropped (a caller's timeout, `select!`), stays due.
     async fn refresh_stale(&self, lazy: &LazyCluster, mut c: ClusterConnection) {
+        /// Marks the map stale again on drop unless the re-read succeeded.
+        struct Due<'a> {
+            stale: &'a AtomicBool,
+            done: bool,
+        }
+        impl Drop for Due<'_> {
+            fn drop(&mut self) {
+                if !self.done {
+                    self.stale.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut due = Due {
+            stale: &lazy.stale,
+            done: false,
+        };
         let budget = self.config.response_timeout / 2;
-        let ok = tokio::time::timeout(budget, self.refresh_slots(lazy, &mut c))
+        due.done = tokio::time::timeout(budget, self.refresh_slots(lazy, &mut c))
             .await
             .unwrap_or(false);
-        if !ok {
-            lazy.stale.store(true, Ordering::Relaxed);
-        }
     }
 
     /// Re-reads a Cluster's slot map, counted as `TOPOLOGY` in the stats

@@ -268,3 +268,34 @@ async fn slot_map_refreshes_and_their_errors_are_counted() {
         "the failed re-read is counted: {t:?}"
     );
 }
+
+/// A slot-map re-read whose future is dropped (a caller's timeout) stays
+/// due: the next call re-reads. It used to be forgotten until the next
+/// node failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_slot_map_reread_stays_due() {
+    use futures_util::FutureExt;
+
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(1).unwrap())
+        .await
+        .unwrap();
+    let s = RedisStore::new(
+        quick_config(Topology::Cluster(cluster.urls()))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    s.set("k", b"v", T).await.unwrap();
+    let reads = || s.stats().command("TOPOLOGY").map_or(0, |c| c.calls);
+
+    // A node failure (a frozen master: the get times out) marks the map stale.
+    cluster.nodes()[0].pause().unwrap();
+    assert!(s.get("k").await.is_err());
+    cluster.nodes()[0].resume().unwrap();
+    // One poll starts the re-read, which needs the server's answer: the
+    // future is dropped with it in flight.
+    assert!(s.get("k").now_or_never().is_none());
+    let before = reads();
+    assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(reads(), before + 1, "the next call re-reads the slot map");
+}
