@@ -10,9 +10,10 @@
 //!   `fuzz/` on the stable toolchain and runs one for a bounded time.
 //! - `chaos [--seconds N] [--seed S]`: the chaos soak (`chaos/`) in release
 //!   mode: worker processes, a seeded nemesis, the checkers.
-//! - `profile [l2]`: instructions and cache misses per L1 operation, Larder
-//!   against quick_cache, counted under valgrind's cachegrind; with `l2`,
-//!   instructions per L2 get, Larder against raw redis-rs.
+//! - `profile [l2|facade]`: instructions and cache misses per L1 operation,
+//!   Larder against quick_cache, counted under valgrind's cachegrind; with
+//!   `l2`, instructions per L2 get, Larder against raw redis-rs; with
+//!   `facade`, per facade L1 hit against a bare L1 get.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool
 
@@ -40,9 +41,10 @@ commands:
                                 the chaos soak: worker processes, a seeded nemesis,
                                 checkers (default 60 s; see docs/chaos.md)
   invariants                    check the crate dependency invariants
-  profile [l2]                  instructions and cache misses per L1 operation,
+  profile [l2|facade]           instructions and cache misses per L1 operation,
                                 Larder vs quick_cache; with `l2`, instructions per
-                                L2 get, Larder vs raw redis-rs (needs valgrind)";
+                                L2 get, Larder vs raw redis-rs; with `facade`, per
+                                facade L1 hit vs a bare L1 get (needs valgrind)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -24,19 +24,27 @@ struct PerOp {
 }
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let l2 = match args {
-        [] => false,
-        [l2] if l2 == "l2" => true,
-        _ => return Err(format!("profile takes no argument or `l2` (got {args:?})")),
+    let what = match args {
+        [] => "l1",
+        [w] if w == "l2" || w == "facade" => w.as_str(),
+        _ => {
+            return Err(format!(
+                "profile takes no argument, `l2` or `facade` (got {args:?})"
+            ));
+        }
     };
     let valgrind = Command::new("valgrind").arg("--version").output();
     if !valgrind.is_ok_and(|o| o.status.success()) {
         return Err("profile needs valgrind (e.g. `apt-get install valgrind`)".into());
     }
-    if l2 {
-        crate::redis::find_or_install_redis_server().and_then(|bin| self::l2(&bin))
-    } else {
-        l1()
+    match what {
+        "l2" => crate::redis::find_or_install_redis_server().and_then(|bin| self::l2(&bin)),
+        "facade" => per_op("facade_ops", &["hit"], ["facade", "bare"]),
+        _ => per_op(
+            "l1_ops",
+            &["get", "mixed", "hot"],
+            ["larder", "quick_cache"],
+        ),
     }
 }
 
@@ -141,7 +149,9 @@ impl Server {
     }
 }
 
-fn l1() -> Result<(), String> {
+/// Counts per operation of `bin` (a workload of `benches/src/bin` taking
+/// `SUBJECT MODE OPS`) in each mode, for the subject and its peer.
+fn per_op(bin: &str, modes: &[&str], [subject, peer]: [&str; 2]) -> Result<(), String> {
     let mut build = util::cargo();
     build.args([
         "build",
@@ -149,21 +159,21 @@ fn l1() -> Result<(), String> {
         "--package",
         "larder-benches",
         "--bin",
-        "l1_ops",
+        bin,
     ]);
     util::run(build)?;
     let root = util::project_root();
-    let exe = root.join("target/release/l1_ops");
+    let exe = root.join("target/release").join(bin);
     let out = root.join("target/larder-profile");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     println!(
         "| workload | subject | instructions / op | D1 misses / op | LL data misses / op |\n|---|---|--:|--:|--:|"
     );
-    for mode in ["get", "mixed", "hot"] {
-        let mut larder = None;
-        for subject in ["larder", "quick_cache"] {
-            let base = counts(&exe, &out, subject, mode, 0)?;
-            let with = counts(&exe, &out, subject, mode, OPS)?;
+    for &mode in modes {
+        let mut first = None;
+        for who in [subject, peer] {
+            let base = counts(&exe, &out, who, mode, 0)?;
+            let with = counts(&exe, &out, who, mode, OPS)?;
             let per = |event: &str| {
                 let i = EVENTS.iter().position(|e| *e == event).unwrap_or(0);
                 (with[i] as f64 - base[i] as f64) / OPS as f64
@@ -174,14 +184,14 @@ fn l1() -> Result<(), String> {
                 ll_misses: per("DLmr") + per("DLmw"),
             };
             println!(
-                "| {mode} | {subject} | {:.1} | {:.2} | {:.3} |",
+                "| {mode} | {who} | {:.1} | {:.2} | {:.3} |",
                 p.instructions, p.d1_misses, p.ll_misses
             );
-            if subject == "larder" {
-                larder = Some(p);
-            } else if let Some(l) = larder {
+            if who == subject {
+                first = Some(p);
+            } else if let Some(l) = first {
                 println!(
-                    "| {mode} | larder / quick_cache | {:.2}x | {:.2}x | {:.2}x |",
+                    "| {mode} | {subject} / {peer} | {:.2}x | {:.2}x | {:.2}x |",
                     l.instructions / p.instructions,
                     l.d1_misses / p.d1_misses,
                     l.ll_misses / p.ll_misses
