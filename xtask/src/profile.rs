@@ -5,8 +5,8 @@
 //! difference divided by `OPS` is the count per operation of
 //! instructions, first-level data cache misses and last-level data misses
 //! (a simulated 4 MiB last level, the L2 of the 2-core VM the project's
-//! figures come from). Deterministic: the hashers are seeded, so the same
-//! build gives the same counts.
+//! figures come from). Deterministic: the L1 workload's hashers are
+//! seeded, so the same build gives the same counts.
 
 use std::path::Path;
 use std::process::Command;
@@ -124,7 +124,8 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Waits (at most 10 s, in 20 ms steps) until the server answers `PING`
+    /// Waits (about 10 s at most, in 20 ms steps; a second at most for a
+    /// listener's answer) until the server answers `PING`
     /// on `port`; fails at once if it exits (another process took the
     /// port, say), and does not take another program on the port for it.
     fn wait_for(&mut self, port: u16) -> Result<(), String> {
@@ -133,7 +134,12 @@ impl Server {
             if let Some(status) = self.0.try_wait().map_err(|e| e.to_string())? {
                 return Err(format!("redis-server exited: {status}"));
             }
-            if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let second = std::time::Duration::from_secs(1);
+            if let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, second)
+                && c.set_read_timeout(Some(second)).is_ok()
+                && c.set_write_timeout(Some(second)).is_ok()
+            {
                 let mut reply = [0u8; 7];
                 let pong = c.write_all(b"PING\r\n").is_ok() && c.read_exact(&mut reply).is_ok();
                 if pong && &reply == b"+PONG\r\n" {

@@ -65,7 +65,8 @@ fn main() -> Result<(), String> {
         let got = if facade {
             match cache.get(&i).now_or_never() {
                 Some(Ok(v)) => v,
-                _ => return Err(format!("key {i}: not an L1 hit")),
+                Some(Err(e)) => return Err(format!("key {i}: {e}")),
+                None => return Err(format!("key {i}: not an L1 hit (it waited)")),
             }
         } else {
             bare.get(&i)

@@ -239,8 +239,8 @@ impl Node {
     /// without an await; the making (and, on a Cluster after a node
     /// failure, the slot map's re-read) runs in a future of its own on the
     /// heap, so every command's future stays small: the async-trait boxes
-    /// it, and glibc never serves a box over 1032 bytes from its per-thread
-    /// cache (profiled: `cargo xtask profile l2`).
+    /// it, and glibc, by default, never serves a box over 1032 bytes from
+    /// its per-thread cache (profiled: `cargo xtask profile l2`).
     async fn conn(&self) -> redis::RedisResult<Conn> {
         let ready = match &self.source {
             Source::Standalone(lazy) => lazy.manager.get().map(|m| Conn::Standalone(m.clone())),
@@ -290,9 +290,10 @@ impl Node {
 
     /// After a node failure on a Cluster, re-reads the slot map before the
     /// next command, for at most half a response timeout (the command keeps
-    /// the rest of its attempt's deadline). A failed re-read stays due.
-    /// A re-read that does not finish, because it failed or because its
-    /// future was dropped (a caller's timeout, `select!`), stays due.
+    /// the rest of its attempt's deadline). A re-read that does not finish,
+    /// because it failed or because its future was dropped (a caller's
+    /// timeout, `select!`), stays due. One cut off by that budget counts as
+    /// a timed-out `TOPOLOGY` in the stats.
     async fn refresh_stale(&self, lazy: &LazyCluster, mut c: ClusterConnection) {
         /// Marks the map stale again on drop unless the re-read succeeded.
         struct Due<'a> {
@@ -311,9 +312,14 @@ impl Node {
             done: false,
         };
         let budget = self.config.response_timeout / 2;
-        due.done = tokio::time::timeout(budget, self.refresh_slots(lazy, &mut c))
-            .await
-            .unwrap_or(false);
+        let start = self.clock.now();
+        match tokio::time::timeout(budget, self.refresh_slots(lazy, &mut c)).await {
+            Ok(ok) => due.done = ok,
+            Err(_) => {
+                let took = self.clock.now().saturating_duration_since(start);
+                self.stats.record(Cmd::Topology, took, true, true);
+            }
+        }
     }
 
     /// Re-reads a Cluster's slot map, counted as `TOPOLOGY` in the stats

@@ -651,7 +651,7 @@ impl Store for RedisStore {
     // own size. One `async` body would be as large as its largest branch,
     // on every get: 1712 bytes when the batcher's wait was part of it. A
     // smaller box is less to allocate and move, and under 1032 bytes
-    // glibc can serve it from its per-thread cache (`cargo xtask profile
+    // glibc (by default) can serve it from its per-thread cache (`cargo xtask profile
     // l2`).
     fn get<'a, 'b, 'f>(
         &'a self,
@@ -957,7 +957,8 @@ mod tests {
     }
 
     /// A plain get's future (boxed for `dyn Store`) stays under 1 KiB:
-    /// glibc never serves a box over 1032 bytes from its per-thread cache.
+    /// by default glibc never serves a box over 1032 bytes from its
+    /// per-thread cache.
     /// It was 1712 bytes while the batcher's branch and the connection's
     /// making shared its body.
     #[test]

@@ -279,8 +279,11 @@ async fn a_dropped_slot_map_reread_stays_due() {
     let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(1).unwrap())
         .await
         .unwrap();
+    // A re-read's budget is half the response timeout: a loaded machine
+    // must not cut the last one short.
     let s = RedisStore::new(
         quick_config(Topology::Cluster(cluster.urls()))
+            .response_timeout(Duration::from_secs(2))
             .build()
             .unwrap(),
     )
@@ -290,7 +293,7 @@ async fn a_dropped_slot_map_reread_stays_due() {
 
     // A node failure (a frozen master: the get times out) marks the map stale.
     cluster.nodes()[0].pause().unwrap();
-    assert!(s.get("k").await.is_err());
+    assert!(s.get("k").await.unwrap_err().is_backend_unavailable());
     cluster.nodes()[0].resume().unwrap();
     // One poll starts the re-read, which needs the server's answer: the
     // future is dropped with it in flight.
@@ -298,4 +301,30 @@ async fn a_dropped_slot_map_reread_stays_due() {
     let before = reads();
     assert_eq!(s.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     assert_eq!(reads(), before + 1, "the next call re-reads the slot map");
+}
+
+/// A slot-map re-read cut off by its budget (half the response timeout:
+/// here a frozen master never answers) is a timed-out `TOPOLOGY` in the
+/// stats, not silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_map_reread_cut_off_by_its_budget_is_counted() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(1).unwrap())
+        .await
+        .unwrap();
+    let s = RedisStore::new(
+        quick_config(Topology::Cluster(cluster.urls()))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    s.set("k", b"v", T).await.unwrap();
+    cluster.nodes()[0].pause().unwrap();
+    // The first get's timeout marks the map stale; the second re-reads it
+    // from the frozen master first, for half its response timeout.
+    for _ in 0..2 {
+        assert!(s.get("k").await.unwrap_err().is_backend_unavailable());
+    }
+    cluster.nodes()[0].resume().unwrap();
+    let t = s.stats().command("TOPOLOGY").cloned().unwrap();
+    assert!(t.timeouts >= 1 && t.errors >= 1, "{t:?}");
 }
