@@ -28,17 +28,13 @@ use futures_util::FutureExt;
 use larder::core::{Error, FnLoader, Store};
 use larder::redis::{RedisConfig, RedisStore, Topology};
 use larder::{Cache, Ttl};
+use larder_benches::facade_hit::{self, value};
 use larder_benches::manifest::{Better, Manifest, wanted};
-use larder_memory::MemoryCache;
 use larder_testkit::RedisServer;
 
 const KEYS: u64 = 100_000;
 /// How long the flash-sale workload's loader takes (an emulated query).
 const LOAD_TIME: Duration = Duration::from_millis(1);
-
-fn value(k: u64) -> String {
-    format!("{k:0>64}")
-}
 
 fn redis_store(url: &str, ns: &str) -> RedisStore {
     RedisStore::new(
@@ -85,18 +81,10 @@ fn facade_benches(c: &mut Criterion) {
 
     // --- L1 hit: the facade against a bare larder-memory get.
     let group = "facade/l1 hit";
-    let bare: MemoryCache<u64, String> = MemoryCache::new(2 * KEYS);
-    let cache: Cache<u64, String> = Cache::builder()
-        .memory(2 * KEYS)
-        .ttl(Ttl::fixed(Duration::from_secs(3600)))
-        .loader(FnLoader::new(|k: u64| async move {
-            Ok::<_, Error>(Some(value(k)))
-        }))
-        .build()
-        .unwrap();
+    let (bare, cache) = facade_hit::caches();
     rt.block_on(async {
-        for k in 0..KEYS {
-            bare.insert(k, value(k));
+        for k in 0..facade_hit::KEYS {
+            bare.insert(k, facade_hit::value(k));
             cache.get_or_load(&k).await.unwrap();
         }
     });
@@ -106,7 +94,7 @@ fn facade_benches(c: &mut Criterion) {
     m.time(group, "larder Cache get (L1 hit)", 1);
     g.bench_function("larder Cache get (L1 hit)", |b| {
         b.iter(|| {
-            i = (i + 7919) % KEYS;
+            i = facade_hit::next(i);
             // A fresh L1 hit never awaits: it is ready on the first poll.
             black_box(cache.get(&i).now_or_never().unwrap().unwrap())
         })
@@ -114,7 +102,7 @@ fn facade_benches(c: &mut Criterion) {
     m.time(group, "larder-memory get", 1);
     g.bench_function("larder-memory get", |b| {
         b.iter(|| {
-            i = (i + 7919) % KEYS;
+            i = facade_hit::next(i);
             black_box(bare.get(&i))
         })
     });

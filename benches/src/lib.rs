@@ -6,6 +6,7 @@
 //! how many operations one iteration performs, which figure is Larder's and
 //! which is its peer's, and plain figures (sizes, hit ratios) with units.
 
+pub mod facade_hit;
 pub mod fixtures;
 pub mod manifest;
 pub mod traces;

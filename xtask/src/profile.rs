@@ -55,7 +55,9 @@ const L2_CONCURRENCY: u64 = 64;
 /// Runs of each subject; the median is reported.
 const L2_REPEATS: usize = 3;
 
-fn l2(redis_server: &Path) -> Result<(), String> {
+/// Builds the workload `bin` of `benches/src/bin` in release mode: its
+/// executable, and the folder for the profiles' files.
+fn build(bin: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
     let mut build = util::cargo();
     build.args([
         "build",
@@ -63,13 +65,17 @@ fn l2(redis_server: &Path) -> Result<(), String> {
         "--package",
         "larder-benches",
         "--bin",
-        "l2_ops",
+        bin,
     ]);
     util::run(build)?;
     let root = util::project_root();
-    let exe = root.join("target/release/l2_ops");
     let out = root.join("target/larder-profile");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok((root.join("target/release").join(bin), out))
+}
+
+fn l2(redis_server: &Path) -> Result<(), String> {
+    let (exe, out) = build("l2_ops")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free port: {e}"))?
@@ -158,20 +164,7 @@ impl Server {
 /// Counts per operation of `bin` (a workload of `benches/src/bin` taking
 /// `SUBJECT MODE OPS`) in each mode, for the subject and its peer.
 fn per_op(bin: &str, modes: &[&str], [subject, peer]: [&str; 2]) -> Result<(), String> {
-    let mut build = util::cargo();
-    build.args([
-        "build",
-        "--release",
-        "--package",
-        "larder-benches",
-        "--bin",
-        bin,
-    ]);
-    util::run(build)?;
-    let root = util::project_root();
-    let exe = root.join("target/release").join(bin);
-    let out = root.join("target/larder-profile");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let (exe, out) = build(bin)?;
     println!(
         "| workload | subject | instructions / op | D1 misses / op | LL data misses / op |\n|---|---|--:|--:|--:|"
     );

@@ -1,8 +1,7 @@
-//! `cargo xtask profile facade`: the facade benchmark's L1 hit (100k keys
-//! of `String` values read in a fixed stride, the facade with a one-hour
-//! TTL and a loader) against a bare larder-memory get of the same keys,
-//! a given number of gets after the same warm-up, for a counting profiler
-//! (see `l1_ops.rs`). The facade's future is polled once, as an L1 hit
+//! `cargo xtask profile facade`: the facade benchmark's L1 hit
+//! ([`larder_benches::facade_hit`]) against a bare larder-memory get of the
+//! same keys, a given number of gets after the same warm-up, for a
+//! counting profiler (see `l1_ops.rs`). The facade's future is polled once, as an L1 hit
 //! never waits.
 //!
 //! ```text
@@ -12,18 +11,9 @@
 #![allow(clippy::print_stdout)] // a command-line tool
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use futures_util::FutureExt;
-use larder::core::{Error, FnLoader};
-use larder::{Cache, Ttl};
-use larder_memory::MemoryCache;
-
-const KEYS: u64 = 100_000;
-
-fn value(k: u64) -> String {
-    format!("value of {k}")
-}
+use larder_benches::facade_hit;
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,25 +33,17 @@ fn main() -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let bare: MemoryCache<u64, String> = MemoryCache::new(2 * KEYS);
-    let cache: Cache<u64, String> = Cache::builder()
-        .memory(2 * KEYS)
-        .ttl(Ttl::fixed(Duration::from_secs(3600)))
-        .loader(FnLoader::new(|k: u64| async move {
-            Ok::<_, Error>(Some(value(k)))
-        }))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let (bare, cache) = facade_hit::caches();
     rt.block_on(async {
-        for k in 0..KEYS {
-            bare.insert(k, value(k));
+        for k in 0..facade_hit::KEYS {
+            bare.insert(k, facade_hit::value(k));
             cache.get_or_load(&k).await.map_err(|e| e.to_string())?;
         }
         Ok::<_, String>(())
     })?;
     let (mut i, mut hits) = (0u64, 0u64);
     for _ in 0..ops {
-        i = (i + 7919) % KEYS;
+        i = facade_hit::next(i);
         let got = if facade {
             match cache.get(&i).now_or_never() {
                 Some(Ok(v)) => v,

@@ -33,6 +33,19 @@ async fn raw_get<C: redis::aio::ConnectionLike>(mut con: C, key: &str) -> Option
         .expect("GET")
 }
 
+/// One round of raw gets through clones of `con`: whether each key was found.
+async fn raw_round<C>(con: &C, keys: &[String], pick: impl Fn(usize) -> usize) -> Vec<bool>
+where
+    C: redis::aio::ConnectionLike + Clone,
+{
+    join_all((0..CONCURRENCY).map(|j| {
+        let c = con.clone();
+        let k = &keys[pick(j)];
+        async move { raw_get(c, k).await.is_some() }
+    }))
+    .await
+}
+
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [subject, url, rounds] = args.as_slice() else {
@@ -88,22 +101,8 @@ fn main() -> Result<(), String> {
                     }))
                     .await
                 }
-                "multiplexed" => {
-                    join_all((0..CONCURRENCY).map(|j| {
-                        let c = multiplexed.clone();
-                        let k = &raw_keys[pick(j)];
-                        async move { raw_get(c, k).await.is_some() }
-                    }))
-                    .await
-                }
-                "manager" => {
-                    join_all((0..CONCURRENCY).map(|j| {
-                        let c = manager.clone();
-                        let k = &raw_keys[pick(j)];
-                        async move { raw_get(c, k).await.is_some() }
-                    }))
-                    .await
-                }
+                "multiplexed" => raw_round(&multiplexed, &raw_keys, pick).await,
+                "manager" => raw_round(&manager, &raw_keys, pick).await,
                 other => return Err(format!("unknown subject {other}")),
             };
             found += got.into_iter().filter(|&f| f).count();

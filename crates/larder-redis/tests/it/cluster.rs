@@ -236,20 +236,28 @@ async fn a_dead_master_fails_only_its_keys_in_batched_reads() {
     );
 }
 
-/// Reading the slot map is counted in the stats (`TOPOLOGY`), and a failed
-/// read is an error there, not silence.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slot_map_refreshes_and_their_errors_are_counted() {
-    let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start(1).unwrap())
+/// A one-master cluster and a store on it (no retries, `response_timeout`),
+/// holding `k` = `v`: its first connection has read the slot map.
+async fn one_master_with_k(response_timeout: Duration) -> (RedisCluster, RedisStore) {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(1).unwrap())
         .await
         .unwrap();
     let s = RedisStore::new(
         quick_config(Topology::Cluster(cluster.urls()))
+            .response_timeout(response_timeout)
             .build()
             .unwrap(),
     )
     .unwrap();
     s.set("k", b"v", T).await.unwrap();
+    (cluster, s)
+}
+
+/// Reading the slot map is counted in the stats (`TOPOLOGY`), and a failed
+/// read is an error there, not silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_map_refreshes_and_their_errors_are_counted() {
+    let (mut cluster, s) = one_master_with_k(Duration::from_millis(300)).await;
     let topology = s.stats().command("TOPOLOGY").map(|c| (c.calls, c.errors));
     assert_eq!(
         topology,
@@ -276,19 +284,9 @@ async fn slot_map_refreshes_and_their_errors_are_counted() {
 async fn a_dropped_slot_map_reread_stays_due() {
     use futures_util::FutureExt;
 
-    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(1).unwrap())
-        .await
-        .unwrap();
     // A re-read's budget is half the response timeout: a loaded machine
     // must not cut the last one short.
-    let s = RedisStore::new(
-        quick_config(Topology::Cluster(cluster.urls()))
-            .response_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    s.set("k", b"v", T).await.unwrap();
+    let (cluster, s) = one_master_with_k(Duration::from_secs(2)).await;
     let reads = || s.stats().command("TOPOLOGY").map_or(0, |c| c.calls);
 
     // A node failure (a frozen master: the get times out) marks the map stale.
@@ -308,16 +306,7 @@ async fn a_dropped_slot_map_reread_stays_due() {
 /// stats, not silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_map_reread_cut_off_by_its_budget_is_counted() {
-    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(1).unwrap())
-        .await
-        .unwrap();
-    let s = RedisStore::new(
-        quick_config(Topology::Cluster(cluster.urls()))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    s.set("k", b"v", T).await.unwrap();
+    let (cluster, s) = one_master_with_k(Duration::from_millis(300)).await;
     cluster.nodes()[0].pause().unwrap();
     // The first get's timeout marks the map stale; the second re-reads it
     // from the frozen master first, for half its response timeout.
