@@ -28,11 +28,16 @@ use futures_util::FutureExt;
 use larder::core::{Error, FnLoader, Store};
 use larder::redis::{RedisConfig, RedisStore, Topology};
 use larder::{Cache, Ttl};
-use larder_benches::facade_hit::{self, value};
+use larder_benches::facade_hit;
 use larder_benches::manifest::{Better, Manifest, wanted};
 use larder_testkit::RedisServer;
 
 const KEYS: u64 = 100_000;
+/// A value of 64 bytes, as every group here stores.
+fn value(k: u64) -> String {
+    format!("{k:0>64}")
+}
+
 /// How long the flash-sale workload's loader takes (an emulated query).
 const LOAD_TIME: Duration = Duration::from_millis(1);
 

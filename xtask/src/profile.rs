@@ -8,7 +8,7 @@
 //! figures come from). Deterministic: the L1 workload's hashers are
 //! seeded, so the same build gives the same counts.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::util;
@@ -57,9 +57,9 @@ const L2_REPEATS: usize = 3;
 
 /// Builds the workload `bin` of `benches/src/bin` in release mode: its
 /// executable, and the folder for the profiles' files.
-fn build(bin: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
-    let mut build = util::cargo();
-    build.args([
+fn build(bin: &str) -> Result<(PathBuf, PathBuf), String> {
+    let mut cargo = util::cargo();
+    cargo.args([
         "build",
         "--release",
         "--package",
@@ -67,7 +67,7 @@ fn build(bin: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), String> 
         "--bin",
         bin,
     ]);
-    util::run(build)?;
+    util::run(cargo)?;
     let root = util::project_root();
     let out = root.join("target/larder-profile");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -130,10 +130,10 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Waits (about 10 s at most, in 20 ms steps; a second at most for a
-    /// listener's answer) until the server answers `PING`
-    /// on `port`; fails at once if it exits (another process took the
-    /// port, say), and does not take another program on the port for it.
+    /// Waits (500 tries 20 ms apart, each waiting a second at most for an
+    /// answer) until the server answers `PING` on `port`; fails at once if
+    /// it exits (another process took the port, say), and does not take
+    /// another program on the port for it.
     fn wait_for(&mut self, port: u16) -> Result<(), String> {
         use std::io::{Read, Write};
         for _ in 0..500 {
@@ -147,16 +147,18 @@ impl Server {
                 && c.set_write_timeout(Some(second)).is_ok()
             {
                 let mut reply = [0u8; 7];
-                let pong = c.write_all(b"PING\r\n").is_ok() && c.read_exact(&mut reply).is_ok();
-                if pong && &reply == b"+PONG\r\n" {
-                    return Ok(());
+                // No answer within the second: not ready yet, ask again.
+                if c.write_all(b"PING\r\n").is_ok() && c.read_exact(&mut reply).is_ok() {
+                    if &reply == b"+PONG\r\n" {
+                        return Ok(());
+                    }
+                    return Err(format!("port {port} answers, but not as redis-server"));
                 }
-                return Err(format!("port {port} answers, but not as redis-server"));
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         Err(format!(
-            "redis-server did not listen on port {port} within 10 s"
+            "redis-server did not answer PING on port {port} in 500 tries"
         ))
     }
 }
