@@ -28,15 +28,9 @@ use futures_util::FutureExt;
 use larder::core::{Error, FnLoader, Store};
 use larder::redis::{RedisConfig, RedisStore, Topology};
 use larder::{Cache, Ttl};
-use larder_benches::facade_hit;
+use larder_benches::facade_hit::{self, KEYS, value};
 use larder_benches::manifest::{Better, Manifest, wanted};
 use larder_testkit::RedisServer;
-
-const KEYS: u64 = 100_000;
-/// A value of 64 bytes, as every group here stores.
-fn value(k: u64) -> String {
-    format!("{k:0>64}")
-}
 
 /// How long the flash-sale workload's loader takes (an emulated query).
 const LOAD_TIME: Duration = Duration::from_millis(1);
@@ -88,8 +82,8 @@ fn facade_benches(c: &mut Criterion) {
     let group = "facade/l1 hit";
     let (bare, cache) = facade_hit::caches();
     rt.block_on(async {
-        for k in 0..facade_hit::KEYS {
-            bare.insert(k, facade_hit::value(k));
+        for k in 0..KEYS {
+            bare.insert(k, value(k));
             cache.get_or_load(&k).await.unwrap();
         }
     });

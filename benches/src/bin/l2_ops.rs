@@ -15,7 +15,7 @@
 #![allow(clippy::print_stdout)] // a command-line tool
 
 use futures_util::future::join_all;
-use larder_core::{Store, StoreEntry};
+use larder_core::{DEFAULT_NAMESPACE, KeySpace, Store, StoreEntry};
 use larder_redis::{RedisConfig, RedisStore, Topology};
 
 const KEYS: usize = 10_000;
@@ -79,7 +79,12 @@ fn main() -> Result<(), String> {
                 .collect();
             store.set_many(&entries).await.map_err(|e| e.to_string())?;
         }
-        let raw_keys: Vec<String> = keys.iter().map(|k| format!("larder:{{{k}}}")).collect();
+        let ks = KeySpace::new(DEFAULT_NAMESPACE).map_err(|e| e.to_string())?;
+        let raw_keys: Vec<String> = keys
+            .iter()
+            .map(|k| ks.data_key(k))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
         let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
         let multiplexed = client
             .get_multiplexed_async_connection()

@@ -238,7 +238,7 @@ impl Node {
     /// The connection, made on first use. Once made it is handed out
     /// without an await; the making (and, on a Cluster after a node
     /// failure, the slot map's re-read) runs in a future of its own on the
-    /// heap, so every command's future stays small: the async-trait boxes
+    /// heap, so every command's future stays small: `Store` methods box
     /// it, and glibc, by default, never serves a box over 1032 bytes from
     /// its per-thread cache (profiled: `cargo xtask profile l2`).
     async fn conn(&self) -> redis::RedisResult<Conn> {
@@ -251,6 +251,9 @@ impl Node {
             None => Box::pin(self.connect()).await?,
         };
         if let (Source::Cluster(lazy), Conn::Cluster(c)) = (&self.source, &conn)
+            // A load first: a swap would take the flag's cache line for
+            // writing on every command of every thread.
+            && lazy.stale.load(Ordering::Relaxed)
             && lazy.stale.swap(false, Ordering::Relaxed)
         {
             Box::pin(self.refresh_stale(lazy, c.clone())).await;
