@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use larder::core::{Error, FnLoader, Store};
+use larder::core::{Error, FnLoader};
 use larder::redis::{RedisConfig, RedisStore, Topology};
 use larder::{Cache, Ttl};
 use larder_benches::facade_hit::{self, KEYS, value};

@@ -10,6 +10,10 @@
 //! (`l2/get/64 concurrent, interleaved`, with each caller's p99 latency in
 //! `l2/get/64 concurrent p99`), which keeps a busy machine's swings out of
 //! the ratios.
+//!
+//! `larder RedisStore` is the store's own `get` (its future unboxed), as a
+//! service holding a `RedisStore` calls it; the `larder` facade calls the
+//! boxed `Store::get` through `dyn Store` (`facade/l2 hit`).
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 #![allow(clippy::disallowed_methods)] // a benchmark measures wall time

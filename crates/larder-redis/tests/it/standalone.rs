@@ -90,6 +90,47 @@ async fn bad_input_is_typed_and_touches_nothing() {
     assert_eq!(s.stats().commands.len(), 0, "no command was sent");
 }
 
+/// `RedisStore::get` (the unboxed inherent method, what `store.get` calls
+/// on the store itself) answers as `Store::get` (boxed, what a `dyn Store`
+/// calls) does, with and without the batcher: hit, miss, bad key.
+#[tokio::test]
+async fn the_unboxed_get_answers_as_the_trait_get() {
+    let server = RedisServer::start().unwrap();
+    let plain = store(&server.url());
+    let batched = RedisStore::new(
+        quick_config(Topology::Standalone(server.url()))
+            .auto_batch(16)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    plain.set("here", b"v", T).await.unwrap();
+    for s in [&plain, &batched] {
+        let as_dyn: &dyn Store = s;
+        for key in ["here", "absent"] {
+            let unboxed = RedisStore::get(s, key).await.unwrap();
+            assert_eq!(unboxed, as_dyn.get(key).await.unwrap(), "{key}");
+            assert_eq!(unboxed.is_some(), key == "here", "{key}");
+        }
+        let long = "x".repeat(larder_core::MAX_KEY_LEN + 1);
+        for bad in ["", long.as_str()] {
+            assert_eq!(
+                RedisStore::get(s, bad).await.unwrap_err().kind(),
+                ErrorKind::InvalidKey
+            );
+            assert_eq!(
+                as_dyn.get(bad).await.unwrap_err().kind(),
+                ErrorKind::InvalidKey
+            );
+        }
+    }
+    // Both paths reached Redis: two gets each through the plain store,
+    // and the batched store's through its batches.
+    assert_eq!(plain.stats().command("GET").unwrap().calls, 4);
+    let batches = batched.batch_stats().unwrap();
+    assert_eq!(batches.keys, 4, "{batches:?}");
+}
+
 #[tokio::test]
 async fn set_if_absent_and_get_or_set_are_atomic() {
     let server = RedisServer::start().unwrap();

@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use larder::core::{ErrorKind, MockClock, Store};
+use larder::core::{ErrorKind, MockClock};
 use larder::redis::{RedisStore, redis};
 use larder::{Cache, WriteBehind};
 use larder_testkit::RedisServer;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use larder::core::{ErrorKind, MockClock, Store, envelope};
+use larder::core::{ErrorKind, MockClock, envelope};
 use larder::redis::redis;
 use larder::redis::{BreakerConfig, RedisConfig, RedisStore, RetryPolicy, Topology};
 use larder::{Cache, Ttl};
