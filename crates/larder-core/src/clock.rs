@@ -50,6 +50,109 @@ impl Clock for SystemClock {
     }
 }
 
+/// The operating system's clocks, with a wall-clock face read at the
+/// kernel's tick: what the `larder` facade uses by default, since it reads
+/// the wall clock on every hit.
+///
+/// - [`Clock::now`] is [`SystemClock`]'s: precise, for deadlines and
+///   latencies.
+/// - [`Clock::unix_millis`] reads `CLOCK_REALTIME_COARSE` on Linux: the
+///   time of the last tick, updated by the kernel itself (no thread of
+///   ours). It is never ahead of [`SystemClock`]'s and lags it by at most
+///   [`CoarseClock::resolution`] (one tick: 4 ms on most distributions,
+///   1 to 10 ms in general), for a sixth of the cost (about 6 ns against
+///   40 ns on the machine the benchmarks run on). A TTL is therefore kept
+///   to within one tick. On other systems it is [`SystemClock`]'s.
+///
+/// ```
+/// use larder_core::{Clock, CoarseClock, SystemClock};
+///
+/// let coarse = CoarseClock.unix_millis();
+/// assert!(coarse <= SystemClock.unix_millis());
+/// assert!(CoarseClock::resolution() >= std::time::Duration::from_millis(1));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CoarseClock;
+
+impl CoarseClock {
+    /// The coarse clock as a [`SharedClock`].
+    pub fn shared() -> SharedClock {
+        Arc::new(CoarseClock)
+    }
+
+    /// How far [`Clock::unix_millis`] may lag the precise wall clock: the
+    /// kernel's tick on Linux (at least a millisecond), else a millisecond.
+    pub fn resolution() -> Duration {
+        coarse::resolution()
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_millis(1))
+    }
+}
+
+impl Clock for CoarseClock {
+    fn now(&self) -> Instant {
+        SystemClock.now()
+    }
+
+    fn unix_millis(&self) -> u64 {
+        coarse::unix_millis().unwrap_or_else(|| SystemClock.unix_millis())
+    }
+}
+
+/// `CLOCK_REALTIME_COARSE`, through the vDSO (no system call).
+#[cfg(target_os = "linux")]
+mod coarse {
+    use std::time::Duration;
+
+    /// Milliseconds since the Unix epoch at the last tick; `None` if the
+    /// clock cannot be read or is before 1970 (the caller falls back to
+    /// the precise clock, as [`super::SystemClock`] answers those).
+    #[allow(clippy::disallowed_methods)] // `CoarseClock` reads the OS clock
+    pub(super) fn unix_millis() -> Option<u64> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable `timespec`, the only memory
+        // `clock_gettime` writes; the clock id is a Linux constant.
+        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+            return None;
+        }
+        let secs = u64::try_from(ts.tv_sec).ok()?;
+        let millis = u64::try_from(ts.tv_nsec).ok()? / 1_000_000;
+        Some(secs.saturating_mul(1_000).saturating_add(millis))
+    }
+
+    /// The clock's resolution (the tick).
+    pub(super) fn resolution() -> Option<Duration> {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: as in `unix_millis`: `clock_getres` writes only `ts`.
+        if unsafe { libc::clock_getres(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
+            return None;
+        }
+        let secs = u64::try_from(ts.tv_sec).ok()?;
+        let nanos = u32::try_from(ts.tv_nsec).ok()?;
+        Some(Duration::new(secs, nanos))
+    }
+}
+
+/// No coarse clock known here: the precise one.
+#[cfg(not(target_os = "linux"))]
+mod coarse {
+    use std::time::Duration;
+
+    pub(super) fn unix_millis() -> Option<u64> {
+        None
+    }
+
+    pub(super) fn resolution() -> Option<Duration> {
+        None
+    }
+}
+
 /// A clock that only moves when told to. Clones share the same time.
 ///
 /// ```
@@ -151,6 +254,28 @@ mod tests {
         b.advance(Duration::from_millis(1_500));
         assert_eq!(a.unix_millis(), 2_500);
         assert_eq!(shared.now() - start, Duration::from_millis(1_500));
+    }
+
+    /// The coarse wall clock is never ahead of the precise one read after
+    /// it, and never further behind the one read before it than its
+    /// resolution (a tick), with 50 ms of slack for a descheduled thread.
+    #[test]
+    fn coarse_clock_follows_the_precise_one_within_a_tick() {
+        let lag = u64::try_from(CoarseClock::resolution().as_millis()).unwrap() + 50;
+        assert!(lag <= 60, "a tick of at most 10 ms: {lag} ms");
+        for _ in 0..1_000 {
+            let before = SystemClock.unix_millis();
+            let coarse = CoarseClock.unix_millis();
+            let after = SystemClock.unix_millis();
+            assert!(coarse <= after, "{coarse} ahead of {after}");
+            assert!(
+                coarse + lag >= before,
+                "{coarse} lags {before} by over {lag} ms"
+            );
+        }
+        // Its monotonic face is the precise one.
+        let a = CoarseClock.now();
+        assert!(SystemClock.now() >= a);
     }
 
     #[test]

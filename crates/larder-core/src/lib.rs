@@ -9,7 +9,7 @@ pub mod key;
 pub mod stats;
 pub mod store;
 
-pub use clock::{Clock, MockClock, SharedClock, SystemClock};
+pub use clock::{Clock, CoarseClock, MockClock, SharedClock, SystemClock};
 #[cfg(feature = "bincode")]
 pub use codec::Bincode;
 #[cfg(feature = "json")]

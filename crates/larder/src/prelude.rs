@@ -12,9 +12,9 @@ pub use larder_core::Bincode;
 pub use larder_core::Json;
 pub use larder_core::envelope::{Compression, EnvelopeMeta, Freshness};
 pub use larder_core::{
-    CacheStats, Clock, Codec, CodecId, DefaultCodec, Error, ErrorKind, FnLoader, KeySpace, Loader,
-    MockClock, Postcard, Result, RetryAdvice, SharedClock, Store, StoreEntry, StoreStats,
-    SystemClock, Writer,
+    CacheStats, Clock, CoarseClock, Codec, CodecId, DefaultCodec, Error, ErrorKind, FnLoader,
+    KeySpace, Loader, MockClock, Postcard, Result, RetryAdvice, SharedClock, Store, StoreEntry,
+    StoreStats, SystemClock, Writer,
 };
 #[cfg(feature = "redis")]
 pub use larder_redis::{RedisConfig, RedisStore, Topology};
