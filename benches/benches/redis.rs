@@ -12,8 +12,9 @@
 //! the ratios.
 //!
 //! `larder RedisStore` is the store's own `get` (its future unboxed), as a
-//! service holding a `RedisStore` calls it; the `larder` facade calls the
-//! boxed `Store::get` through `dyn Store` (`facade/l2 hit`).
+//! service holding a `RedisStore` calls it; `larder RedisStore as dyn
+//! Store` is `Store::get` through `dyn Store` (its future boxed), as the
+//! `larder` facade calls it. The interleaved rounds measure both.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 #![allow(clippy::disallowed_methods)] // a benchmark measures wall time
@@ -30,6 +31,8 @@ use larder_redis::{BatchStats, RedisConfig, RedisStore, Topology};
 use larder_testkit::RedisServer;
 
 const KEYS: usize = 10_000;
+/// The interleaved client that gets through `dyn Store`, as the facade does.
+const DYN_STORE: &str = "larder RedisStore as dyn Store";
 const CONCURRENCY: usize = 64;
 /// The raw peer of auto-batching: `MGET`s of the batcher's mean batch size.
 const RAW_MGET: &str = "redis-rs MGET at the batcher's mean batch size";
@@ -240,14 +243,15 @@ fn redis_benches(c: &mut Criterion) {
     let group = "l2/get/64 concurrent, interleaved";
     let lat_group = "l2/get/64 concurrent p99";
     if wanted(group) || wanted(lat_group) {
-        const CLIENTS: [&str; 4] = [
+        const CLIENTS: [&str; 5] = [
             "larder RedisStore",
             "larder RedisStore auto-batch",
             "redis-rs multiplexed",
             RAW_MGET,
+            DYN_STORE,
         ];
-        let mut lat: [Vec<u64>; 4] = Default::default();
-        let mut busy = [Duration::ZERO; 4];
+        let mut lat: [Vec<u64>; 5] = Default::default();
+        let mut busy = [Duration::ZERO; 5];
         let before = batched.batch_stats().unwrap_or_default();
         rt.block_on(async {
             for round in 0..ROUNDS {
@@ -263,6 +267,14 @@ fn redis_benches(c: &mut Criterion) {
                             match who {
                                 0 | 1 => {
                                     let s = if who == 0 { &store } else { &batched };
+                                    join_all((0..CONCURRENCY).map(|j| {
+                                        let k = &keys[(start_key + j * 131) % KEYS];
+                                        async move { took(s.get(k).await.unwrap().is_some()) }
+                                    }))
+                                    .await
+                                }
+                                4 => {
+                                    let s: &dyn Store = &store;
                                     join_all((0..CONCURRENCY).map(|j| {
                                         let k = &keys[(start_key + j * 131) % KEYS];
                                         async move { took(s.get(k).await.unwrap().is_some()) }
@@ -328,6 +340,7 @@ fn redis_benches(c: &mut Criterion) {
         }
         println!("{group}: auto-batch mean batch size {mean:.2} keys");
         m.compare(group, "larder RedisStore", "redis-rs multiplexed");
+        m.compare(group, DYN_STORE, "redis-rs multiplexed");
         m.compare(group, "larder RedisStore auto-batch", RAW_MGET);
         m.compare(
             group,

@@ -271,7 +271,9 @@ impl RedisStore {
     /// path.
     ///
     /// Its future is the caller's to place: in a task, a `join_all` or on
-    /// the stack, not one heap allocation per get. With 64 gets in flight,
+    /// the stack; no box per get (the command and the reply still
+    /// allocate, as in redis-rs). Unlike the trait's boxed future it is not
+    /// `Unpin`: pin it (`std::pin::pin!`) to poll it by hand. With 64 gets in flight,
     /// glibc serves most of the boxes of `dyn Store` from its slow paths
     /// (its per-thread cache keeps 7 per size); that is the largest part
     /// of what a boxed get costs beyond raw redis-rs (`cargo xtask profile
@@ -280,6 +282,7 @@ impl RedisStore {
         &'a self,
         key: &'a str,
     ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send + 'a {
+        // The same two paths as `Store::get` below, which boxes each.
         match &self.inner.batcher {
             Some(b) => Either::Left(b.get(self.keyspace().prefix(), key)),
             None => Either::Right(self.get_unbatched(key)),
@@ -684,6 +687,7 @@ impl Store for RedisStore {
         'b: 'f,
         Self: 'f,
     {
+        // The same two paths as the inherent `RedisStore::get`, unboxed.
         match &self.inner.batcher {
             Some(b) => Box::pin(b.get(self.keyspace().prefix(), key)),
             None => Box::pin(self.get_unbatched(key)),
@@ -984,6 +988,20 @@ mod tests {
         let b = if batch { b.auto_batch(64) } else { b };
         let store = RedisStore::new(b.build().unwrap()).unwrap();
         std::mem::size_of_val(&*Store::get(&store, "k"))
+    }
+
+    /// The store's own get hands out the future itself, not a box of it
+    /// (a box would be one pointer wide): the point of the method. Red if
+    /// it goes back to the trait's boxed future.
+    #[test]
+    fn the_store_s_own_get_is_not_boxed() {
+        for batch in [false, true] {
+            let b = RedisConfig::builder(Topology::Standalone("redis://127.0.0.1:1".into()));
+            let b = if batch { b.auto_batch(64) } else { b };
+            let store = RedisStore::new(b.build().unwrap()).unwrap();
+            let size = std::mem::size_of_val(&store.get("k"));
+            assert!(size >= boxed_get_size(batch), "{size} bytes, batch {batch}");
+        }
     }
 
     /// A plain get's future (boxed for `dyn Store`) stays under 1 KiB:

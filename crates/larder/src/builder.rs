@@ -345,7 +345,8 @@ where
     /// the wall clock at the kernel's tick, which every hit reads to judge
     /// freshness; TTLs are kept to within that tick, often 4 ms). Tests use
     /// `MockClock`; `SystemClock` gives a wall clock precise to the
-    /// millisecond, at about six times the cost per read.
+    /// millisecond, at several times the cost per read (`clock/unix_millis`
+    /// in `docs/benchmarks.md`).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = Some(clock);
         self
