@@ -127,6 +127,7 @@ fn store(topology: Topology, ns: &str) -> Result<RedisStore> {
 }
 
 pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
+    let spawned = Instant::now();
     let mut report = WorkerReport {
         id: a.id,
         incarnation: a.incarnation,
@@ -209,6 +210,14 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
     let own = a.id * KEYS_PER_WORKER..(a.id + 1) * KEYS_PER_WORKER;
     // A seq larger than any earlier incarnation's for this worker.
     let seq = AtomicU64::new(a.incarnation * 1_000_000_000);
+    // When this incarnation began its operations: a killed incarnation
+    // leaves no report, and a negative control whose victim never got
+    // this far (its writes are what the kill should lose) says so here.
+    log.line(&format!(
+        "start incarnation {} after {} ms",
+        a.incarnation,
+        spawned.elapsed().as_millis()
+    ));
     let deadline = Instant::now() + Duration::from_secs_f64(a.seconds);
     let mut broke_once = false;
     while Instant::now() < deadline {

@@ -20,6 +20,23 @@ fn soak(out: &std::path::Path, args: &[&str]) -> (bool, String) {
     (o.status.success(), text)
 }
 
+/// The `start` lines of a run's worker logs: when each incarnation began
+/// its operations (a victim killed before its first write loses nothing).
+fn starts(out: &std::path::Path) -> String {
+    let mut lines = Vec::new();
+    for id in 0..8 {
+        let Ok(log) = std::fs::read_to_string(out.join(format!("log-{id}.txt"))) else {
+            continue;
+        };
+        lines.extend(
+            log.lines()
+                .filter(|l| l.starts_with("start "))
+                .map(|l| format!("worker {id}: {l}")),
+        );
+    }
+    lines.join("\n")
+}
+
 #[test]
 fn the_soak_passes_and_each_negative_control_fails_its_checker() {
     let dir = std::env::temp_dir().join(format!("larder-chaos-test-{}", std::process::id()));
@@ -78,7 +95,11 @@ fn the_soak_passes_and_each_negative_control_fails_its_checker() {
                 name,
             ],
         );
-        assert!(!ok, "negative control {name}: the soak passed:\n{out}");
+        assert!(
+            !ok,
+            "negative control {name}: the soak passed:\n{out}\nworkers' starts:\n{}",
+            starts(&dir.join(name))
+        );
         assert!(
             out.lines()
                 .any(|l| l.starts_with(checker) && l.contains("FAIL")),
