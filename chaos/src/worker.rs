@@ -127,7 +127,7 @@ fn store(topology: Topology, ns: &str) -> Result<RedisStore> {
 }
 
 pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
-    let spawned = Instant::now();
+    let entered = Instant::now();
     let mut report = WorkerReport {
         id: a.id,
         incarnation: a.incarnation,
@@ -214,9 +214,10 @@ pub(crate) async fn run(a: Args) -> Result<WorkerReport> {
     // leaves no report, and a negative control whose victim never got
     // this far (its writes are what the kill should lose) says so here.
     log.line(&format!(
-        "start incarnation {} after {} ms",
+        "start incarnation {}: {} ms after its run began, at unix {} µs",
         a.incarnation,
-        spawned.elapsed().as_millis()
+        entered.elapsed().as_millis(),
+        now_us()
     ));
     let deadline = Instant::now() + Duration::from_secs_f64(a.seconds);
     let mut broke_once = false;

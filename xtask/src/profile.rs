@@ -96,7 +96,9 @@ fn l2(redis_server: &Path) -> Result<(), String> {
         .map_err(|e| format!("{e} (its log: {})", log.display()))?;
     println!("| client | instructions / get (median of {L2_REPEATS}) | spread |\n|---|--:|--:|");
     let mut larder = 0.0;
-    for subject in ["larder", "manager", "multiplexed"] {
+    // `larder` is the store's own (unboxed) get; `larder-dyn` the boxed
+    // `dyn Store` get the facade makes.
+    for subject in ["larder", "larder-dyn", "manager", "multiplexed"] {
         let [few, many] = L2_ROUNDS;
         let mut runs = Vec::with_capacity(L2_REPEATS);
         for run in 0..L2_REPEATS {
@@ -111,6 +113,8 @@ fn l2(redis_server: &Path) -> Result<(), String> {
         println!("| {subject} | {per:.0} | {spread:.0} |");
         if subject == "larder" {
             larder = per;
+        } else if subject == "larder-dyn" {
+            println!("| larder-dyn / larder | {:.3}x | |", per / larder);
         } else {
             println!("| larder / {subject} | {:.3}x | |", larder / per);
         }

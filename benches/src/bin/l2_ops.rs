@@ -6,9 +6,11 @@
 //! give the client's instructions per get.
 //!
 //! ```text
-//! l2_ops SUBJECT URL ROUNDS   SUBJECT: larder | multiplexed | manager
+//! l2_ops SUBJECT URL ROUNDS   SUBJECT: larder | larder-dyn | multiplexed | manager
 //! ```
-//! `larder` is `RedisStore::get`; `multiplexed` and `manager` are raw
+//! `larder` is `RedisStore::get` (its future unboxed); `larder-dyn` is
+//! `Store::get` through `dyn Store` (boxed, as the facade reads);
+//! `multiplexed` and `manager` are raw
 //! redis-rs `GET`s through a `MultiplexedConnection` and a
 //! `ConnectionManager` (what `RedisStore` runs on).
 
@@ -101,6 +103,14 @@ fn main() -> Result<(), String> {
                 "larder" => {
                     join_all((0..CONCURRENCY).map(|j| {
                         let s = &store;
+                        let k = &keys[pick(j)];
+                        async move { s.get(k).await.expect("get").is_some() }
+                    }))
+                    .await
+                }
+                "larder-dyn" => {
+                    join_all((0..CONCURRENCY).map(|j| {
+                        let s: &dyn Store = &store;
                         let k = &keys[pick(j)];
                         async move { s.get(k).await.expect("get").is_some() }
                     }))
