@@ -7,7 +7,7 @@ use larder_core::Store;
 use larder_redis::{RedisStore, Topology};
 use larder_testkit::{FaultProxy, RedisServer};
 
-use crate::quick_config;
+use crate::{batched_store, quick_config};
 
 /// A store that batches up to 16 keys, with each of `keys` set to itself.
 async fn batching_store(server: &RedisServer, keys: &[&str]) -> RedisStore {
@@ -15,13 +15,7 @@ async fn batching_store(server: &RedisServer, keys: &[&str]) -> RedisStore {
 }
 
 async fn batching_store_at(url: &str, keys: &[&str]) -> RedisStore {
-    let s = RedisStore::new(
-        quick_config(Topology::Standalone(url.to_owned()))
-            .auto_batch(16)
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+    let s = batched_store(url);
     for k in keys {
         s.set(k, k.as_bytes(), Duration::from_secs(60))
             .await

@@ -43,6 +43,17 @@ pub(crate) fn store(url: &str) -> RedisStore {
     .unwrap()
 }
 
+/// [`store`] with auto-batching: up to 16 keys per `MGET`.
+pub(crate) fn batched_store(url: &str) -> RedisStore {
+    RedisStore::new(
+        quick_config(Topology::Standalone(url.to_owned()))
+            .auto_batch(16)
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 /// An envelope with a version, for the conditional-set tests.
 pub(crate) fn env(version: u64, payload: &[u8]) -> Vec<u8> {
     let meta = EnvelopeMeta::starting_at(

@@ -5,7 +5,7 @@ use larder_core::{ErrorKind, Postcard, Store, StoreEntry};
 use larder_redis::{RedisConfig, RedisStore, Topology};
 use larder_testkit::RedisServer;
 
-use crate::{env, quick_config, raw_get, store};
+use crate::{batched_store, env, quick_config, raw_get, store};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -97,13 +97,7 @@ async fn bad_input_is_typed_and_touches_nothing() {
 async fn the_unboxed_get_answers_as_the_trait_get() {
     let server = RedisServer::start().unwrap();
     let plain = store(&server.url());
-    let batched = RedisStore::new(
-        quick_config(Topology::Standalone(server.url()))
-            .auto_batch(16)
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+    let batched = batched_store(&server.url());
     plain.set("here", b"v", T).await.unwrap();
     for s in [&plain, &batched] {
         let as_dyn: &dyn Store = s;
@@ -365,13 +359,7 @@ async fn tls_with_a_generated_certificate() {
 fn a_store_is_built_outside_a_runtime() {
     let server = RedisServer::start().unwrap();
     let url = server.url();
-    let batched = RedisStore::new(
-        quick_config(Topology::Standalone(url.clone()))
-            .auto_batch(16)
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+    let batched = batched_store(&url);
     for topology in [
         Topology::Cluster(vec![url.clone()]),
         Topology::Sharded(vec![url.clone()]),
