@@ -88,12 +88,7 @@ fn facade_benches(c: &mut Criterion) {
     // --- L1 hit: the facade against a bare larder-memory get.
     let group = "facade/l1 hit";
     let (bare, cache) = facade_hit::caches();
-    rt.block_on(async {
-        for k in 0..KEYS {
-            bare.insert(k, value(k));
-            cache.get_or_load(&k).await.unwrap();
-        }
-    });
+    rt.block_on(facade_hit::fill(&bare, &cache)).unwrap();
     let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;

@@ -17,9 +17,7 @@ pub fn value(k: u64) -> String {
     format!("{k:0>64}")
 }
 
-/// The bare cache and the facade, empty: fill the bare one with
-/// [`value`]s and the facade through `get_or_load` (its loader answers
-/// [`value`]).
+/// The bare cache and the facade, empty: [`fill`] them.
 pub fn caches() -> (MemoryCache<u64, String>, Cache<u64, String>) {
     let bare = MemoryCache::new(2 * KEYS);
     let facade = Cache::builder()
@@ -31,6 +29,19 @@ pub fn caches() -> (MemoryCache<u64, String>, Cache<u64, String>) {
         .build()
         .expect("an in-memory facade always builds");
     (bare, facade)
+}
+
+/// Fills the bare cache with [`value`]s and the facade through
+/// `get_or_load` (its loader answers [`value`]): every key a hit in both.
+pub async fn fill(
+    bare: &MemoryCache<u64, String>,
+    facade: &Cache<u64, String>,
+) -> larder::core::Result<()> {
+    for k in 0..KEYS {
+        bare.insert(k, value(k));
+        facade.get_or_load(&k).await?;
+    }
+    Ok(())
 }
 
 /// The key after `i` in the read order.

@@ -34,13 +34,8 @@ fn main() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let (bare, cache) = facade_hit::caches();
-    rt.block_on(async {
-        for k in 0..facade_hit::KEYS {
-            bare.insert(k, facade_hit::value(k));
-            cache.get_or_load(&k).await.map_err(|e| e.to_string())?;
-        }
-        Ok::<_, String>(())
-    })?;
+    rt.block_on(facade_hit::fill(&bare, &cache))
+        .map_err(|e| e.to_string())?;
     let (mut i, mut hits) = (0u64, 0u64);
     for _ in 0..ops {
         i = facade_hit::next(i);

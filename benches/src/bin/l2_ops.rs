@@ -35,6 +35,23 @@ async fn raw_get<C: redis::aio::ConnectionLike>(mut con: C, key: &str) -> Option
         .expect("GET")
 }
 
+/// One round of store gets: whether each key was found.
+async fn store_round<'a, F, Fut>(
+    keys: &'a [String],
+    pick: impl Fn(usize) -> usize,
+    get: F,
+) -> Vec<bool>
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: std::future::Future<Output = larder_core::Result<Option<Vec<u8>>>>,
+{
+    join_all((0..CONCURRENCY).map(|j| {
+        let fut = get(&keys[pick(j)]);
+        async move { fut.await.expect("get").is_some() }
+    }))
+    .await
+}
+
 /// One round of raw gets through clones of `con`: whether each key was found.
 async fn raw_round<C>(con: &C, keys: &[String], pick: impl Fn(usize) -> usize) -> Vec<bool>
 where
@@ -100,21 +117,10 @@ fn main() -> Result<(), String> {
             let start = round * 7919 % KEYS;
             let pick = |j: usize| (start + j * 131) % KEYS;
             let got: Vec<bool> = match subject.as_str() {
-                "larder" => {
-                    join_all((0..CONCURRENCY).map(|j| {
-                        let s = &store;
-                        let k = &keys[pick(j)];
-                        async move { s.get(k).await.expect("get").is_some() }
-                    }))
-                    .await
-                }
+                "larder" => store_round(&keys, pick, |k| store.get(k)).await,
                 "larder-dyn" => {
-                    join_all((0..CONCURRENCY).map(|j| {
-                        let s: &dyn Store = &store;
-                        let k = &keys[pick(j)];
-                        async move { s.get(k).await.expect("get").is_some() }
-                    }))
-                    .await
+                    let s: &dyn Store = &store;
+                    store_round(&keys, pick, |k| s.get(k)).await
                 }
                 "multiplexed" => raw_round(&multiplexed, &raw_keys, pick).await,
                 "manager" => raw_round(&manager, &raw_keys, pick).await,

@@ -11,11 +11,11 @@
 //! free ("flush when the connection is free"), without a task hop. A lone
 //! caller pays one yield; many concurrent callers share round trips.
 //!
-//! Nothing is allocated per `get` once the batcher is warm: keys are
-//! written into the batch's one string buffer (`{namespace}:{{key}}`, no
-//! `String` per key), and each caller waits in a slot of a reused slab (its
-//! waker and, later, its answer), not on a channel. The buffers of sent
-//! batches are kept for the next ones.
+//! No `String` per key and no channel per caller: keys are written into
+//! the batch's one string buffer (`{namespace}:{{key}}`), and each caller
+//! waits in a slot of a reused slab (its waker and, later, its answer).
+//! Each batch sent still allocates its key list and its boxed `MGET` (a
+//! lone caller is a batch of one).
 //!
 //! Cancellation: a caller dropped while it waits is left out of the next
 //! `MGET` (its answer, if already on the way, is discarded). A leader

@@ -678,8 +678,8 @@ impl Store for RedisStore {
     // own size. One `async` body would be as large as its largest branch,
     // on every get: 1712 bytes when the batcher's wait was part of it. A
     // smaller box is less to allocate and move, and under 1032 bytes
-    // glibc (by default) can serve it from its per-thread cache (`cargo xtask profile
-    // l2`).
+    // glibc (by default) can serve it from its per-thread cache (`cargo
+    // xtask profile l2`).
     fn get<'a, 'b, 'f>(
         &'a self,
         key: &'b str,
@@ -984,12 +984,16 @@ mod tests {
         }
     }
 
-    /// The size of the future `Store::get` boxes, with the batcher or without.
-    fn boxed_get_size(batch: bool) -> usize {
+    /// A store on a closed port (nothing is sent), with the batcher or without.
+    fn unconnected_store(batch: bool) -> RedisStore {
         let b = RedisConfig::builder(Topology::Standalone("redis://127.0.0.1:1".into()));
         let b = if batch { b.auto_batch(64) } else { b };
-        let store = RedisStore::new(b.build().unwrap()).unwrap();
-        std::mem::size_of_val(&*Store::get(&store, "k"))
+        RedisStore::new(b.build().unwrap()).unwrap()
+    }
+
+    /// The size of the future `Store::get` boxes, with the batcher or without.
+    fn boxed_get_size(batch: bool) -> usize {
+        std::mem::size_of_val(&*Store::get(&unconnected_store(batch), "k"))
     }
 
     /// The store's own get hands out the future itself, not a box of it
@@ -1000,9 +1004,7 @@ mod tests {
     #[test]
     fn the_store_s_own_get_is_not_boxed() {
         for batch in [false, true] {
-            let b = RedisConfig::builder(Topology::Standalone("redis://127.0.0.1:1".into()));
-            let b = if batch { b.auto_batch(64) } else { b };
-            let store = RedisStore::new(b.build().unwrap()).unwrap();
+            let store = unconnected_store(batch);
             let size = std::mem::size_of_val(&store.get("k"));
             assert!(size >= boxed_get_size(batch), "{size} bytes, batch {batch}");
         }
