@@ -290,8 +290,10 @@ where
     }
 
     /// Number of shards, rounded up to a power of two and capped so each
-    /// holds at least one unit of capacity (and at 65,536). The default grows with cores and
-    /// capacity; 1 gives exact global policy order (the simulator uses it).
+    /// holds at least one unit of capacity (and at 65,536). The default is
+    /// four per core, rounded up to a power of two, and no more than keeps
+    /// 256 entries (units of capacity) in each shard; 1 gives exact global
+    /// policy order (the simulator uses it).
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self
@@ -305,9 +307,12 @@ where
         // Clamp before rounding to powers of two: a capacity of u64::MAX
         // must not overflow.
         let units = |c: u64| c.clamp(1, MAX_SHARDS as u64) as usize;
+        // The capacity's share rounds down: every default shard holds at
+        // least `MIN_AUTO_SHARD` units.
+        let floor_pow2 = |n: usize| 1usize << n.ilog2();
         let auto = (cores * 4)
             .next_power_of_two()
-            .min(units(self.capacity / 256).next_power_of_two());
+            .min(floor_pow2(units(self.capacity / MIN_AUTO_SHARD)));
         let wanted = self
             .shards
             .unwrap_or(auto)
@@ -355,6 +360,9 @@ where
         }
     }
 }
+
+/// The least capacity of a shard that the default shard count makes.
+const MIN_AUTO_SHARD: u64 = 256;
 
 /// The most shards a cache has.
 const MAX_SHARDS: usize = 1 << 16;
@@ -890,6 +898,44 @@ mod tests {
                 let _ = self.release.lock().recv();
             }
             current
+        }
+    }
+
+    /// The default shard count gives every shard at least
+    /// `MIN_AUTO_SHARD` entries: a shard's policy needs room to tell the
+    /// frequent from the new. Red when the capacity's share was rounded up
+    /// to a power of two (768 entries made 4 shards of 192).
+    #[test]
+    fn default_shards_hold_at_least_the_least_share() {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let most = (cores * 4).next_power_of_two();
+        for capacity in [
+            1,
+            255,
+            256,
+            511,
+            512,
+            768,
+            1_000,
+            1_023,
+            2_000,
+            5_000,
+            1 << 20,
+        ] {
+            let cache: MemoryCache<u64, u64> = MemoryCache::builder(capacity).build();
+            let shards = cache.policy().shards;
+            assert!(shards.is_power_of_two(), "{capacity}: {shards} shards");
+            assert!(
+                shards == 1 || capacity / shards as u64 >= MIN_AUTO_SHARD,
+                "{capacity}: {shards} shards of {}",
+                capacity / shards as u64
+            );
+            // As many as the rule allows: twice as many would break it.
+            let allowed = (capacity / MIN_AUTO_SHARD).max(1);
+            assert!(
+                shards == most || 2 * shards as u64 > allowed,
+                "{capacity}: only {shards} shards"
+            );
         }
     }
 
