@@ -6,7 +6,7 @@
 //! - a miss only adds to `misses` (the policy counts it for its hit rate;
 //!   W-TinyLFU's sketch learns of the key when it is inserted);
 //! - a hit on an entry the policy called quiet (see `Policy::on_hit`: for
-//!   W-TinyLFU, a hot entry whose frequency is saturated) only adds to
+//!   W-TinyLFU, an entry whose estimated frequency is already high) only adds to
 //!   `quiet_hits`, until the policy's epoch moves on;
 //! - any other hit is an event in a fixed ring of atomic words, applied in
 //!   order under the shard's upkeep lock (the shard itself held shared) by

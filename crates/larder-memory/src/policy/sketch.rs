@@ -145,10 +145,9 @@ impl Sketch {
             .unwrap_or(0) as u8
     }
 
-    /// Counts one access to `hash`. Returns whether its estimate is now
-    /// saturated (all four counters at 15): until the next aging, counting
-    /// it again changes nothing.
-    pub(crate) fn increment(&mut self, hash: u64) -> bool {
+    /// Counts one access to `hash`. Returns its estimate now (the least of
+    /// its four counters, at most 15), or 0 if this access aged the sketch.
+    pub(crate) fn increment(&mut self, hash: u64) -> u64 {
         // Branch-free: whether a counter is saturated is a coin toss the
         // branch predictor loses on most hits.
         let mut added = 0;
@@ -162,15 +161,14 @@ impl Sketch {
             added |= inc;
             min = min.min(c + inc);
         }
-        let saturated = min == MAX;
         if added != 0 {
             self.additions += 1;
             if self.additions >= self.sample {
                 self.age();
-                return false;
+                return 0;
             }
         }
-        saturated
+        min
     }
 
     /// How many times the counters were halved (wrapping).
@@ -206,9 +204,10 @@ mod tests {
     #[test]
     fn counts_saturate_and_age() {
         let mut s = Sketch::new(64);
-        for _ in 0..20 {
-            s.increment(42);
-        }
+        // Each increment answers the estimate it leaves.
+        let estimates: Vec<u64> = (0..20).map(|_| s.increment(42)).collect();
+        let expected: Vec<u64> = (1..=20).map(|n: u64| n.min(15)).collect();
+        assert_eq!(estimates, expected);
         assert_eq!(s.frequency(42), 15);
         assert!(s.frequency(7) <= 1);
         // Enough other traffic halves everything.
