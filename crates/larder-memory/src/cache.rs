@@ -523,11 +523,10 @@ where
         let cell = self.shard(hash);
         let now = self.now();
         let shard = cell.lock.read();
-        let Some(slot) = shard.find(hash, key) else {
+        let Some((slot, node)) = shard.lookup(hash, key) else {
             cell.reads.count_miss();
             return None;
         };
-        let node = shard.node(slot);
         if now != 0 && shard.expires_at(slot) <= now {
             cell.reads.count_miss();
             drop(shard);
@@ -537,7 +536,7 @@ where
         if self.inner.touch_on_read {
             self.touch(&shard, slot, &node.key, &node.value, now);
         }
-        if cell.reads.is_quiet(node.quiet.load(Ordering::Relaxed)) {
+        if cell.reads.is_quiet(shard.mark(slot)) {
             cell.reads.count_quiet_hit();
         } else {
             self.record(cell, &shard, reads::hit(slot, hash));

@@ -286,14 +286,18 @@ impl ReadBuffer {
 
     /// Whether an entry marked `quiet` needs no report now.
     #[inline]
-    pub(crate) fn is_quiet(&self, quiet: u32) -> bool {
+    pub(crate) fn is_quiet(&self, quiet: u8) -> bool {
         quiet == Self::quiet_mark(self.epoch.load(Ordering::Relaxed))
     }
 
-    /// The mark for an entry that is quiet in `epoch` (never 0, the mark of
-    /// a new entry).
-    pub(crate) fn quiet_mark(epoch: u32) -> u32 {
-        epoch.wrapping_add(1)
+    /// The mark for an entry that is quiet in `epoch`: one byte, never 0
+    /// (the mark of a new entry). Marks repeat every 255 epochs, so an
+    /// entry marked and then not read at all for 255 agings of the sketch
+    /// (each one 10 reads or writes per entry the shard holds) reads as
+    /// quiet again for one epoch: a cold entry whose next hits go unseen
+    /// until the epoch moves on, which costs the policy a few accesses.
+    pub(crate) fn quiet_mark(epoch: u32) -> u8 {
+        (epoch % 255) as u8 + 1
     }
 
     /// Publishes the policy's epoch (under the upkeep lock).
@@ -341,6 +345,14 @@ mod tests {
         assert!(b.is_quiet(mark));
         b.set_epoch(1);
         assert!(!b.is_quiet(mark));
+        // A byte per mark: never 0, and epochs 255 apart share one.
+        for epoch in [0, 1, 253, 254, 255, 256, 1 << 20] {
+            let mark = ReadBuffer::quiet_mark(epoch);
+            assert_ne!(mark, 0, "epoch {epoch}");
+            assert_ne!(mark, ReadBuffer::quiet_mark(epoch + 1), "epoch {epoch}");
+            assert_eq!(mark, ReadBuffer::quiet_mark(epoch + 255), "epoch {epoch}");
+        }
+        assert_ne!(ReadBuffer::quiet_mark(u32::MAX), 0);
     }
 }
 

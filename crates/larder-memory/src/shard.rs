@@ -8,8 +8,8 @@
 
 use std::borrow::Borrow;
 use std::hash::Hash;
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use hashbrown::HashTable;
 
@@ -18,28 +18,21 @@ use crate::policy::{EntryInfo, Policy};
 use crate::reads::{self, ReadBuffer};
 use crate::wheel::Wheel;
 
-/// An entry: what a read touches first (key, quiet mark), then the value.
-/// Deadlines and weights live beside the slab, only in shards that need
-/// them. The node keeps the low half of the key's hash, all the policy
-/// counts by; the table's rare full-hash needs (growing, removing) hash
-/// the key again.
+/// An entry: its key, then its value, and nothing else. Deadlines,
+/// weights and quiet marks live beside the slab (the marks in every shard,
+/// the others only in shards that need them). The hash is not kept: the
+/// table's rare full-hash needs (growing, removing) and admission's
+/// comparison of two frequencies hash the keys again.
 #[repr(C)]
 pub(crate) struct Node<K, V> {
     pub(crate) key: K,
-    /// The read buffer's quiet mark, or 0 (see [`crate::reads`]).
-    pub(crate) quiet: AtomicU32,
-    /// The low 32 bits of the key's hash ([`reads::tag`]). Odd (see
-    /// `MemoryCache::hash`), so never zero: that also makes `Option<Node>`
-    /// as small as `Node`.
-    tag: NonZeroU32,
     pub(crate) value: V,
 }
 
-impl<K, V> Node<K, V> {
-    /// The low 32 bits of the key's hash.
-    pub(crate) fn tag(&self) -> u64 {
-        u64::from(self.tag.get())
-    }
+/// The sketch's hash of a key's full hash: its low 32 bits, what read
+/// events carry ([`reads::tag`]).
+fn policy_hash(hash: u64) -> u64 {
+    u64::from(reads::tag(hash))
 }
 
 /// Hashes a key as the cache does (`MemoryCache::hash`).
@@ -134,7 +127,18 @@ pub(crate) struct ShardStats {
 #[repr(C)]
 pub(crate) struct Shard<K, V> {
     table: HashTable<u32>,
-    slots: Vec<Option<Node<K, V>>>,
+    /// The slab. Slot `s` holds an initialised node exactly when its bit in
+    /// `live` is set, and the table maps live slots only: every
+    /// `assume_init` below rests on these two invariants (`insert` sets the
+    /// bit after writing the node and maps the slot after that;
+    /// `remove_slot` unmaps, clears the bit and moves the node out with
+    /// nothing in between that can panic). An `Option` per slot would cost
+    /// 8 bytes per entry for its tag.
+    slots: Vec<MaybeUninit<Node<K, V>>>,
+    /// Per slot: the read buffer's quiet mark, or 0 (see [`crate::reads`]).
+    /// Reads load it under the shared lock; only the holder of the upkeep
+    /// lock (or of the exclusive lock) stores it.
+    marks: Vec<AtomicU8>,
     /// Per slot once anything in the shard can expire, else empty.
     deadlines: Vec<Deadline>,
     /// Per slot with a weigher, else empty (every entry weighs 1).
@@ -207,6 +211,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         Shard {
             table: HashTable::new(),
             slots: Vec::new(),
+            marks: Vec::new(),
             deadlines: Vec::new(),
             weights: Vec::new(),
             weighted,
@@ -232,27 +237,55 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let slots = &self.slots;
-        self.table
-            .find(hash, |&s| {
-                slots[s as usize]
-                    .as_ref()
-                    .is_some_and(|n| n.key.borrow() == key)
-            })
-            .copied()
+        self.lookup(hash, key).map(|(slot, _)| slot)
     }
 
+    /// [`Shard::find`], and the entry found.
+    #[inline]
+    pub(crate) fn lookup<Q>(&self, hash: u64, key: &Q) -> Option<(u32, &Node<K, V>)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let slot = *self
+            .table
+            .find(hash, |&s| self.mapped(s).key.borrow() == key)?;
+        Some((slot, self.mapped(slot)))
+    }
+
+    /// The entry in a slot the table maps (so a live one).
+    #[inline]
+    fn mapped(&self, slot: u32) -> &Node<K, V> {
+        debug_assert!(self.is_live(slot), "the table maps a free slot {slot}");
+        // SAFETY: the table maps live slots only, and a live slot holds an
+        // initialised node (the invariants on `slots`).
+        unsafe { self.slots[slot as usize].assume_init_ref() }
+    }
+
+    /// The entry in `slot`; panics if the slot is free.
     pub(crate) fn node(&self, slot: u32) -> &Node<K, V> {
-        self.slots[slot as usize].as_ref().expect("a live slot")
+        assert!(self.is_live(slot), "slot {slot} is free");
+        // SAFETY: a live slot holds an initialised node.
+        unsafe { self.slots[slot as usize].assume_init_ref() }
     }
 
     fn node_mut(&mut self, slot: u32) -> &mut Node<K, V> {
-        self.slots[slot as usize].as_mut().expect("a live slot")
+        assert!(self.is_live(slot), "slot {slot} is free");
+        // SAFETY: a live slot holds an initialised node.
+        unsafe { self.slots[slot as usize].assume_init_mut() }
     }
 
-    fn info(&self, slot: u32) -> EntryInfo {
+    /// `slot`'s read mark (0 for a slot never marked since it was filled).
+    #[inline]
+    pub(crate) fn mark(&self, slot: u32) -> u8 {
+        self.marks[slot as usize].load(Ordering::Relaxed)
+    }
+
+    /// What the policy is told of the entry in `slot`, whose key hashes to
+    /// `hash`.
+    fn info(&self, slot: u32, hash: u64) -> EntryInfo {
         EntryInfo {
-            hash: self.node(slot).tag(),
+            hash: policy_hash(hash),
             weight: self.slot_weight(slot),
             expires_at: self.expires_at(slot),
         }
@@ -343,6 +376,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 _ => doubled,
             };
             self.slots.reserve_exact(want - len);
+            self.marks.reserve_exact(want - len);
             if self.weighted {
                 self.weights.reserve_exact(want - len);
             }
@@ -351,7 +385,8 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             }
             m.policy.reserve(want);
         }
-        self.slots.push(None);
+        self.slots.push(MaybeUninit::uninit());
+        self.marks.push(AtomicU8::new(0));
         if !self.deadlines.is_empty() {
             self.deadlines.push(Deadline::never());
         }
@@ -369,13 +404,22 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     ) {
         // The user's `Hash` runs first, before anything changes: if it
         // panics, the shard is left as it was.
-        let hash = rehash(&self.slots[slot as usize].as_ref().expect("a live slot").key);
-        let info = self.info(slot);
-        self.set_live(slot, false);
-        let node = self.slots[slot as usize].take().expect("a live slot");
-        if let Ok(e) = self.table.find_entry(hash, |&s| s == slot) {
-            e.remove();
+        let hash = rehash(&self.node(slot).key);
+        let info = self.info(slot, hash);
+        match self.table.find_entry(hash, |&s| s == slot) {
+            Ok(e) => {
+                e.remove();
+            }
+            // The key hashes differently than when it went in (its `Hash`
+            // is not a function of its value): unmap the slot the slow
+            // way, so the table never maps a free slot.
+            Err(_) => self.table.retain(|&mut s| s != slot),
         }
+        self.set_live(slot, false);
+        // SAFETY: the slot was live (`node` above checked), so it holds an
+        // initialised node; it is now free and unmapped, so nothing reads
+        // the node again until `insert` writes a new one.
+        let node = unsafe { self.slots[slot as usize].assume_init_read() };
         m.policy.on_remove(slot, info);
         m.wheel.unschedule(slot);
         self.weight -= info.weight;
@@ -427,16 +471,16 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     /// Clears the quiet mark of every entry the policy no longer calls
     /// quiet (call with the upkeep lock held).
     fn unmark_unquiet(&self, m: &mut Maint) {
-        let slots = &self.slots;
+        let marks = &self.marks;
         m.policy.take_unquiet(&mut |s| {
-            if let Some(n) = slots.get(s as usize).and_then(Option::as_ref) {
-                n.quiet.store(0, Ordering::Relaxed);
+            if let Some(mark) = marks.get(s as usize) {
+                mark.store(0, Ordering::Relaxed);
             }
         });
     }
 
-    /// One reported hit. It touches the entry itself only to mark it quiet
-    /// or to move its deadline: the event's slot and hash tag are enough
+    /// One reported hit. It touches the slot only to mark it quiet or to
+    /// move its deadline: the event's slot and hash tag are enough
     /// for the policy (the sketch counts the tag), and a bitmap says
     /// whether the slot is still live. A slot freed and reused since the
     /// read credits the hit to its new entry: rare, and harmless.
@@ -448,7 +492,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         }
         if m.policy.on_hit(slot, u64::from(tag)) {
             let mark = ReadBuffer::quiet_mark(m.policy.epoch());
-            self.node(slot).quiet.store(mark, Ordering::Relaxed);
+            self.marks[slot as usize].store(mark, Ordering::Relaxed);
         }
         if self.deadlines.is_empty() {
             return;
@@ -538,12 +582,12 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         }
         match existing {
             Some(slot) => {
-                let old = self.info(slot);
+                let old = self.info(slot, hash);
                 let node = self.node_mut(slot);
                 let old_value = std::mem::replace(&mut node.value, value);
                 self.set_weight(slot, weight);
                 self.set_deadlines(slot, hard, expires_at);
-                let new = self.info(slot);
+                let new = self.info(slot, hash);
                 self.weight = self.weight - old.weight + weight;
                 m.policy.on_update(slot, old, new);
                 m.wheel.schedule(slot, expires_at);
@@ -552,19 +596,17 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             }
             None => {
                 let slot = self.new_slot(m);
-                self.slots[slot as usize] = Some(Node {
-                    key,
-                    quiet: AtomicU32::new(0),
-                    tag: NonZeroU32::new(reads::tag(hash)).unwrap_or(NonZeroU32::MIN),
-                    value,
-                });
+                self.slots[slot as usize].write(Node { key, value });
+                *self.marks[slot as usize].get_mut() = 0;
                 self.set_weight(slot, weight);
                 self.set_deadlines(slot, hard, expires_at);
                 self.set_live(slot, true);
-                let info = self.info(slot);
+                let info = self.info(slot, hash);
                 let slots = &self.slots;
                 self.table.insert_unique(hash, slot, |&s| {
-                    slots[s as usize].as_ref().map_or(0, |n| rehash(&n.key))
+                    // SAFETY: the table maps live slots only, and a live
+                    // slot holds an initialised node.
+                    rehash(&unsafe { slots[s as usize].assume_init_ref() }.key)
                 });
                 self.weight += weight;
                 self.len += 1;
@@ -573,8 +615,11 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             }
         }
         while self.weight > self.capacity {
-            let slots = &self.slots;
-            let hash_of = |s: u32| slots[s as usize].as_ref().map_or(0, Node::tag);
+            // The policy's slots are live. A key's `Hash` that panics here
+            // leaves every entry in the shard or out of it, the shard
+            // perhaps over its capacity until the next write.
+            let this = &*self;
+            let hash_of = |s: u32| policy_hash(rehash(&this.node(s).key));
             let Some(v) = m.policy.victim(&hash_of) else {
                 break;
             };
@@ -616,7 +661,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     /// Removes everything.
     pub(crate) fn clear(&mut self, m: &mut Maint, rehash: Rehash<'_, K>, out: &mut Removed<K, V>) {
         for slot in 0..self.slots.len() as u32 {
-            if self.slots[slot as usize].is_some() {
+            if self.is_live(slot) {
                 self.remove_slot(m, slot, RemovalCause::Removed, rehash, out);
             }
         }
@@ -633,7 +678,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         let mut due = Vec::new();
         m.wheel.advance(now, &mut due);
         for slot in due {
-            if self.slots[slot as usize].is_none() {
+            if !self.is_live(slot) {
                 continue;
             }
             let deadline = self.expires_at(slot);
@@ -654,10 +699,25 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         K: Clone,
     {
         (0..self.slots.len() as u32)
-            .filter(|&s| self.expires_at(s) > now)
-            .filter_map(|s| self.slots[s as usize].as_ref())
+            .filter(|&s| self.is_live(s) && self.expires_at(s) > now)
+            .map(|s| self.node(s))
             .map(|n| (n.key.clone(), n.value.clone()))
             .collect()
+    }
+}
+
+impl<K, V> Drop for Shard<K, V> {
+    fn drop(&mut self) {
+        for (i, word) in self.live.iter().enumerate() {
+            let mut bits = *word;
+            while bits != 0 {
+                let slot = i * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                // SAFETY: a live slot holds an initialised node, dropped
+                // once here (the shard goes with it).
+                unsafe { self.slots[slot].assume_init_drop() };
+            }
+        }
     }
 }
 
@@ -711,11 +771,44 @@ mod tests {
         }
     }
 
+    /// A key whose hash changes between calls (a `Hash` that breaks its
+    /// contract) must not leave the table mapping a freed slot: the slab
+    /// would hand out an entry that is gone.
     #[test]
-    fn a_node_is_its_key_its_value_and_8_bytes() {
+    fn a_fickle_hash_never_leaves_a_free_slot_mapped() {
+        let mut shard: Shard<u64, u64> = Shard::new(4, false);
+        let mut m = Maint::new(policy::make(PolicyKind::TinyLfu, 4, false, None));
+        let mut out = Removed::new();
+        let calls = std::sync::atomic::AtomicU64::new(0);
+        // Never the same hash twice.
+        let fickle: Rehash<'_, u64> = &|k| {
+            (k ^ calls.fetch_add(1, Ordering::Relaxed)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+        };
+        for k in 0..40u64 {
+            shard.insert(
+                &mut m,
+                fickle(&k),
+                k,
+                k,
+                1,
+                u64::MAX,
+                u64::MAX,
+                fickle,
+                &mut out,
+            );
+        }
+        shard.clear(&mut m, fickle, &mut out);
+        assert_eq!(shard.len(), 0);
+        assert_eq!(shard.table.len(), 0, "the table still maps freed slots");
+        assert!(shard.table.iter().all(|&s| shard.is_live(s)));
+    }
+
+    /// A slot is its key and its value, and one byte of quiet mark beside.
+    #[test]
+    fn a_slot_is_its_key_and_its_value() {
         assert_eq!(
-            std::mem::size_of::<Option<Node<u64, [u8; 64]>>>(),
-            8 + 64 + 8
+            std::mem::size_of::<MaybeUninit<Node<u64, [u8; 64]>>>(),
+            8 + 64
         );
     }
 }

@@ -65,7 +65,8 @@ pub(crate) trait Policy: Send + 'static {
     /// after [`Policy::victim`] named it).
     fn on_remove(&mut self, slot: u32, info: EntryInfo);
     /// The entry to evict next; `None` only when the policy holds nothing.
-    /// `hash_of` gives a live slot's key hash (the shard keeps it).
+    /// `hash_of` gives a live slot's key hash (the shard hashes the key
+    /// again: call it only for slots whose frequency is needed).
     fn victim(&mut self, hash_of: &dyn Fn(u32) -> u64) -> Option<Victim>;
     /// Slots `0..slots` may be used: size per-slot arrays exactly (a full
     /// cache then wastes no growth headroom).
