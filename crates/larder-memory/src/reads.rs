@@ -25,9 +25,9 @@
 // Under `--cfg loom` (`cargo xtask test` runs it) the ring is model-checked
 // with loom's atomics: see `loom_model` below.
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 /// Events per shard between two applications.
 pub(crate) const CAPACITY: usize = 64;
@@ -143,13 +143,14 @@ fn add_one(i: usize, counter: &AtomicU64) {
     }
 }
 
-/// The epoch and the ring's head first, on the shard's hot cache line; the
+/// The epoch's mark and the ring's head first, on the shard's hot cache line; the
 /// counter stripes and the events elsewhere.
 #[repr(C)]
 pub(crate) struct ReadBuffer {
-    /// The policy's epoch, published after every application; an entry
-    /// marked quiet in an earlier epoch is reported again.
-    epoch: AtomicU32,
+    /// The quiet mark of the policy's epoch ([`ReadBuffer::quiet_mark`]),
+    /// published after every application; an entry marked quiet in an
+    /// earlier epoch is reported again.
+    mark: AtomicU8,
     head: AtomicUsize,
     /// Reported hits dropped because the ring was full and busy.
     pub(crate) lost_hits: AtomicU64,
@@ -186,7 +187,7 @@ pub(crate) enum Push {
 impl Default for ReadBuffer {
     fn default() -> Self {
         ReadBuffer {
-            epoch: AtomicU32::new(0),
+            mark: AtomicU8::new(Self::quiet_mark(0)),
             head: AtomicUsize::new(0),
             lost_hits: AtomicU64::new(0),
             events: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
@@ -287,7 +288,7 @@ impl ReadBuffer {
     /// Whether an entry marked `quiet` needs no report now.
     #[inline]
     pub(crate) fn is_quiet(&self, quiet: u8) -> bool {
-        quiet == Self::quiet_mark(self.epoch.load(Ordering::Relaxed))
+        quiet == self.mark.load(Ordering::Relaxed)
     }
 
     /// The mark for an entry that is quiet in `epoch`: one byte, never 0
@@ -302,7 +303,7 @@ impl ReadBuffer {
 
     /// Publishes the policy's epoch (under the upkeep lock).
     pub(crate) fn set_epoch(&self, epoch: u32) {
-        self.epoch.store(epoch, Ordering::Relaxed);
+        self.mark.store(Self::quiet_mark(epoch), Ordering::Relaxed);
     }
 }
 
