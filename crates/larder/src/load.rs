@@ -276,6 +276,16 @@ where
         {
             return Ok(Fetched::new(Arc::clone(e), false));
         }
+        // A refresh of an entry that was replaced since the caller saw it
+        // (a flight that ended between the caller's read and its call to
+        // `refresh`): nothing is left to load.
+        if let Mode::Refresh(seen) = mode
+            && let Some(e) = &current
+            && e.fresh_until_ms > seen
+            && e.freshness(now) == Freshness::Fresh
+        {
+            return Ok(Fetched::new(Arc::clone(e), false));
+        }
         let mut ticket = None;
         let mut l2_up = self.l2.is_some();
         let read = match mode {
@@ -847,5 +857,68 @@ where
                 .map(|((v, t), ticket)| self.store_loaded(t, v, took, ticket.filter(|_| l2_up))),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use larder_core::{Error, FnLoader, MockClock};
+
+    use super::Refresh;
+    use crate::{Cache, Ttl};
+
+    /// A hit that read an entry just before a refresh's flight replaced it
+    /// asks for a refresh of the old entry once that flight has ended: the
+    /// late refresh finds the newer entry and loads nothing (it used to
+    /// load the key a second time).
+    #[tokio::test]
+    async fn a_refresh_of_an_entry_already_replaced_loads_nothing() {
+        let clock = MockClock::new();
+        let calls = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&calls);
+        let cache: Cache<u64, String> = Cache::builder()
+            .clock(clock.shared())
+            .ttl(Ttl::fixed(Duration::from_secs(100)))
+            .loader(FnLoader::new(move |k: u64| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move { Ok::<_, Error>(Some(k.to_string())) }
+            }))
+            .build()
+            .unwrap();
+        cache.get_or_load(&1).await.unwrap();
+        let fresh_until = |c: &Cache<u64, String>| {
+            c.inner
+                .l1
+                .as_ref()
+                .and_then(|l1| l1.peek(&1))
+                .map(|e| e.fresh_until_ms)
+        };
+        let seen = fresh_until(&cache).expect("loaded into the L1");
+        clock.advance(Duration::from_secs(95));
+        cache.inner.refresh(&1, Refresh::Hot, seen);
+        // The current-thread runtime runs the flight while this task yields.
+        for _ in 0..10_000 {
+            if fresh_until(&cache) > Some(seen) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            fresh_until(&cache) > Some(seen),
+            "the first refresh never published"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // The late refresh of the entry that was replaced.
+        cache.inner.refresh(&1, Refresh::Hot, seen);
+        cache.close().await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the replaced entry was loaded again"
+        );
     }
 }
