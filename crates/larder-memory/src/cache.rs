@@ -291,9 +291,9 @@ where
 
     /// Number of shards, rounded up to a power of two and capped so each
     /// holds at least one unit of capacity (and at 65,536). The default is
-    /// four per core, rounded up to a power of two, and no more than keeps
-    /// 256 entries (units of capacity) in each shard; 1 gives exact global
-    /// policy order (the simulator uses it).
+    /// four per core, rounded up to a power of two, but never so many that
+    /// a shard holds fewer than 256 entries (units of capacity); 1 gives
+    /// exact global policy order (the simulator uses it).
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self

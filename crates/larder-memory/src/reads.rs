@@ -292,11 +292,10 @@ impl ReadBuffer {
     }
 
     /// The mark for an entry that is quiet in `epoch`: one byte, never 0
-    /// (the mark of a new entry). Marks repeat every 255 epochs, so an
-    /// entry marked and then not read at all for 255 agings of the sketch
-    /// (each one 10 reads or writes per entry the shard holds) reads as
-    /// quiet again for one epoch: a cold entry whose next hits go unseen
-    /// until the epoch moves on, which costs the policy a few accesses.
+    /// (the mark of a new entry), and never the previous epoch's (so marks
+    /// repeat every 255 epochs, or sooner where the epoch wraps). An old
+    /// mark never meets its repeat: the shard clears every mark when it
+    /// publishes a new epoch.
     pub(crate) fn quiet_mark(epoch: u32) -> u8 {
         (epoch % 255) as u8 + 1
     }

@@ -38,6 +38,19 @@ fn policy_hash(hash: u64) -> u64 {
 /// Hashes a key as the cache does (`MemoryCache::hash`).
 pub(crate) type Rehash<'a, K> = &'a dyn Fn(&K) -> u64;
 
+/// The hash table's hasher, for its growth: the key of a mapped slot,
+/// hashed again.
+fn table_hasher<'a, K, V>(
+    slots: &'a [MaybeUninit<Node<K, V>>],
+    rehash: Rehash<'a, K>,
+) -> impl Fn(&u32) -> u64 + 'a {
+    move |&s| {
+        // SAFETY: the table maps live slots only, and a live slot holds an
+        // initialised node (the invariants on `Shard::slots`).
+        rehash(&unsafe { slots[s as usize].assume_init_ref() }.key)
+    }
+}
+
 /// An entry's deadlines (nanoseconds on the cache's clock).
 struct Deadline {
     /// The effective deadline: `min(hard, time-to-idle deadline)`. Reads
@@ -132,8 +145,8 @@ pub(crate) struct Shard<K, V> {
     /// `assume_init` below rests on these two invariants (`insert` sets the
     /// bit after writing the node and maps the slot after that;
     /// `remove_slot` unmaps, clears the bit and moves the node out with
-    /// nothing in between that can panic). An `Option` per slot would cost
-    /// 8 bytes per entry for its tag.
+    /// nothing in between that can panic). An `Option` per slot would add
+    /// its tag, up to `align_of::<Node<K, V>>()` bytes per entry.
     slots: Vec<MaybeUninit<Node<K, V>>>,
     /// Per slot: the read buffer's quiet mark, or 0 (see [`crate::reads`]).
     /// Reads load it under the shared lock; only the holder of the upkeep
@@ -166,6 +179,8 @@ pub(crate) struct Maint {
     /// `quiet_hits` and `misses` of the read buffer as last applied.
     quiet_seen: u64,
     misses_seen: u64,
+    /// The policy's epoch as last published to the read buffer.
+    epoch_seen: u32,
 }
 
 impl Maint {
@@ -177,6 +192,7 @@ impl Maint {
             stats: ShardStats::default(),
             quiet_seen: 0,
             misses_seen: 0,
+            epoch_seen: 0,
         }
     }
 
@@ -465,7 +481,17 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             self.apply_read(m, ev);
         }
         self.unmark_unquiet(m);
-        buf.set_epoch(m.policy.epoch());
+        let epoch = m.policy.epoch();
+        if epoch != m.epoch_seen {
+            // Every mark of the epochs before ends here (the policy has
+            // dropped its own quiet flags), so a byte per mark never meets
+            // an old mark that wrapped around to the new one.
+            m.epoch_seen = epoch;
+            for mark in &self.marks {
+                mark.store(0, Ordering::Relaxed);
+            }
+        }
+        buf.set_epoch(epoch);
     }
 
     /// Clears the quiet mark of every entry the policy no longer calls
@@ -595,6 +621,9 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 out.push((key, old_value, RemovalCause::Replaced));
             }
             None => {
+                // Grow the table first: the user's `Hash` runs while
+                // nothing has changed yet, and `insert_unique` cannot grow.
+                self.table.reserve(1, table_hasher(&self.slots, rehash));
                 let slot = self.new_slot(m);
                 self.slots[slot as usize].write(Node { key, value });
                 *self.marks[slot as usize].get_mut() = 0;
@@ -602,12 +631,8 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 self.set_deadlines(slot, hard, expires_at);
                 self.set_live(slot, true);
                 let info = self.info(slot, hash);
-                let slots = &self.slots;
-                self.table.insert_unique(hash, slot, |&s| {
-                    // SAFETY: the table maps live slots only, and a live
-                    // slot holds an initialised node.
-                    rehash(&unsafe { slots[s as usize].assume_init_ref() }.key)
-                });
+                self.table
+                    .insert_unique(hash, slot, table_hasher(&self.slots, rehash));
                 self.weight += weight;
                 self.len += 1;
                 m.policy.on_insert(slot, info);
@@ -800,10 +825,110 @@ mod tests {
         shard.clear(&mut m, fickle, &mut out);
         assert_eq!(shard.len(), 0);
         assert_eq!(shard.table.len(), 0, "the table still maps freed slots");
-        assert!(shard.table.iter().all(|&s| shard.is_live(s)));
+        let left = usize::from(out.first.is_some()) + out.rest.len();
+        assert_eq!(left, 40, "every key left once, by eviction or clear");
     }
 
-    /// A slot is its key and its value, and one byte of quiet mark beside.
+    /// A new epoch ends every quiet mark of the epochs before: a mark is a
+    /// byte, and one left from 255 epochs back would read as quiet again.
+    #[test]
+    fn a_new_epoch_clears_every_quiet_mark() {
+        // With a weigher the policy samples no keys for its window
+        // simulation, so hot keys go quiet at an estimate of 3.
+        let mut shard: Shard<u64, u64> = Shard::new(16, true);
+        let mut m = Maint::new(policy::make(PolicyKind::TinyLfu, 16, true, None));
+        let buf = ReadBuffer::default();
+        let mut out = Removed::new();
+        let h: Rehash<'_, u64> = &|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut quiet_seen = false;
+        for round in 0..2_000u64 {
+            let k = 4 + round % 40;
+            if shard.find(h(&k), &k).is_none() {
+                shard.insert(&mut m, h(&k), k, k, 1, u64::MAX, u64::MAX, h, &mut out);
+            }
+            for hot in 0..4u64 {
+                if shard.find(h(&hot), &hot).is_none() {
+                    shard.insert(
+                        &mut m,
+                        h(&hot),
+                        hot,
+                        hot,
+                        1,
+                        u64::MAX,
+                        u64::MAX,
+                        h,
+                        &mut out,
+                    );
+                }
+                let slot = shard.find(h(&hot), &hot).expect("just inserted");
+                if buf.is_quiet(shard.mark(slot)) {
+                    quiet_seen = true;
+                } else {
+                    assert_eq!(buf.push(reads::hit(slot, h(&hot))), reads::Push::Done);
+                }
+            }
+            shard.apply_reads(&mut m, &buf, None);
+            let mark = ReadBuffer::quiet_mark(m.policy.epoch());
+            for slot in 0..shard.marks.len() as u32 {
+                let got = shard.mark(slot);
+                assert!(
+                    got == 0 || got == mark,
+                    "round {round}: slot {slot} keeps mark {got} in epoch {}",
+                    m.policy.epoch()
+                );
+            }
+        }
+        assert!(quiet_seen, "no read was ever quiet");
+        assert!(m.policy.epoch() >= 2, "the sketch never aged");
+    }
+
+    /// A key whose `Hash` panics while the table grows for its insert
+    /// leaves the shard as it was: no entry in the slab that the table,
+    /// the policy and the length do not know of.
+    #[test]
+    fn a_hash_that_panics_while_the_table_grows_changes_nothing() {
+        let mut shard: Shard<u64, u64> = Shard::new(1_000, false);
+        let mut m = Maint::new(policy::make(PolicyKind::TinyLfu, 1_000, false, None));
+        let mut out = Removed::new();
+        let calls = std::sync::atomic::AtomicU64::new(0);
+        let panic_at = std::sync::atomic::AtomicU64::new(u64::MAX);
+        let h: Rehash<'_, u64> = &|k| {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            assert_ne!(n, panic_at.load(Ordering::Relaxed), "a Hash that panics");
+            k.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+        };
+        let mut k = 0u64;
+        while k == 0 || shard.table.len() < shard.table.capacity() {
+            shard.insert(&mut m, h(&k), k, k, 1, u64::MAX, u64::MAX, h, &mut out);
+            k += 1;
+        }
+        let held = shard.len();
+        let hash = h(&k);
+        // The next call of `h` is the table's, rehashing a key to grow.
+        panic_at.store(calls.load(Ordering::Relaxed), Ordering::Relaxed);
+        let insert = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shard.insert(&mut m, hash, k, k, 1, u64::MAX, u64::MAX, h, &mut out);
+        }));
+        assert!(
+            insert.is_err(),
+            "the table did not grow: the test missed its point"
+        );
+        panic_at.store(u64::MAX, Ordering::Relaxed);
+        let live: u64 = shard.live.iter().map(|w| u64::from(w.count_ones())).sum();
+        assert_eq!(
+            (shard.len(), live, shard.table.len() as u64),
+            (held, held, held)
+        );
+        shard.clear(&mut m, h, &mut out);
+        assert_eq!(shard.len(), 0);
+        assert!(
+            m.policy.victim(&|_| 0).is_none(),
+            "the policy still holds a slot"
+        );
+    }
+
+    /// A slot is its key and its value, nothing more (the quiet mark is a
+    /// byte in `marks`).
     #[test]
     fn a_slot_is_its_key_and_its_value() {
         assert_eq!(

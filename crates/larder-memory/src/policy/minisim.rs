@@ -9,8 +9,8 @@
 //! once, on the same requests, in a small cache of its own (a *ghost*):
 //!
 //! - A key takes part when its hash falls in a fixed sample (spatial
-//!   sampling: a sampled key's every access is seen, so reuse distances
-//!   keep their shape), sized so each ghost holds [`GHOST_ENTRIES`] keys:
+//!   sampling: a sampled key's accesses are seen until its sketch counters
+//!   saturate, so reuse distances keep their shape), sized so each ghost holds [`GHOST_ENTRIES`] keys:
 //!   a ghost plays the real cache scaled down by the sampling rate.
 //! - Each ghost is a W-TinyLFU with a fixed window, one per
 //!   [`FRACTIONS`] entry. Every period of as many sampled accesses as a
@@ -27,14 +27,16 @@
 //!   skipped access is lost to every ghost alike, and a skipped insert
 //!   makes that key's next access a ghost miss, again in every ghost).
 //! - The ghosts see what the policy sees: inserts and reported hits. Quiet
-//!   hits (see [`super::Policy::on_hit`]) are not reported; on
-//!   `../shared/traces` letting sampled keys go quiet changed no figure by
-//!   more than noise, and keeping them loud would make hot keys cost
-//!   policy work.
+//!   hits (see [`super::Policy::on_hit`]) are not reported. A sampled key
+//!   goes quiet only when its counters saturate (15): letting it go quiet
+//!   at the others' threshold (3) cost 0.5 points over all 24 rows of
+//!   `../shared/traces`, and keeping it loud for good would make hot
+//!   sampled keys cost policy work on every hit.
 //!
 //! Measured with `cargo xtask sim` (mean % of OPT over the traces README's
-//! rows): the climber 83.54 (1 shard) and 83.46 (default shards), this
-//! 85.06 and 84.98; over all 24 rows 86.47 against 87.84 (1 shard). Cost:
+//! rows): the climber 83.54 (1 shard) and 83.46 (default shards) when this
+//! replaced it, this 85.20 and 85.08 today; over all 24 rows 86.47 against
+//! 88.21 (1 shard). Cost:
 //! six ghosts of 256 keys, about 60 KB per cache, and for a sampled event
 //! six ghost accesses; a cache of `c` entries samples `256 / c` of its
 //! keys (all of them up to 256 entries).
