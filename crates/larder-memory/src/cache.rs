@@ -98,7 +98,7 @@ pub struct PolicyInfo {
 pub(crate) struct Padded<T>(pub(crate) T);
 
 /// A shard, its read ring and its upkeep. What every read touches (the
-/// epoch and ring head, the lock word, the shard's table and slab) shares
+/// epoch's quiet mark and ring head, the lock word, the shard's table and slab) shares
 /// the cell's first 128 bytes.
 #[repr(C)]
 struct ShardCell<K, V> {
@@ -624,7 +624,8 @@ where
         let now = self.now();
         let mut removed = Removed::new();
         {
-            let mut w = self.write(self.shard(hash));
+            let cell = self.shard(hash);
+            let mut w = self.write(cell);
             // Only the expiry hook tells a create from an update: look only then.
             let replacing = if self.inner.expiry.is_some() {
                 w.shard.live_hard_deadline(hash, &key, now)
@@ -651,6 +652,9 @@ where
                 &rehash,
                 &mut removed,
             );
+            // The insert may have aged the sketch: publish the new epoch now.
+            let Write { shard, m } = &mut w;
+            shard.publish_epoch(m, &cell.reads);
         }
         if !removed.is_empty() {
             self.notify(removed);
@@ -904,6 +908,26 @@ mod tests {
     /// `MIN_AUTO_SHARD` entries: a shard's policy needs room to tell the
     /// frequent from the new. Red when the capacity's share was rounded up
     /// to a power of two (768 entries made 4 shards of 192).
+    #[test]
+    fn an_insert_that_ages_the_sketch_publishes_the_new_epoch() {
+        // Inserts only, no reads: the sketch ages during an insert, and the
+        // read ring must know at once (its mark decides which reads the
+        // policy sees).
+        let cache: MemoryCache<u64, u64> = MemoryCache::builder(16).shards(1).build();
+        let cell = &cache.inner.shards[0].0;
+        let mut aged = 0;
+        for k in 0..2_000u64 {
+            cache.insert(k, k);
+            let epoch = cell.maint.lock().epoch();
+            assert!(
+                cell.reads.is_quiet(ReadBuffer::quiet_mark(epoch)),
+                "insert {k}: the ring still publishes an older epoch than {epoch}"
+            );
+            aged = epoch;
+        }
+        assert!(aged >= 2, "the sketch never aged");
+    }
+
     #[test]
     fn default_shards_hold_at_least_the_least_share() {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());

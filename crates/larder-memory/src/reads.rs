@@ -292,10 +292,10 @@ impl ReadBuffer {
     }
 
     /// The mark for an entry that is quiet in `epoch`: one byte, never 0
-    /// (the mark of a new entry), and never the previous epoch's (so marks
-    /// repeat every 255 epochs, or sooner where the epoch wraps). An old
-    /// mark never meets its repeat: the shard clears every mark when it
-    /// publishes a new epoch.
+    /// (the mark of a new entry), repeating every 255 epochs (and at the
+    /// wrap of the `u32` epoch). An old mark never meets its repeat: the
+    /// shard clears the marks of earlier epochs when it publishes a new one
+    /// (`Shard::publish_epoch`).
     pub(crate) fn quiet_mark(epoch: u32) -> u8 {
         (epoch % 255) as u8 + 1
     }

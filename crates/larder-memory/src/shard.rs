@@ -40,13 +40,18 @@ pub(crate) type Rehash<'a, K> = &'a dyn Fn(&K) -> u64;
 
 /// The hash table's hasher, for its growth: the key of a mapped slot,
 /// hashed again.
-fn table_hasher<'a, K, V>(
+///
+/// # Safety
+///
+/// Every slot the hasher is called with must hold an initialised node: pass
+/// a shard's slab and call it only from that shard's table (which maps live
+/// slots only, the invariants on `Shard::slots`).
+unsafe fn table_hasher<'a, K, V>(
     slots: &'a [MaybeUninit<Node<K, V>>],
     rehash: Rehash<'a, K>,
 ) -> impl Fn(&u32) -> u64 + 'a {
     move |&s| {
-        // SAFETY: the table maps live slots only, and a live slot holds an
-        // initialised node (the invariants on `Shard::slots`).
+        // SAFETY: the caller's promise: `s` is a mapped, so live, slot.
         rehash(&unsafe { slots[s as usize].assume_init_ref() }.key)
     }
 }
@@ -213,6 +218,12 @@ impl Maint {
             + buf.lost_hits.load(Ordering::Relaxed);
         st.misses += misses.wrapping_sub(self.misses_seen);
         st
+    }
+
+    /// The policy's epoch (the sketch's age).
+    #[cfg(test)]
+    pub(crate) fn epoch(&self) -> u32 {
+        self.policy.epoch()
     }
 
     /// Bytes the policy holds on the heap.
@@ -481,14 +492,25 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             self.apply_read(m, ev);
         }
         self.unmark_unquiet(m);
+        self.publish_epoch(m, buf);
+    }
+
+    /// Publishes the policy's epoch to the read buffer. A new one ends
+    /// every mark of the epochs before (the policy has dropped its own
+    /// quiet flags when its sketch aged), so a byte per mark never meets an
+    /// old mark that wrapped around to the new one; marks already set in
+    /// the new epoch stay. Call after anything that may age the sketch (a
+    /// reported hit, an insert) with the upkeep lock held.
+    pub(crate) fn publish_epoch(&self, m: &mut Maint, buf: &ReadBuffer) {
         let epoch = m.policy.epoch();
         if epoch != m.epoch_seen {
-            // Every mark of the epochs before ends here (the policy has
-            // dropped its own quiet flags), so a byte per mark never meets
-            // an old mark that wrapped around to the new one.
             m.epoch_seen = epoch;
+            let current = ReadBuffer::quiet_mark(epoch);
             for mark in &self.marks {
-                mark.store(0, Ordering::Relaxed);
+                let was = mark.load(Ordering::Relaxed);
+                if was != 0 && was != current {
+                    mark.store(0, Ordering::Relaxed);
+                }
             }
         }
         buf.set_epoch(epoch);
@@ -621,9 +643,14 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 out.push((key, old_value, RemovalCause::Replaced));
             }
             None => {
-                // Grow the table first: the user's `Hash` runs while
-                // nothing has changed yet, and `insert_unique` cannot grow.
-                self.table.reserve(1, table_hasher(&self.slots, rehash));
+                // Grow the table first: the user's `Hash` runs before the
+                // slot is filled, and `insert_unique` cannot grow. (If the
+                // table rehashes in place instead, over many tombstones, a
+                // panicking `Hash` leaves the entries not yet rehashed
+                // unmapped: still held and evictable, never found.)
+                // SAFETY: this shard's slab, for this shard's table.
+                self.table
+                    .reserve(1, unsafe { table_hasher(&self.slots, rehash) });
                 let slot = self.new_slot(m);
                 self.slots[slot as usize].write(Node { key, value });
                 *self.marks[slot as usize].get_mut() = 0;
@@ -631,8 +658,9 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
                 self.set_deadlines(slot, hard, expires_at);
                 self.set_live(slot, true);
                 let info = self.info(slot, hash);
-                self.table
-                    .insert_unique(hash, slot, table_hasher(&self.slots, rehash));
+                // SAFETY: this shard's slab, for this shard's table.
+                let hasher = unsafe { table_hasher(&self.slots, rehash) };
+                self.table.insert_unique(hash, slot, hasher);
                 self.weight += weight;
                 self.len += 1;
                 m.policy.on_insert(slot, info);
@@ -912,6 +940,11 @@ mod tests {
         assert!(
             insert.is_err(),
             "the table did not grow: the test missed its point"
+        );
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            panic_at.load(Ordering::Relaxed) + 1,
+            "the panic came from the table's first rehash"
         );
         panic_at.store(u64::MAX, Ordering::Relaxed);
         let live: u64 = shard.live.iter().map(|w| u64::from(w.count_ones())).sum();

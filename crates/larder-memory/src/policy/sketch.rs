@@ -13,7 +13,8 @@
 //! number of blocks and copies each block into its new places, so every
 //! key's estimate is exactly what it was.
 
-const MAX: u64 = 15;
+/// A counter's largest value.
+pub(crate) const MAX: u64 = 15;
 /// Every nibble's low bit, and every nibble's three low bits.
 const ONES: u64 = 0x1111_1111_1111_1111;
 const LOW3: u64 = 0x7777_7777_7777_7777;
