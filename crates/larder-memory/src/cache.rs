@@ -384,8 +384,8 @@ where
 {
     #[inline]
     pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
-        // Odd: never zero (a node stores it as `NonZeroU64`), and the
-        // same value everywhere (table, sketch, read events).
+        // The same value everywhere (table, sketch, read events); odd,
+        // which also picks the keys the window simulation samples.
         self.inner.hasher.hash_one(key) | 1
     }
 
@@ -653,8 +653,7 @@ where
                 &mut removed,
             );
             // The insert may have aged the sketch: publish the new epoch now.
-            let Write { shard, m } = &mut w;
-            shard.publish_epoch(m, &cell.reads);
+            w.shard.publish_epoch(&mut w.m, &cell.reads);
         }
         if !removed.is_empty() {
             self.notify(removed);
@@ -904,10 +903,6 @@ mod tests {
         }
     }
 
-    /// The default shard count gives every shard at least
-    /// `MIN_AUTO_SHARD` entries: a shard's policy needs room to tell the
-    /// frequent from the new. Red when the capacity's share was rounded up
-    /// to a power of two (768 entries made 4 shards of 192).
     #[test]
     fn an_insert_that_ages_the_sketch_publishes_the_new_epoch() {
         // Inserts only, no reads: the sketch ages during an insert, and the
@@ -928,6 +923,10 @@ mod tests {
         assert!(aged >= 2, "the sketch never aged");
     }
 
+    /// The default shard count gives every shard at least
+    /// `MIN_AUTO_SHARD` entries: a shard's policy needs room to tell the
+    /// frequent from the new. Red when the capacity's share was rounded up
+    /// to a power of two (768 entries made 4 shards of 192).
     #[test]
     fn default_shards_hold_at_least_the_least_share() {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());

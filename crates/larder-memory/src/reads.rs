@@ -292,12 +292,13 @@ impl ReadBuffer {
     }
 
     /// The mark for an entry that is quiet in `epoch`: one byte, never 0
-    /// (the mark of a new entry), repeating every 255 epochs (and at the
-    /// wrap of the `u32` epoch). An old mark never meets its repeat: the
-    /// shard clears the marks of earlier epochs when it publishes a new one
+    /// (the mark of a new entry), repeating every 128 epochs (a period
+    /// that divides 2^32, so consecutive epochs differ also where the
+    /// epoch wraps). An old mark never meets its repeat: the shard clears
+    /// the marks of earlier epochs when it publishes a new one
     /// (`Shard::publish_epoch`).
     pub(crate) fn quiet_mark(epoch: u32) -> u8 {
-        (epoch % 255) as u8 + 1
+        (epoch & 0x7F) as u8 + 1
     }
 
     /// Publishes the policy's epoch (under the upkeep lock).
@@ -345,14 +346,18 @@ mod tests {
         assert!(b.is_quiet(mark));
         b.set_epoch(1);
         assert!(!b.is_quiet(mark));
-        // A byte per mark: never 0, and epochs 255 apart share one.
-        for epoch in [0, 1, 253, 254, 255, 256, 1 << 20] {
+        // A byte per mark: never 0, and epochs 128 apart share one, also across the wrap.
+        for epoch in [0, 1, 126, 127, 128, 255, 1 << 20, u32::MAX - 1, u32::MAX] {
             let mark = ReadBuffer::quiet_mark(epoch);
+            let next = epoch.wrapping_add(1);
             assert_ne!(mark, 0, "epoch {epoch}");
-            assert_ne!(mark, ReadBuffer::quiet_mark(epoch + 1), "epoch {epoch}");
-            assert_eq!(mark, ReadBuffer::quiet_mark(epoch + 255), "epoch {epoch}");
+            assert_ne!(mark, ReadBuffer::quiet_mark(next), "epoch {epoch}");
+            assert_eq!(
+                mark,
+                ReadBuffer::quiet_mark(epoch.wrapping_add(128)),
+                "epoch {epoch}"
+            );
         }
-        assert_ne!(ReadBuffer::quiet_mark(u32::MAX), 0);
     }
 }
 

@@ -290,7 +290,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     }
 
     /// The entry in `slot`; panics if the slot is free.
-    pub(crate) fn node(&self, slot: u32) -> &Node<K, V> {
+    fn node(&self, slot: u32) -> &Node<K, V> {
         assert!(self.is_live(slot), "slot {slot} is free");
         // SAFETY: a live slot holds an initialised node.
         unsafe { self.slots[slot as usize].assume_init_ref() }
@@ -597,8 +597,8 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let slot = self.find(hash, key)?;
-        (self.expires_at(slot) > now).then_some(&self.node(slot).value)
+        let (slot, node) = self.lookup(hash, key)?;
+        (self.expires_at(slot) > now).then_some(&node.value)
     }
 
     /// Inserts or replaces, then evicts until within capacity. An entry
@@ -781,6 +781,20 @@ mod tests {
 
     const SEC: u64 = 1_000_000_000;
 
+    /// An empty shard of `capacity`, its upkeep with a `kind` policy, and
+    /// a list for what leaves it.
+    fn parts(
+        kind: PolicyKind,
+        capacity: u64,
+        weighted: bool,
+    ) -> (Shard<u64, u64>, Maint, Removed<u64, u64>) {
+        (
+            Shard::new(capacity, weighted),
+            Maint::new(policy::make(kind, capacity, weighted, None)),
+            Removed::new(),
+        )
+    }
+
     /// A read moves a deadline (time to idle) and its event is lost (the
     /// ring was full and busy); the wheel then finds the entry not yet due
     /// and files it again. Removing the entry afterwards must take it out
@@ -794,9 +808,7 @@ mod tests {
             PolicyKind::Lru,
             PolicyKind::Lfu,
         ] {
-            let mut shard: Shard<u64, u64> = Shard::new(10, true);
-            let mut m = Maint::new(policy::make(kind, 10, true, None));
-            let mut out = Removed::new();
+            let (mut shard, mut m, mut out) = parts(kind, 10, true);
             // Key k hashes to 2k + 1.
             let h: Rehash<'_, u64> = &|k| 2 * k + 1;
             shard.insert(&mut m, 3, 1, 1, 1, u64::MAX, 5 * SEC, h, &mut out);
@@ -829,9 +841,7 @@ mod tests {
     /// would hand out an entry that is gone.
     #[test]
     fn a_fickle_hash_never_leaves_a_free_slot_mapped() {
-        let mut shard: Shard<u64, u64> = Shard::new(4, false);
-        let mut m = Maint::new(policy::make(PolicyKind::TinyLfu, 4, false, None));
-        let mut out = Removed::new();
+        let (mut shard, mut m, mut out) = parts(PolicyKind::TinyLfu, 4, false);
         let calls = std::sync::atomic::AtomicU64::new(0);
         // Never the same hash twice.
         let fickle: Rehash<'_, u64> = &|k| {
@@ -858,15 +868,13 @@ mod tests {
     }
 
     /// A new epoch ends every quiet mark of the epochs before: a mark is a
-    /// byte, and one left from 255 epochs back would read as quiet again.
+    /// byte, and one left from 128 epochs back would read as quiet again.
     #[test]
     fn a_new_epoch_clears_every_quiet_mark() {
         // With a weigher the policy samples no keys for its window
         // simulation, so hot keys go quiet at an estimate of 3.
-        let mut shard: Shard<u64, u64> = Shard::new(16, true);
-        let mut m = Maint::new(policy::make(PolicyKind::TinyLfu, 16, true, None));
+        let (mut shard, mut m, mut out) = parts(PolicyKind::TinyLfu, 16, true);
         let buf = ReadBuffer::default();
-        let mut out = Removed::new();
         let h: Rehash<'_, u64> = &|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut quiet_seen = false;
         for round in 0..2_000u64 {
@@ -915,9 +923,7 @@ mod tests {
     /// the policy and the length do not know of.
     #[test]
     fn a_hash_that_panics_while_the_table_grows_changes_nothing() {
-        let mut shard: Shard<u64, u64> = Shard::new(1_000, false);
-        let mut m = Maint::new(policy::make(PolicyKind::TinyLfu, 1_000, false, None));
-        let mut out = Removed::new();
+        let (mut shard, mut m, mut out) = parts(PolicyKind::TinyLfu, 1_000, false);
         let calls = std::sync::atomic::AtomicU64::new(0);
         let panic_at = std::sync::atomic::AtomicU64::new(u64::MAX);
         let h: Rehash<'_, u64> = &|k| {

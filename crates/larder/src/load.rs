@@ -270,19 +270,16 @@ where
             .and_then(|l1| l1.peek(key))
             .map(Arc::new)
             .or(kept);
-        if matches!(mode, Mode::Miss(_))
-            && let Some(e) = &current
+        // A miss that another flight filled since the caller looked, or a
+        // refresh of an entry replaced since the caller saw it (a flight
+        // that ended between the caller's read and its call to `refresh`):
+        // nothing is left to load.
+        if let Some(e) = &current
             && e.freshness(now) == Freshness::Fresh
-        {
-            return Ok(Fetched::new(Arc::clone(e), false));
-        }
-        // A refresh of an entry that was replaced since the caller saw it
-        // (a flight that ended between the caller's read and its call to
-        // `refresh`): nothing is left to load.
-        if let Mode::Refresh(seen) = mode
-            && let Some(e) = &current
-            && e.fresh_until_ms > seen
-            && e.freshness(now) == Freshness::Fresh
+            && match mode {
+                Mode::Miss(_) => true,
+                Mode::Refresh(seen) => e.fresh_until_ms > seen,
+            }
         {
             return Ok(Fetched::new(Arc::clone(e), false));
         }
@@ -915,6 +912,11 @@ mod tests {
         // The late refresh of the entry that was replaced.
         cache.inner.refresh(&1, Refresh::Hot, seen);
         cache.close().await;
+        assert_eq!(
+            cache.stats().background_refreshes,
+            2,
+            "the late refresh ran (and counts as a refresh started)"
+        );
         assert_eq!(
             calls.load(Ordering::SeqCst),
             2,

@@ -34,9 +34,10 @@ pub(crate) struct Victim {
 pub(crate) trait Policy: Send + 'static {
     /// A new entry now lives in `slot`.
     fn on_insert(&mut self, slot: u32, info: EntryInfo);
-    /// `slot` was read. Returns whether further reads of `slot` would
-    /// change nothing until [`Policy::epoch`] changes: the cache then counts
-    /// them without reporting them (a hot entry costs no policy work).
+    /// `slot` was read. Returns whether the cache may stop reporting reads
+    /// of `slot` (counting them only) until [`Policy::epoch`] changes or
+    /// [`Policy::take_unquiet`] hands the slot back: a hot entry then costs
+    /// no policy work.
     fn on_hit(&mut self, slot: u32, hash: u64) -> bool;
     /// Reads what [`Policy::on_hit`] for `slot` will touch (the result is
     /// only for the caller to sink): called for a batch of hits before they

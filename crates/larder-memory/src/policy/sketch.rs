@@ -146,8 +146,9 @@ impl Sketch {
             .unwrap_or(0) as u8
     }
 
-    /// Counts one access to `hash`. Returns its estimate now (the least of
-    /// its four counters, at most 15), or 0 if this access aged the sketch.
+    /// Counts one access to `hash`. Returns its estimate as counted (the
+    /// least of its four counters, at most 15), before any aging this
+    /// access set off.
     pub(crate) fn increment(&mut self, hash: u64) -> u64 {
         // Branch-free: whether a counter is saturated is a coin toss the
         // branch predictor loses on most hits.
@@ -166,7 +167,6 @@ impl Sketch {
             self.additions += 1;
             if self.additions >= self.sample {
                 self.age();
-                return 0;
             }
         }
         min

@@ -358,18 +358,19 @@ impl TinyLfu {
         true
     }
 
-    /// One access to `hash` in the sketch; its estimate now (0 if it
-    /// aged the sketch). Aging ends every quiet mark (the epoch follows
-    /// the sketch's age).
+    /// One access to `hash` in the sketch; its estimate, or 0 if the
+    /// access aged the sketch. Aging ends every quiet mark (the epoch
+    /// follows the sketch's age).
     fn count(&mut self, hash: u64) -> u64 {
         let ages = self.sketch.ages();
         let estimate = self.sketch.increment(hash);
-        if self.sketch.ages() != ages {
-            for m in &mut self.meta {
-                *m = m.with_quiet(false);
-            }
+        if self.sketch.ages() == ages {
+            return estimate;
         }
-        estimate
+        for m in &mut self.meta {
+            *m = m.with_quiet(false);
+        }
+        0
     }
 
     /// Counts reads for the climber, and moves the window when the
@@ -418,18 +419,17 @@ impl TinyLfu {
         self.rebalance_protected();
     }
 
-    fn sampled(&self, hash: u64) -> bool {
-        matches!(&self.adapt, Adapt::Follow { sim, .. } if sim.sampled(hash))
-    }
-
-    /// Tells the simulation about an access to `hash`, when sampled.
+    /// Tells the simulation about an access to `hash`, when sampled;
+    /// returns whether it is.
     #[inline]
-    fn simulate(&self, hash: u64) {
+    fn simulate(&self, hash: u64) -> bool {
         if let Adapt::Follow { sim, .. } = &self.adapt
             && sim.sampled(hash)
         {
             sim.record(hash);
+            return true;
         }
+        false
     }
 }
 
@@ -513,15 +513,11 @@ impl Policy for TinyLfu {
                 self.links.move_to_front(&mut self.protected, slot);
             }
         }
-        self.simulate(hash);
+        let sampled = self.simulate(hash);
         self.adapt(1, 0);
         // A key the window simulation samples goes quiet only once its
         // counters saturate, so the ghosts see nearly every access to it.
-        let quiet_from = if self.sampled(hash) {
-            SATURATED
-        } else {
-            QUIET_FROM
-        };
+        let quiet_from = if sampled { SATURATED } else { QUIET_FROM };
         let quiet = estimate >= quiet_from && self.queue(slot) != Queue::Probation;
         self.set_quiet(slot, quiet);
         quiet
