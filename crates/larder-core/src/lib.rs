@@ -20,5 +20,7 @@ pub use codec::{DefaultCodec, Postcard};
 pub use envelope::{Compression, Envelope, EnvelopeMeta, Freshness};
 pub use error::{BoxError, Error, ErrorKind, Result, RetryAdvice};
 pub use key::{DEFAULT_NAMESPACE, KeySpace, MAX_KEY_LEN, validate_key};
-pub use stats::{CacheStats, CommandStats, Counter, LatencyHistogram, LatencySnapshot, StoreStats};
+pub use stats::{
+    CacheStats, CommandStats, Counter, LatencyHistogram, LatencySnapshot, StoreStats, Stripe,
+};
 pub use store::{FnLoader, Loader, Store, StoreEntry, Writer};

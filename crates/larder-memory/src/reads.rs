@@ -32,116 +32,21 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 /// Events per shard between two applications.
 pub(crate) const CAPACITY: usize = 64;
 
-/// Counters of one stripe, alone on their cache lines.
+/// The counters of one stripe, alone on their cache lines.
 #[repr(align(128))]
 #[derive(Default)]
-pub(crate) struct Stripe {
+pub(crate) struct Counts {
     /// Reads of quiet entries, counted here only.
     quiet_hits: AtomicU64,
     /// Misses, counted here only.
     misses: AtomicU64,
 }
 
-/// Counter stripes per shard that a thread owns: the owner counts in its
-/// stripe with a plain load and store, no locked instruction (on x86 a
-/// `lock xadd` cost as much as taking the shard's read lock, a third of
-/// a hit on a hot key). Threads beyond the first `OWNED` alive at once
-/// count with `fetch_add` in the shared stripes.
-pub(crate) const OWNED: usize = 8;
-/// Shared stripes, for the threads beyond the owners: each such thread
-/// counts with `fetch_add` in one of them, chosen round-robin, so many
-/// threads (a large runtime) do not all meet on one cache line.
-const SHARED_STRIPES: usize = 8;
-/// The first shared stripe's index.
-const SHARED: usize = OWNED;
-/// All stripes: the owned ones and the shared ones.
-pub(crate) const STRIPES: usize = OWNED + SHARED_STRIPES;
-
-/// Which of the `OWNED` stripe indices are taken, one bit each; the same
-/// index in every cache, so a thread owns its stripe in all of them.
-#[cfg(not(loom))]
-static TAKEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-/// Gives a thread's stripe index back when the thread exits.
-#[cfg(not(loom))]
-struct Owner(usize);
-
-#[cfg(not(loom))]
-impl Drop for Owner {
-    fn drop(&mut self) {
-        // From here on, this thread counts in the shared stripe; the
-        // release orders its last counts before the next owner's.
-        let _ = STRIPE.try_with(|s| s.set(SHARED));
-        TAKEN.fetch_and(!(1 << self.0), std::sync::atomic::Ordering::Release);
-    }
-}
-
-#[cfg(not(loom))]
-thread_local! {
-    /// This thread's stripe index (`usize::MAX`: not chosen yet). No
-    /// destructor, so it stays readable while the thread exits.
-    static STRIPE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-    static OWNER: std::cell::Cell<Option<Owner>> = const { std::cell::Cell::new(None) };
-}
-
-/// This thread's stripe: an owned one while any is free, else the shared one.
-#[cfg(not(loom))]
-#[inline]
-fn stripe_index() -> usize {
-    let i = STRIPE.with(std::cell::Cell::get);
-    if i != usize::MAX {
-        return i;
-    }
-    choose_stripe()
-}
-
-#[cfg(not(loom))]
-#[cold]
-fn choose_stripe() -> usize {
-    use std::sync::atomic::Ordering::{Acquire, Relaxed};
-    let mut taken = TAKEN.load(Relaxed);
-    let i = loop {
-        let free = (!taken).trailing_zeros() as usize;
-        if free >= OWNED {
-            static NEXT_SHARED: std::sync::atomic::AtomicUsize =
-                std::sync::atomic::AtomicUsize::new(0);
-            break SHARED + NEXT_SHARED.fetch_add(1, Relaxed) % SHARED_STRIPES;
-        }
-        // The acquire pairs with the release of the stripe's last owner.
-        match TAKEN.compare_exchange_weak(taken, taken | (1 << free), Acquire, Relaxed) {
-            Ok(_) => break free,
-            Err(t) => taken = t,
-        }
-    };
-    if i < OWNED && OWNER.try_with(|o| o.set(Some(Owner(i)))).is_err() {
-        // The thread is exiting: its destructor would not run.
-        TAKEN.fetch_and(!(1 << i), std::sync::atomic::Ordering::Release);
-        return SHARED;
-    }
-    let _ = STRIPE.try_with(|s| s.set(i));
-    i
-}
-
-/// Under loom every thread counts in the shared stripe (loom threads share
-/// one OS thread's locals).
-#[cfg(loom)]
-fn stripe_index() -> usize {
-    SHARED
-}
-
-/// Adds one to `counter` of stripe `i`.
-#[inline]
-fn add_one(i: usize, counter: &AtomicU64) {
-    if i >= SHARED {
-        counter.fetch_add(1, Ordering::Relaxed);
-    } else {
-        // Only this thread writes an owned stripe.
-        counter.store(
-            counter.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Relaxed,
-        );
-    }
-}
+/// Counter stripes per shard: one per [`larder_core::Stripe`], so a thread
+/// that owns its stripe counts with a plain load and store, no locked
+/// instruction (on x86 a `lock xadd` cost as much as taking the shard's
+/// read lock, a third of a hit on a hot key).
+pub(crate) const STRIPES: usize = larder_core::Stripe::COUNT;
 
 /// The epoch's mark and the ring's head first, on the shard's hot cache line; the
 /// counter stripes and the events elsewhere.
@@ -155,7 +60,7 @@ pub(crate) struct ReadBuffer {
     /// Reported hits dropped because the ring was full and busy.
     pub(crate) lost_hits: AtomicU64,
     events: Box<[AtomicU64; CAPACITY]>,
-    stripes: Box<[Stripe; STRIPES]>,
+    stripes: Box<[Counts; STRIPES]>,
 }
 
 pub(crate) fn hit(slot: u32, hash: u64) -> u64 {
@@ -191,7 +96,7 @@ impl Default for ReadBuffer {
             head: AtomicUsize::new(0),
             lost_hits: AtomicU64::new(0),
             events: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
-            stripes: Box::new(std::array::from_fn(|_| Stripe::default())),
+            stripes: Box::new(std::array::from_fn(|_| Counts::default())),
         }
     }
 }
@@ -264,15 +169,27 @@ impl ReadBuffer {
     /// Counts a read of a quiet entry.
     #[inline]
     pub(crate) fn count_quiet_hit(&self) {
-        let i = stripe_index();
-        add_one(i, &self.stripes[i].quiet_hits);
+        self.add_one(|c| &c.quiet_hits);
     }
 
     /// Counts a miss.
     #[inline]
     pub(crate) fn count_miss(&self) {
-        let i = stripe_index();
-        add_one(i, &self.stripes[i].misses);
+        self.add_one(|c| &c.misses);
+    }
+
+    /// Adds one to a counter of the calling thread's stripe.
+    #[inline]
+    fn add_one(&self, counter: impl Fn(&Counts) -> &AtomicU64) {
+        #[cfg(not(loom))]
+        {
+            let me = larder_core::Stripe::current();
+            me.add(counter(&self.stripes[me.index()]), 1);
+        }
+        // Loom's threads share one OS thread's locals (and its own atomics
+        // are not std's): every thread counts in one stripe.
+        #[cfg(loom)]
+        counter(&self.stripes[0]).fetch_add(1, Ordering::Relaxed);
     }
 
     /// Quiet hits and misses counted so far (sums over the stripes).
