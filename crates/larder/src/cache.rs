@@ -329,6 +329,14 @@ where
         if let Some(hit) = self.inner.l1_lookup(key, now) {
             return Ok(hit);
         }
+        // The rest on the heap: a future is moved whole wherever it goes,
+        // so an L1 hit's future stays a few words instead of carrying the
+        // L2 read's state.
+        Box::pin(self.get_miss(key, now)).await
+    }
+
+    /// [`Cache::get`] after an L1 miss.
+    async fn get_miss(&self, key: &K, now: u64) -> Result<Option<V>> {
         self.inner.stats.l1_misses.incr();
         let text = key.key_text()?;
         Ok(self
@@ -350,6 +358,12 @@ where
         if let Some(hit) = self.inner.l1_lookup(key, now) {
             return Ok(hit);
         }
+        // As in `get`: the miss path's state on the heap, once per miss.
+        Box::pin(self.load_miss(key, now)).await
+    }
+
+    /// [`Cache::get_or_load`] after an L1 miss.
+    async fn load_miss(&self, key: &K, now: u64) -> Result<Option<V>> {
         self.inner.stats.l1_misses.incr();
         if let Some(hot) = &self.inner.hot
             && HotKeys::<K>::sampled()
