@@ -11,10 +11,10 @@
 //! `l2/get/64 concurrent p99`), which keeps a busy machine's swings out of
 //! the ratios.
 //!
-//! `larder RedisStore` is the store's own `get` (its future unboxed), as a
-//! service holding a `RedisStore` calls it; `larder RedisStore as dyn
-//! Store` is `Store::get` through `dyn Store` (its future boxed), as the
-//! `larder` facade calls it. The interleaved rounds measure both.
+//! `larder RedisStore` is the store's own `get`, as a service holding a
+//! `RedisStore` calls it; `larder RedisStore as dyn Store` is `Store::get`
+//! through `dyn Store`, as the `larder` facade calls it. Both box the same
+//! future; the interleaved rounds measure both.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 #![allow(clippy::disallowed_methods)] // a benchmark measures wall time

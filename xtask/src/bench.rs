@@ -475,7 +475,7 @@ const GOALS: &[Goal] = &[
         1.0,
     ),
     goal(
-        "L2 plain gets, 64 concurrent, vs raw redis-rs: `RedisStore::get` (unboxed)",
+        "L2 plain gets, 64 concurrent, vs raw redis-rs: `RedisStore::get`",
         "l2/get/64 concurrent, interleaved",
         "larder RedisStore",
         "redis-rs multiplexed",
@@ -483,7 +483,7 @@ const GOALS: &[Goal] = &[
         0.95,
     ),
     goal(
-        "L2 plain gets, 64 concurrent, vs raw redis-rs: through `dyn Store` (boxed, the facade's path)",
+        "L2 plain gets, 64 concurrent, vs raw redis-rs: through `dyn Store` (the facade's path)",
         "l2/get/64 concurrent, interleaved",
         "larder RedisStore as dyn Store",
         "redis-rs multiplexed",

@@ -6,13 +6,17 @@
 //! give the client's instructions per get.
 //!
 //! ```text
-//! l2_ops SUBJECT URL ROUNDS   SUBJECT: larder | larder-dyn | multiplexed | manager
+//! l2_ops SUBJECT URL ROUNDS   SUBJECT: larder | multiplexed | manager
+//!                              | batched | mget:N
 //! ```
-//! `larder` is `RedisStore::get` (its future unboxed); `larder-dyn` is
-//! `Store::get` through `dyn Store` (boxed, as the facade reads);
-//! `multiplexed` and `manager` are raw
+//! `larder` is `RedisStore::get` (the same boxed future as `Store::get`
+//! through `dyn Store`, as the facade reads); `multiplexed` and `manager`
+//! are raw
 //! redis-rs `GET`s through a `MultiplexedConnection` and a
-//! `ConnectionManager` (what `RedisStore` runs on).
+//! `ConnectionManager` (what `RedisStore` runs on). `batched` is
+//! `RedisStore::get` with auto-batching on (it prints the mean batch size
+//! it formed); `mget:N` sends the same 64 keys per round as raw `MGET`s of
+//! `N` keys through the `ConnectionManager`, the limit batching is held to.
 
 #![allow(clippy::print_stdout)] // a command-line tool
 
@@ -65,10 +69,41 @@ where
     .await
 }
 
+/// One round of raw `MGET`s of `batch` keys each, sent concurrently:
+/// whether each key was found.
+async fn mget_round<C>(
+    con: &C,
+    keys: &[String],
+    pick: impl Fn(usize) -> usize,
+    batch: usize,
+) -> Vec<bool>
+where
+    C: redis::aio::ConnectionLike + Clone,
+{
+    let ks: Vec<&str> = (0..CONCURRENCY).map(|j| keys[pick(j)].as_str()).collect();
+    let mgets = ks.chunks(batch).map(|part| {
+        let mut c = con.clone();
+        async move {
+            let got: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(part)
+                .query_async(&mut c)
+                .await
+                .expect("MGET");
+            got
+        }
+    });
+    join_all(mgets)
+        .await
+        .into_iter()
+        .flatten()
+        .map(|v| v.is_some())
+        .collect()
+}
+
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [subject, url, rounds] = args.as_slice() else {
-        return Err("usage: l2_ops larder|multiplexed|manager URL ROUNDS".into());
+        return Err("usage: l2_ops larder|multiplexed|manager|batched|mget:N URL ROUNDS".into());
     };
     let rounds: usize = rounds.parse().map_err(|e| format!("ROUNDS: {e}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -77,12 +112,13 @@ fn main() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let store = RedisStore::new(
-            RedisConfig::builder(Topology::Standalone(url.clone()))
-                .build()
-                .map_err(|e| e.to_string())?,
-        )
-        .map_err(|e| e.to_string())?;
+        let config = |batch: bool| {
+            let b = RedisConfig::builder(Topology::Standalone(url.clone()));
+            let b = if batch { b.auto_batch(256) } else { b };
+            b.build().map_err(|e| e.to_string())
+        };
+        let store = RedisStore::new(config(false)?).map_err(|e| e.to_string())?;
+        let batched = RedisStore::new(config(true)?).map_err(|e| e.to_string())?;
         // The store's keys (`{namespace}:{{key}}`) and the same keys as the
         // raw clients name them.
         let keys: Vec<String> = (0..KEYS).map(key).collect();
@@ -118,13 +154,13 @@ fn main() -> Result<(), String> {
             let pick = |j: usize| (start + j * 131) % KEYS;
             let got: Vec<bool> = match subject.as_str() {
                 "larder" => store_round(&keys, pick, |k| store.get(k)).await,
-                "larder-dyn" => {
-                    let s: &dyn Store = &store;
-                    store_round(&keys, pick, |k| s.get(k)).await
-                }
                 "multiplexed" => raw_round(&multiplexed, &raw_keys, pick).await,
                 "manager" => raw_round(&manager, &raw_keys, pick).await,
-                other => return Err(format!("unknown subject {other}")),
+                "batched" => store_round(&keys, pick, |k| batched.get(k)).await,
+                other => match other.strip_prefix("mget:").map(str::parse::<usize>) {
+                    Some(Ok(n)) if n > 0 => mget_round(&manager, &raw_keys, pick, n).await,
+                    _ => return Err(format!("unknown subject {other}")),
+                },
             };
             found += got.into_iter().filter(|&f| f).count();
         }
@@ -139,6 +175,11 @@ fn main() -> Result<(), String> {
                 "the store saw {} failed and {} timed-out GETs: the count is not of one get each",
                 get.errors, get.timeouts
             ));
+        }
+        if let Some(b) = batched.batch_stats()
+            && b.batches > 0
+        {
+            println!("mean batch size {:.2}", b.mean_batch_size());
         }
         println!("{subject}: {rounds} rounds of {CONCURRENCY} gets");
         Ok(())
