@@ -135,7 +135,8 @@ impl ReadBuffer {
         }
     }
 
-    /// [`ReadBuffer::drain`] into `out`; how many events it holds.
+    /// `ReadBuffer::drain` (a test helper) into `out`; how many events it
+    /// holds.
     pub(crate) fn take(&self, out: &mut [u64; CAPACITY]) -> usize {
         let n = self.head.load(Ordering::Acquire).min(CAPACITY);
         if n == 0 {

@@ -155,19 +155,20 @@ const INITIAL_WINDOW: f64 = 0.01;
 const FOLLOW_STEP: u64 = 16;
 const PROTECTED_SHARE: f64 = 0.80;
 /// The sketch estimate from which a hit leaves the entry quiet (see
-/// `on_hit`), for keys the window simulation does not sample. At 15, the
-/// counters' saturation, no count is lost, but a quarter of the hits go
-/// through the ring to the policy; from 3 on a read adds little (admission
-/// compares a newcomer, mostly seen once or twice, with a victim).
-/// `cargo xtask profile`, 100% gets: 76% of hits quiet and 269
-/// instructions per get with every key quiet at 15, 88% and 239 at 3 (the
-/// change alone; 221 once sampled keys waited for 15, as the windows the
-/// simulation then picked sent fewer hits to the policy). `cargo xtask
-/// sim`, mean % of OPT over the traces README's rows, one shard and
-/// default shards: 85.06 and 85.10 at 15; 85.20 and 85.07 here; over all
-/// 24 rows 87.84 and 87.71 at 15, 88.20 and 87.93 here. Sampled keys quiet at 3 as well scored 85.44 and 85.29
-/// on the README's rows but 87.54 and 87.45 on all 24 (the ghosts, blind to
-/// most hits, chose worse windows on lirs_loop's smaller sizes).
+/// `on_hit`), for keys the window simulation does not sample. From 3 on a
+/// read adds little: admission mostly compares a newcomer seen once or
+/// twice with a victim. Measured against the neighbours (`cargo xtask
+/// sim`: mean % of OPT over the traces README's rows, then over all 24
+/// rows, one shard / default shards; `cargo xtask profile`: 100% gets):
+///
+/// | quiet from | README rows | all 24 rows | worst row below the best peer | quiet hits | instructions per get |
+/// |---|--:|--:|--:|--:|--:|
+/// | 15 (saturation) | 85.06 / 85.10 | 87.84 / 87.71 | 3.11 / 4.90 | 76% | 269 |
+/// | **3** | 85.20 / 85.07 | 88.20 / 87.93 | 1.42 / 1.50 | 88% | 221 |
+/// | 2 | 85.26 / 85.18 | 87.87 / 87.97 | 4.18 / 1.61 | | |
+///
+/// At 2, arc_P3's largest cache falls 4.18 points below the best peer with
+/// one shard.
 const QUIET_FROM: u64 = 3;
 /// A sketch counter's largest value: keys the window simulation samples go
 /// quiet only there (see `minisim`).
