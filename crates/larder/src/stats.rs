@@ -60,9 +60,12 @@ pub struct Stats {
     pub stale_if_error: u64,
     /// Refreshes started early by XFetch.
     pub early_refreshes: u64,
-    /// Refreshes of hot keys ahead of their expiry.
+    /// Refreshes of hot keys started ahead of their expiry.
     pub hot_refreshes: u64,
-    /// Background refreshes run (early, stale-while-revalidate, hot keys).
+    /// Background refreshes started (early, stale-while-revalidate, hot
+    /// keys). A refresh that finds the value already replaced by a newer
+    /// one (a load that ended just before it started) is counted, and
+    /// loads nothing.
     pub background_refreshes: u64,
     /// Reads answered by a cached "not found".
     pub negative_hits: u64,
