@@ -527,14 +527,17 @@ where
             cell.reads.count_miss();
             return None;
         };
-        if now != 0 && shard.expires_at(slot) <= now {
-            cell.reads.count_miss();
-            drop(shard);
-            self.remove_expired(cell, hash, key, now);
-            return None;
-        }
-        if self.inner.touch_on_read {
-            self.touch(&shard, slot, &node.key, &node.value, now);
+        // An untimed cache (`now` is 0) has no deadline to check or move.
+        if now != 0 {
+            if shard.expires_at(slot) <= now {
+                cell.reads.count_miss();
+                drop(shard);
+                self.remove_expired(cell, hash, key, now);
+                return None;
+            }
+            if self.inner.touch_on_read {
+                self.touch(&shard, slot, &node.key, &node.value, now);
+            }
         }
         if cell.reads.is_quiet(shard.mark(slot)) {
             cell.reads.count_quiet_hit();
