@@ -475,15 +475,7 @@ const GOALS: &[Goal] = &[
         1.0,
     ),
     goal(
-        "L2 plain gets, 64 concurrent, vs raw redis-rs: `RedisStore::get`",
-        "l2/get/64 concurrent, interleaved",
-        "larder RedisStore",
-        "redis-rs multiplexed",
-        Direction::AtLeast,
-        0.95,
-    ),
-    goal(
-        "L2 plain gets, 64 concurrent, vs raw redis-rs: through `dyn Store` (the facade's path)",
+        "L2 plain gets, 64 concurrent, vs raw redis-rs (`Store::get` through `dyn Store`, the facade's path)",
         "l2/get/64 concurrent, interleaved",
         "larder RedisStore as dyn Store",
         "redis-rs multiplexed",

@@ -167,14 +167,17 @@ fn main() -> Result<(), String> {
         if found != rounds * CONCURRENCY {
             return Err(format!("{found} of {} keys found", rounds * CONCURRENCY));
         }
-        // A retried GET would count twice: the count is of clean runs only.
-        if let Some(get) = store.stats().command("GET")
-            && (get.errors > 0 || get.timeouts > 0)
-        {
-            return Err(format!(
-                "the store saw {} failed and {} timed-out GETs: the count is not of one get each",
-                get.errors, get.timeouts
-            ));
+        // A retried GET or MGET would count twice: the count is of clean
+        // runs only.
+        for (s, command) in [(&store, "GET"), (&batched, "MGET")] {
+            if let Some(c) = s.stats().command(command)
+                && (c.errors > 0 || c.timeouts > 0)
+            {
+                return Err(format!(
+                    "a store saw {} failed and {} timed-out {command}s: the count is not of one get each",
+                    c.errors, c.timeouts
+                ));
+            }
         }
         if let Some(b) = batched.batch_stats()
             && b.batches > 0

@@ -25,38 +25,45 @@ const OWNED_STRIPES: usize = 8;
 const SHARED_STRIPES: usize = 8;
 
 /// The calling thread's stripe of every striped counter: a [`Counter`]'s,
-/// and those of counters kept elsewhere as one `AtomicU64` per stripe (the
-/// L1 counts its hits so).
+/// and those that Larder's crates keep as one `AtomicU64` per stripe (the
+/// L1's quiet-hit and miss counts). Internal to Larder's crates, hidden
+/// from the docs and not part of the stable API: use [`Counter`].
 ///
-/// While fewer than eight threads hold one, a thread owns its stripe until
-/// it exits, and is the only writer of that stripe's counters; later
-/// threads share the remaining stripes.
+/// The first eight threads alive at once each own a stripe until they exit,
+/// and are the only writers of its counters; a thread that finds none free
+/// counts in a shared stripe for the rest of its life. A `Stripe` is
+/// neither `Send` nor `Sync`: it belongs to the thread that took it, so a
+/// future that holds one across an `.await` cannot move to another worker.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use larder_core::Stripe;
 ///
-/// let hits: [AtomicU64; Stripe::COUNT] = Default::default();
+/// // One counter per stripe, each on its own cache lines.
+/// #[repr(align(128))]
+/// #[derive(Default)]
+/// struct Padded(AtomicU64);
+///
+/// let hits: [Padded; Stripe::COUNT] = Default::default();
 /// let me = Stripe::current();
-/// me.add(&hits[me.index()], 2);
-/// let total: u64 = hits.iter().map(|h| h.load(Ordering::Relaxed)).sum();
+/// me.add(&hits[me.index()].0, 2);
+/// let total: u64 = hits.iter().map(|h| h.0.load(Ordering::Relaxed)).sum();
 /// assert_eq!(total, 2);
 /// ```
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stripe(usize);
+pub struct Stripe(usize, std::marker::PhantomData<*const ()>);
 
 impl Stripe {
     /// Stripes in all: a striped counter keeps one `AtomicU64` per stripe.
     pub const COUNT: usize = OWNED_STRIPES + SHARED_STRIPES;
 
-    /// The calling thread's stripe (chosen on its first count).
+    /// The calling thread's stripe (chosen on the thread's first call).
     #[inline]
     pub fn current() -> Stripe {
         let i = STRIPE.with(Cell::get);
-        if i != usize::MAX {
-            return Stripe(i);
-        }
-        Stripe(choose_stripe())
+        let i = if i != usize::MAX { i } else { choose_stripe() };
+        Stripe(i, std::marker::PhantomData)
     }
 
     /// Its index, below [`Stripe::COUNT`].
@@ -66,10 +73,13 @@ impl Stripe {
     }
 
     /// Adds `n` to `counter`, which must be this stripe's own counter (the
-    /// one at [`Stripe::index`] of a per-stripe set): only its owner writes
-    /// an owned stripe, so it adds with a load and a store. Adding to
-    /// another stripe's counter this way can lose counts (never memory
-    /// safety).
+    /// one at [`Stripe::index`] of a per-stripe set), written by nothing
+    /// but `add`: only its owner writes an owned stripe, so it adds with a
+    /// load and a store. Take the `Stripe` from [`Stripe::current`] on the
+    /// thread that adds, and do not keep it (a thread-local destructor that
+    /// runs after the thread gave its stripe back must ask again). Broken,
+    /// these rules lose counts, never memory safety: read the counters with
+    /// loads only, and subtract snapshots rather than reset them.
     #[inline]
     pub fn add(self, counter: &AtomicU64, n: u64) {
         if self.0 < OWNED_STRIPES {
@@ -85,6 +95,7 @@ impl Stripe {
 
 /// Which owned stripes are taken, one bit each.
 static TAKEN: AtomicU32 = AtomicU32::new(0);
+const _: () = assert!(OWNED_STRIPES <= 32, "one bit of TAKEN per owned stripe");
 
 /// Gives a thread's stripe back when the thread exits.
 struct Owner(usize);
@@ -438,14 +449,14 @@ mod tests {
     fn an_owned_stripe_has_one_owner() {
         let threads = 2 * Stripe::COUNT;
         let all_alive = std::sync::Barrier::new(threads);
-        let seen: Vec<Stripe> = std::thread::scope(|s| {
+        let seen: Vec<usize> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|_| {
                     s.spawn(|| {
                         let me = Stripe::current();
                         all_alive.wait();
                         assert_eq!(Stripe::current(), me);
-                        me
+                        me.index()
                     })
                 })
                 .collect();
@@ -453,15 +464,29 @@ mod tests {
         });
         let mut owned: Vec<usize> = seen
             .iter()
-            .map(|s| s.index())
+            .copied()
             .filter(|&i| i < OWNED_STRIPES)
             .collect();
         let n = owned.len();
         owned.sort_unstable();
         owned.dedup();
         assert_eq!(owned.len(), n, "an owned stripe shared: {seen:?}");
-        assert!(seen.iter().all(|s| s.index() < Stripe::COUNT));
-        assert!(n < threads, "some threads count in shared stripes");
+        assert!(seen.iter().all(|&i| i < Stripe::COUNT));
+    }
+
+    /// A thread's stripe is given back when it exits: of 100 threads run one
+    /// after the other, far more than eight own one (other tests' threads
+    /// may hold a few stripes meanwhile).
+    #[test]
+    fn an_exiting_thread_gives_its_stripe_back() {
+        let owned = (0..100)
+            .filter(|_| {
+                std::thread::spawn(|| Stripe::current().index() < OWNED_STRIPES)
+                    .join()
+                    .unwrap()
+            })
+            .count();
+        assert!(owned > 50, "{owned} of 100 threads owned a stripe");
     }
 
     #[test]

@@ -527,17 +527,16 @@ where
             cell.reads.count_miss();
             return None;
         };
-        // An untimed cache (`now` is 0) has no deadline to check or move.
-        if now != 0 {
-            if shard.expires_at(slot) <= now {
-                cell.reads.count_miss();
-                drop(shard);
-                self.remove_expired(cell, hash, key, now);
-                return None;
-            }
-            if self.inner.touch_on_read {
-                self.touch(&shard, slot, &node.key, &node.value, now);
-            }
+        if now != 0 && shard.expires_at(slot) <= now {
+            cell.reads.count_miss();
+            drop(shard);
+            self.remove_expired(cell, hash, key, now);
+            return None;
+        }
+        // Not under `now != 0`: a timed cache reads 0 until its clock
+        // moves, and a read then still moves the deadlines.
+        if self.inner.touch_on_read {
+            self.touch(&shard, slot, &node.key, &node.value, now);
         }
         if cell.reads.is_quiet(shard.mark(slot)) {
             cell.reads.count_quiet_hit();

@@ -241,7 +241,7 @@ impl Node {
     /// heap, so every command's future stays small: `Store` methods box
     /// it, and glibc, by default, never serves a box over 1032 bytes from
     /// its per-thread cache (profiled: `cargo xtask profile l2`, its
-    /// `larder-dyn` row).
+    /// `larder` row).
     async fn conn(&self) -> redis::RedisResult<Conn> {
         let ready = match &self.source {
             Source::Standalone(lazy) => lazy.manager.get().map(|m| Conn::Standalone(m.clone())),

@@ -272,13 +272,15 @@ impl RedisStore {
     /// large (about 720 bytes: the command, its deadline, retries and the
     /// batcher's wait). Unboxed, `cargo xtask profile l2` counted more
     /// instructions per get, not fewer: about 800 more per key on the
-    /// batched path (`join_all` copying each future into its task) and
+    /// batched path (`join_all` copying each future into its list) and
     /// about the same on the plain path, where the box's allocation
-    /// replaces the copy.
+    /// replaces the copy. Being a box, it is `Unpin`: poll it by hand or
+    /// in a `select!` as it is.
+    #[allow(clippy::type_complexity)]
     pub fn get<'a>(
         &'a self,
         key: &'a str,
-    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send + 'a {
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send + 'a>> {
         <Self as Store>::get(self, key)
     }
 

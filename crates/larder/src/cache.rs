@@ -329,9 +329,10 @@ where
         if let Some(hit) = self.inner.l1_lookup(key, now) {
             return Ok(hit);
         }
-        // The rest on the heap: a future is moved whole wherever it goes,
-        // so an L1 hit's future stays a few words instead of carrying the
-        // L2 read's state.
+        // The rest on the heap (one allocation per L1 miss, also in an
+        // L1-only cache): a future is moved whole wherever it goes, so an
+        // L1 hit's future stays a few words instead of carrying the L2
+        // read's state.
         Box::pin(self.get_miss(key, now)).await
     }
 

@@ -67,9 +67,9 @@ pub(crate) struct Fetched<V> {
     pub(crate) entry: Arc<Entry<V>>,
     /// Whether to put it in the L1 (not for refused fills or uncached answers).
     pub(crate) cache: bool,
-    /// Refresh right after answering (the value came from the L2 stale or
-    /// with XFetch firing).
-    pub(crate) then_refresh: bool,
+    /// Refresh right after answering, and why (the value came from the L2
+    /// stale, or XFetch fired).
+    pub(crate) then_refresh: Option<Refresh>,
     /// Remove the key from the L1 (the source no longer has it).
     pub(crate) evict: bool,
     /// The L2 did not confirm it (unreachable, or the value is this
@@ -82,7 +82,7 @@ impl<V> Fetched<V> {
         Fetched {
             entry,
             cache,
-            then_refresh: false,
+            then_refresh: None,
             evict: false,
             unconfirmed: false,
         }
@@ -167,18 +167,27 @@ where
         // costs one lock, no clone and no allocation.
         if let Some(leader) = self.flights.lead(key) {
             let Ok(text) = key.key_text() else { return };
-            match why {
-                Refresh::Early => self.stats.early_refreshes.incr(),
-                Refresh::Hot => self.stats.hot_refreshes.incr(),
-                Refresh::Stale => {}
-            }
-            self.stats.background_refreshes.incr();
             let me = Arc::clone(self);
             let k = key.clone();
             // Without a runtime the leader drops here: nothing waits on it.
             let mode = Mode::Refresh(seen);
-            let _ = self.spawn(async move { me.run_flight(leader, k, text, mode, None).await });
+            if self
+                .spawn(async move { me.run_flight(leader, k, text, mode, None).await })
+                .is_ok()
+            {
+                self.count_refresh(why);
+            }
         }
+    }
+
+    /// Counts a background refresh that started, and why.
+    fn count_refresh(&self, why: Refresh) {
+        match why {
+            Refresh::Early => self.stats.early_refreshes.incr(),
+            Refresh::Hot => self.stats.hot_refreshes.incr(),
+            Refresh::Stale => {}
+        }
+        self.stats.background_refreshes.incr();
     }
 
     /// The task of one flight: fetch, publish, and refresh right after if
@@ -199,10 +208,10 @@ where
                 Err(panicked())
             });
         let then_refresh = self.publish(leader, &key, fetched);
-        if let Some(seen) = then_refresh
+        if let Some((seen, why)) = then_refresh
             && let Join::Leader(leader) = self.flights.join(key.clone())
         {
-            self.stats.background_refreshes.incr();
+            self.count_refresh(why);
             let mode = Mode::Refresh(seen);
             let fetched = std::panic::AssertUnwindSafe(self.fetch(&key, &text, mode, None))
                 .catch_unwind()
@@ -215,14 +224,14 @@ where
         }
     }
 
-    /// Ends a flight; `Some(fresh_until)` of its value if a refresh should
-    /// follow.
+    /// Ends a flight; `Some((fresh_until, why))` of its value if a refresh
+    /// should follow.
     fn publish(
         &self,
         leader: Leader<K, Outcome<V>>,
         key: &K,
         fetched: Result<Fetched<V>>,
-    ) -> Option<u64> {
+    ) -> Option<(u64, Refresh)> {
         match fetched {
             Ok(f) => {
                 let now = self.now_ms();
@@ -238,7 +247,7 @@ where
                         l1.remove(key);
                     }
                 });
-                f.then_refresh.then_some(f.entry.fresh_until_ms)
+                f.then_refresh.map(|why| (f.entry.fresh_until_ms, why))
             }
             Err(e) => {
                 leader.finish(Err(e));
@@ -298,18 +307,15 @@ where
                 match (mode, fresh) {
                     (Mode::Miss(_), Freshness::Fresh) => {
                         let early = e.refresh_early(now, self.cfg.beta, || 1.0 - self.draw());
-                        if early {
-                            self.stats.early_refreshes.incr();
-                        }
                         return Ok(Fetched {
-                            then_refresh: early,
+                            then_refresh: early.then_some(Refresh::Early),
                             ..Fetched::new(e, true)
                         });
                     }
                     (Mode::Miss(_), Freshness::Stale) => {
                         self.stats.stale_served.incr();
                         return Ok(Fetched {
-                            then_refresh: true,
+                            then_refresh: Some(Refresh::Stale),
                             ..Fetched::new(e, true)
                         });
                     }

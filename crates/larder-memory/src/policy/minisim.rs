@@ -41,8 +41,8 @@
 //!   ghost plays the policy that most of the cache's keys live under.
 //!   Ghosts that marked entries quiet only at 15 scored lower: 88.07
 //!   against 88.20 over all 24 rows with one shard, 87.82 against 87.93
-//!   with the default shards, with arc_P3's largest cache 4.38 points
-//!   below the best peer.
+//!   with the default shards, where arc_P3's largest cache fell 4.38
+//!   points below the best peer (1.50 with the ghosts as they are).
 //!
 //! Measured with `cargo xtask sim` (mean % of OPT over the traces README's
 //! rows): 85.20 with one shard and 85.07 with the default shards, against

@@ -323,10 +323,14 @@ fn expiry_hook_on_read_shortens_the_lifetime() {
     let (c, _) = cache_with(&clock, |b| b.expiry(Shorten));
     c.insert(1, 1);
     c.insert(2, 2);
+    c.insert(3, 1);
+    // A read before the clock has moved at all counts too.
+    assert_eq!(c.get(&3), Some(1));
     clock.advance(S);
     assert_eq!((c.get(&1), c.get(&2)), (Some(1), Some(2)));
     clock.advance(2 * S); // t = 3: key 1 went at 3 s
     assert_eq!(c.peek(&1), None, "shortened to 2 s after the read at 1 s");
+    assert_eq!(c.peek(&3), None, "shortened to 2 s after the read at 0 s");
     clock.advance(7 * S - Duration::from_nanos(1));
     assert_eq!(c.peek(&2), Some(2));
     clock.advance(Duration::from_nanos(1));

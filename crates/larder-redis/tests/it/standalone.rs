@@ -90,11 +90,11 @@ async fn bad_input_is_typed_and_touches_nothing() {
     assert_eq!(s.stats().commands.len(), 0, "no command was sent");
 }
 
-/// `RedisStore::get` (the unboxed inherent method, what `store.get` calls
-/// on the store itself) answers as `Store::get` (boxed, what a `dyn Store`
-/// calls) does, with and without the batcher: hit, miss, bad key.
+/// `RedisStore::get` (the inherent method, what `store.get` calls on the
+/// store itself) answers as `Store::get` (what a `dyn Store` calls) does,
+/// with and without the batcher: hit, miss, bad key.
 #[tokio::test]
-async fn the_unboxed_get_answers_as_the_trait_get() {
+async fn the_inherent_get_answers_as_the_trait_get() {
     let server = RedisServer::start().unwrap();
     let plain = store(&server.url());
     let batched = batched_store(&server.url());
@@ -102,9 +102,9 @@ async fn the_unboxed_get_answers_as_the_trait_get() {
     for s in [&plain, &batched] {
         let as_dyn: &dyn Store = s;
         for key in ["here", "absent"] {
-            let unboxed = RedisStore::get(s, key).await.unwrap();
-            assert_eq!(unboxed, as_dyn.get(key).await.unwrap(), "{key}");
-            assert_eq!(unboxed.is_some(), key == "here", "{key}");
+            let inherent = RedisStore::get(s, key).await.unwrap();
+            assert_eq!(inherent, as_dyn.get(key).await.unwrap(), "{key}");
+            assert_eq!(inherent.is_some(), key == "here", "{key}");
         }
         let long = "x".repeat(larder_core::MAX_KEY_LEN + 1);
         for bad in ["", long.as_str()] {
