@@ -128,30 +128,27 @@ impl ReadBuffer {
     /// its place first (the race that makes the ring lossy).
     #[cfg(test)]
     pub(crate) fn drain(&self, mut apply: impl FnMut(u64)) {
-        let mut events = [0; CAPACITY];
-        let n = self.take(&mut events);
-        for &ev in &events[..n] {
+        let mut events = Vec::with_capacity(CAPACITY);
+        self.take(&mut events);
+        for ev in events {
             apply(ev);
         }
     }
 
-    /// `ReadBuffer::drain` (a test helper) into `out`; how many events it
-    /// holds.
-    pub(crate) fn take(&self, out: &mut [u64; CAPACITY]) -> usize {
+    /// `ReadBuffer::drain` (a test helper), appending to `out` (the caller
+    /// reuses one buffer: nothing to zero or allocate per drain).
+    pub(crate) fn take(&self, out: &mut Vec<u64>) {
         let n = self.head.load(Ordering::Acquire).min(CAPACITY);
         if n == 0 {
-            return 0;
+            return;
         }
-        let mut taken = 0;
         for e in &self.events[..n] {
             let ev = e.swap(0, Ordering::AcqRel);
             if ev != 0 {
-                out[taken] = ev;
-                taken += 1;
+                out.push(ev);
             }
         }
         self.head.store(0, Ordering::Release);
-        taken
     }
 
     /// Events recorded and not yet taken (exact while nobody pushes; call

@@ -186,6 +186,8 @@ pub(crate) struct Maint {
     misses_seen: u64,
     /// The policy's epoch as last published to the read buffer.
     epoch_seen: u32,
+    /// The events of one drain of the read buffer (kept for its capacity).
+    events: Vec<u64>,
 }
 
 impl Maint {
@@ -198,6 +200,7 @@ impl Maint {
             quiet_seen: 0,
             misses_seen: 0,
             epoch_seen: 0,
+            events: Vec::new(),
         }
     }
 
@@ -465,29 +468,35 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     /// buffer full) to the policy and the statistics, and publishes the
     /// policy's epoch.
     pub(crate) fn apply_reads(&self, m: &mut Maint, buf: &ReadBuffer, extra: Option<u64>) {
-        let (quiet, misses) = buf.counted();
-        if quiet != m.quiet_seen || misses != m.misses_seen {
-            let hits = quiet.wrapping_sub(m.quiet_seen);
-            let missed = misses.wrapping_sub(m.misses_seen);
-            m.quiet_seen = quiet;
-            m.misses_seen = misses;
-            m.stats.hits += hits;
-            m.stats.misses += missed;
-            m.policy.on_counted_reads(hits, missed);
+        // Counted reads not yet seen stay in the stripes (`stats_with` adds
+        // them) unless the policy wants them.
+        if m.policy.counts_reads() {
+            let (quiet, misses) = buf.counted();
+            if quiet != m.quiet_seen || misses != m.misses_seen {
+                let hits = quiet.wrapping_sub(m.quiet_seen);
+                let missed = misses.wrapping_sub(m.misses_seen);
+                m.quiet_seen = quiet;
+                m.misses_seen = misses;
+                m.stats.hits += hits;
+                m.stats.misses += missed;
+                m.policy.on_counted_reads(hits, missed);
+            }
         }
-        let mut events = [0; reads::CAPACITY];
-        let n = buf.take(&mut events);
+        let mut events = std::mem::take(&mut m.events);
+        events.clear();
+        buf.take(&mut events);
         // Touch what applying will touch first: independent loads overlap,
         // so a ring of 64 events costs a few cache misses, not 64 in a row.
         let mut sink = 0u64;
-        for &ev in &events[..n] {
+        for &ev in &events {
             let (slot, tag) = reads::decode(ev);
             sink ^= m.policy.warm(slot, u64::from(tag));
         }
         std::hint::black_box(sink);
-        for &ev in &events[..n] {
+        for &ev in &events {
             self.apply_read(m, ev);
         }
+        m.events = events;
         if let Some(ev) = extra {
             self.apply_read(m, ev);
         }

@@ -46,8 +46,15 @@ pub(crate) trait Policy: Send + 'static {
         0
     }
     /// Reads that were counted but not reported one by one: hits on quiet
-    /// entries (see [`Policy::on_hit`]) and misses.
+    /// entries (see [`Policy::on_hit`]) and misses. Called only if
+    /// [`Policy::counts_reads`].
     fn on_counted_reads(&mut self, _hits: u64, _misses: u64) {}
+    /// Whether [`Policy::on_counted_reads`] uses its figures: summing the
+    /// counters' stripes costs every drain of the read ring, so a policy
+    /// that ignores them is not told (the statistics sum them when asked).
+    fn counts_reads(&self) -> bool {
+        false
+    }
     /// Changes whenever reads that [`Policy::on_hit`] called quiet would
     /// matter again, for every entry at once.
     fn epoch(&self) -> u32 {

@@ -536,6 +536,12 @@ impl Policy for TinyLfu {
         self.adapt(hits, misses);
     }
 
+    /// Only the climber (a weighted cache) measures hit rates; the window
+    /// simulation sees its own ghosts' hits.
+    fn counts_reads(&self) -> bool {
+        matches!(self.adapt, Adapt::Climb(_))
+    }
+
     fn epoch(&self) -> u32 {
         self.sketch.ages()
     }
