@@ -3,8 +3,9 @@
 //!
 //! A read takes its shard's lock shared, finds the entry and clones the
 //! value. What the policy must learn goes here:
-//! - a miss only adds to `misses` (the policy counts it for its hit rate;
-//!   W-TinyLFU's sketch learns of the key when it is inserted);
+//! - a miss only adds to `misses` (the statistics count it, and so does
+//!   W-TinyLFU's hill climber, in a weighted cache; W-TinyLFU's sketch
+//!   learns of the key when it is inserted);
 //! - a hit on an entry the policy called quiet (see `Policy::on_hit`: for
 //!   W-TinyLFU, an entry whose estimated frequency is already high) only adds to
 //!   `quiet_hits`, until the policy's epoch moves on;

@@ -181,7 +181,12 @@ pub(crate) struct Maint {
     policy: Box<dyn Policy>,
     wheel: Wheel,
     pub(crate) stats: ShardStats,
-    /// `quiet_hits` and `misses` of the read buffer as last applied.
+    /// Whether the policy takes counted reads (`Policy::counts_reads`,
+    /// fixed for its life): if not, they stay in the read buffer's
+    /// stripes, and `stats_with` adds them.
+    counts_reads: bool,
+    /// `quiet_hits` and `misses` of the read buffer as last handed to the
+    /// policy (they stay 0 if it does not count reads).
     quiet_seen: u64,
     misses_seen: u64,
     /// The policy's epoch as last published to the read buffer.
@@ -194,6 +199,7 @@ impl Maint {
     /// Upkeep for a new shard; time starts at 0 (the cache's origin).
     pub(crate) fn new(policy: Box<dyn Policy>) -> Self {
         Maint {
+            counts_reads: policy.counts_reads(),
             policy,
             wheel: Wheel::new(0),
             stats: ShardStats::default(),
@@ -209,7 +215,8 @@ impl Maint {
     }
 
     /// The statistics with the reads not yet applied: counted hits and
-    /// misses since the last application, events waiting in the ring and
+    /// misses not yet handed to the policy (all of them, unless it counts
+    /// reads), events waiting in the ring and
     /// events the ring dropped. Needs only this lock (readers never wait
     /// for it), and counts each read once: an event is applied only under
     /// this lock.
@@ -470,7 +477,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     pub(crate) fn apply_reads(&self, m: &mut Maint, buf: &ReadBuffer, extra: Option<u64>) {
         // Counted reads not yet seen stay in the stripes (`stats_with` adds
         // them) unless the policy wants them.
-        if m.policy.counts_reads() {
+        if m.counts_reads {
             let (quiet, misses) = buf.counted();
             if quiet != m.quiet_seen || misses != m.misses_seen {
                 let hits = quiet.wrapping_sub(m.quiet_seen);
@@ -484,6 +491,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         }
         let mut events = std::mem::take(&mut m.events);
         events.clear();
+        events.reserve(reads::CAPACITY);
         buf.take(&mut events);
         // Touch what applying will touch first: independent loads overlap,
         // so a ring of 64 events costs a few cache misses, not 64 in a row.

@@ -46,12 +46,13 @@ pub(crate) trait Policy: Send + 'static {
         0
     }
     /// Reads that were counted but not reported one by one: hits on quiet
-    /// entries (see [`Policy::on_hit`]) and misses. Called only if
-    /// [`Policy::counts_reads`].
+    /// entries (see [`Policy::on_hit`]) and misses. The shard calls it, at
+    /// drains of the read ring, only if [`Policy::counts_reads`].
     fn on_counted_reads(&mut self, _hits: u64, _misses: u64) {}
-    /// Whether [`Policy::on_counted_reads`] uses its figures: summing the
+    /// Whether the policy wants [`Policy::on_counted_reads`]: summing the
     /// counters' stripes costs every drain of the read ring, so a policy
-    /// that ignores them is not told (the statistics sum them when asked).
+    /// that does not need the figures is not told (the statistics sum them
+    /// when asked). Fixed for the policy's life (the shard asks once).
     fn counts_reads(&self) -> bool {
         false
     }

@@ -146,7 +146,8 @@ struct Climber {
 
 const INITIAL_WINDOW: f64 = 0.01;
 /// A followed window moves by at most `capacity / FOLLOW_STEP` per policy
-/// event (a sixteenth, the climber's first step), and shrinks no further
+/// event (an insert or a reported hit; a sixteenth of the capacity, the
+/// climber's first step), and shrinks no further
 /// than a step below what it holds: the demotions from protected to
 /// probation, and the window's entries moved to main, are then at most a
 /// step per event (protected's quiet entries still get their second
@@ -537,7 +538,9 @@ impl Policy for TinyLfu {
     }
 
     /// Only the climber (a weighted cache) measures hit rates; the window
-    /// simulation sees its own ghosts' hits.
+    /// simulation scores its own ghosts, and a followed window walks on
+    /// inserts and reported hits (a test may still call
+    /// `on_counted_reads(0, 0)` as a bare event).
     fn counts_reads(&self) -> bool {
         matches!(self.adapt, Adapt::Climb(_))
     }
