@@ -45,9 +45,9 @@
 //!   points below the best peer (1.50 with the ghosts as they are).
 //!
 //! Measured with `cargo xtask sim` (mean % of OPT over the traces README's
-//! rows): 85.20 with one shard and 85.07 with the default shards, against
+//! rows): 85.12 with one shard and 85.09 with the default shards, against
 //! 83.54 and 83.46 for the hill climber this replaced; over all 24 rows
-//! 88.20 against 86.47 (one shard). Cost:
+//! 88.17 against 86.47 (one shard). Cost:
 //! six ghosts of 256 keys, about 60 KB per cache, and for a sampled event
 //! six ghost accesses; a cache of `c` entries samples `256 / c` of its
 //! keys (all of them up to 256 entries).
