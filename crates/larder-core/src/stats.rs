@@ -29,9 +29,9 @@ const SHARED_STRIPES: usize = 8;
 /// L1's quiet-hit and miss counts). Internal to Larder's crates, hidden
 /// from the docs and not part of the stable API: use [`Counter`].
 ///
-/// The first eight threads alive at once each own a stripe until they exit,
-/// and are the only writers of its counters; a thread that finds none free
-/// counts in a shared stripe for the rest of its life. A `Stripe` is
+/// The first eight threads to take a stripe while one is free each own it
+/// until they exit, and are the only writers of its counters; a thread
+/// that finds none free counts in a shared stripe for the rest of its life. A `Stripe` is
 /// neither `Send` nor `Sync`: it belongs to the thread that took it, so a
 /// future that holds one across an `.await` cannot move to another worker.
 ///
@@ -146,9 +146,10 @@ fn choose_stripe() -> usize {
     i
 }
 
-/// A monotonically increasing counter, striped across cache lines.
-/// `add` costs a load and a store on the calling thread's own stripe (see
-/// [`Stripe`]), or one relaxed `fetch_add` on a shared one.
+/// A monotonically increasing counter, striped across cache lines. The
+/// first eight threads to count while a stripe is free each own one, and
+/// `add` costs them a load and a store; other threads share the remaining
+/// stripes, where `add` is one relaxed `fetch_add`.
 pub struct Counter {
     stripes: [Padded; Stripe::COUNT],
 }
@@ -422,11 +423,21 @@ impl StoreStats {
 mod tests {
     use super::*;
 
+    /// The tests that run many counting threads, one at a time: each of
+    /// them can hold every owned stripe.
+    static THREADED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn alone() -> std::sync::MutexGuard<'static, ()> {
+        // A test that failed while holding it leaves no harm behind.
+        THREADED.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     #[test]
     /// More threads at once than there are owned stripes: the owners add
     /// with a load and a store, the rest share stripes, and no count is
     /// lost.
     fn counter_sums_across_threads() {
+        let _alone = alone();
         let c = Counter::new();
         let threads = 2 * Stripe::COUNT;
         let all_alive = std::sync::Barrier::new(threads);
@@ -447,6 +458,7 @@ mod tests {
     /// its stripe.
     #[test]
     fn an_owned_stripe_has_one_owner() {
+        let _alone = alone();
         let threads = 2 * Stripe::COUNT;
         let all_alive = std::sync::Barrier::new(threads);
         let seen: Vec<usize> = std::thread::scope(|s| {
@@ -475,10 +487,11 @@ mod tests {
     }
 
     /// A thread's stripe is given back when it exits: of 100 threads run one
-    /// after the other, far more than eight own one (other tests' threads
-    /// may hold a few stripes meanwhile).
+    /// after the other, far more than eight own one (the threads of the
+    /// tests that run at the same time hold a stripe each, at most).
     #[test]
     fn an_exiting_thread_gives_its_stripe_back() {
+        let _alone = alone();
         let owned = (0..100)
             .filter(|_| {
                 std::thread::spawn(|| Stripe::current().index() < OWNED_STRIPES)

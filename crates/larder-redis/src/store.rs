@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::join_all;
+use futures_util::future::{BoxFuture, join_all};
 use larder_core::envelope::{self, EnvelopeMeta, HEADER_LEN, MAGIC};
 use larder_core::{
     Codec, Error, ErrorKind, KeySpace, Result, SharedClock, Store, StoreEntry, StoreStats,
@@ -276,11 +276,7 @@ impl RedisStore {
     /// about the same on the plain path, where the box's allocation
     /// replaces the copy. Being a box, it is `Unpin`: poll it by hand or
     /// in a `select!` as it is.
-    #[allow(clippy::type_complexity)]
-    pub fn get<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send + 'a>> {
+    pub fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>>> {
         <Self as Store>::get(self, key)
     }
 

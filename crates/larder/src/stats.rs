@@ -54,11 +54,14 @@ pub struct Stats {
     pub load_time: LatencySnapshot,
     /// Callers that waited on another caller's load instead of loading.
     pub coalesced: u64,
-    /// Stale values served within the grace window while a refresh ran.
+    /// Stale values served within the grace window (each starts a
+    /// background refresh if none runs and a Tokio runtime is there to run
+    /// it).
     pub stale_served: u64,
     /// Stale values served because the load failed (stale-if-error).
     pub stale_if_error: u64,
-    /// Refreshes started early by XFetch.
+    /// Refreshes started early by XFetch (counted when the refresh begins,
+    /// which may be just after the call that set it off returned).
     pub early_refreshes: u64,
     /// Refreshes of hot keys started ahead of their expiry.
     pub hot_refreshes: u64,

@@ -158,9 +158,10 @@ const PROTECTED_SHARE: f64 = 0.80;
 /// The sketch estimate from which a hit leaves the entry quiet (see
 /// `on_hit`), for keys the window simulation does not sample. From 3 on a
 /// read adds little: admission mostly compares a newcomer seen once or
-/// twice with a victim. Measured against the neighbours (`cargo xtask
-/// sim`: mean % of OPT over the traces README's rows, then over all 24
-/// rows, one shard / default shards; `cargo xtask profile`: 100% gets):
+/// twice with a victim. Measured against the neighbours, each row on the
+/// build of its day (`cargo xtask sim`: mean % of OPT over the traces
+/// README's rows, then over all 24 rows, one shard / default shards;
+/// `cargo xtask profile`: 100% gets):
 ///
 /// | quiet from | README rows | all 24 rows | worst row below the best peer | quiet hits | instructions per get |
 /// |---|--:|--:|--:|--:|--:|
@@ -169,8 +170,8 @@ const PROTECTED_SHARE: f64 = 0.80;
 /// | 2 | 85.26 / 85.18 | 87.87 / 87.97 | 4.18 / 1.61 | not profiled | not profiled |
 ///
 /// The instructions are those of this constant's change alone, when
-/// sampled keys went quiet at 3 as well; once they waited for 15, a get
-/// took 221.
+/// sampled keys went quiet at 3 as well; a later build, with sampled keys
+/// waiting for 15 among other changes, took 221.
 /// At 2, arc_P3's largest cache falls 4.18 points below the best peer with
 /// one shard.
 const QUIET_FROM: u64 = 3;
