@@ -166,6 +166,10 @@ where
         // Every hit in a grace window lands here: while a refresh runs this
         // costs one lock, no clone and no allocation.
         if let Some(leader) = self.flights.lead(key) {
+            // The leader drops, nothing waits on it yet.
+            if self.replaced_since(key, seen) {
+                return;
+            }
             let Ok(text) = key.key_text() else { return };
             let me = Arc::clone(self);
             let k = key.clone();
@@ -178,6 +182,19 @@ where
                 self.count_refresh(why);
             }
         }
+    }
+
+    /// Whether the L1 holds a fresh entry of `key` newer than the one whose
+    /// fresh time was `seen`. Asked by a refresh once it holds the key's
+    /// flight: a flight that ended since `seen` was read put its value in
+    /// the L1 before it left the flight table, so a refresh of the entry it
+    /// replaced has nothing to do.
+    fn replaced_since(&self, key: &K, seen: u64) -> bool {
+        let now = self.now_ms();
+        self.l1.as_ref().is_some_and(|l1| {
+            l1.peek(key)
+                .is_some_and(|e| e.fresh_until_ms > seen && e.freshness(now) == Freshness::Fresh)
+        })
     }
 
     /// Counts a background refresh that started, and why.
@@ -200,28 +217,35 @@ where
         mode: Mode,
         kept: Option<Arc<Entry<V>>>,
     ) {
-        let fetched = std::panic::AssertUnwindSafe(self.fetch(&key, &text, mode, kept))
+        let fetched = self.fetch_caught(&key, &text, mode, kept).await;
+        let then_refresh = self.publish(leader, &key, fetched);
+        if let Some((seen, why)) = then_refresh
+            && let Some(leader) = self.flights.lead(&key)
+            && !self.replaced_since(&key, seen)
+        {
+            self.count_refresh(why);
+            let fetched = self
+                .fetch_caught(&key, &text, Mode::Refresh(seen), None)
+                .await;
+            self.publish(leader, &key, fetched);
+        }
+    }
+
+    /// [`Inner::fetch`], with a panic in it counted as a failed load.
+    async fn fetch_caught(
+        &self,
+        key: &K,
+        text: &str,
+        mode: Mode,
+        kept: Option<Arc<Entry<V>>>,
+    ) -> Result<Fetched<V>> {
+        std::panic::AssertUnwindSafe(self.fetch(key, text, mode, kept))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
                 self.stats.load_errors.incr();
                 Err(panicked())
-            });
-        let then_refresh = self.publish(leader, &key, fetched);
-        if let Some((seen, why)) = then_refresh
-            && let Join::Leader(leader) = self.flights.join(key.clone())
-        {
-            self.count_refresh(why);
-            let mode = Mode::Refresh(seen);
-            let fetched = std::panic::AssertUnwindSafe(self.fetch(&key, &text, mode, None))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    self.stats.load_errors.incr();
-                    Err(panicked())
-                });
-            self.publish(leader, &key, fetched);
-        }
+            })
     }
 
     /// Ends a flight; `Some((fresh_until, why))` of its value if a refresh
@@ -279,16 +303,12 @@ where
             .and_then(|l1| l1.peek(key))
             .map(Arc::new)
             .or(kept);
-        // A miss that another flight filled since the caller looked, or a
-        // refresh of an entry replaced since the caller saw it (a flight
-        // that ended between the caller's read and its call to `refresh`):
-        // nothing is left to load.
+        // A miss that another flight filled since the caller looked:
+        // nothing is left to load. (A refresh of an entry already replaced
+        // never starts: `refresh` looks before it spawns.)
         if let Some(e) = &current
+            && matches!(mode, Mode::Miss(_))
             && e.freshness(now) == Freshness::Fresh
-            && match mode {
-                Mode::Miss(_) => true,
-                Mode::Refresh(seen) => e.fresh_until_ms > seen,
-            }
         {
             return Ok(Fetched::new(Arc::clone(e), false));
         }
@@ -876,8 +896,8 @@ mod tests {
 
     /// A hit that read an entry just before a refresh's flight replaced it
     /// asks for a refresh of the old entry once that flight has ended: the
-    /// late refresh finds the newer entry and loads nothing (it used to
-    /// load the key a second time).
+    /// late refresh finds the newer entry and neither starts nor loads (it
+    /// used to load the key a second time).
     #[tokio::test]
     async fn a_refresh_of_an_entry_already_replaced_loads_nothing() {
         let clock = MockClock::new();
@@ -920,8 +940,8 @@ mod tests {
         cache.close().await;
         assert_eq!(
             cache.stats().background_refreshes,
-            2,
-            "the late refresh ran (and counts as a refresh started)"
+            1,
+            "the late refresh started"
         );
         assert_eq!(
             calls.load(Ordering::SeqCst),

@@ -66,9 +66,8 @@ pub struct Stats {
     /// Refreshes of hot keys started ahead of their expiry.
     pub hot_refreshes: u64,
     /// Background refreshes started (early, stale-while-revalidate, hot
-    /// keys). A refresh that finds the value already replaced by a newer
-    /// one (a load that ended just before it started) is counted, and
-    /// loads nothing.
+    /// keys). A refresh asked for a value already replaced by a newer one
+    /// (a load that ended just before) does not start.
     pub background_refreshes: u64,
     /// Reads answered by a cached "not found".
     pub negative_hits: u64,
