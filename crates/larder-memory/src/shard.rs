@@ -7,6 +7,7 @@
 //! returns: an insert evicts before it releases the lock.
 
 use std::borrow::Borrow;
+use std::cell::Cell;
 use std::hash::Hash;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -430,18 +431,25 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         len as u32
     }
 
-    /// Takes an entry out of every structure.
+    /// Takes an entry out of every structure. `known`: its key's hash, if
+    /// the caller has it (the key was found under it, or eviction hashed
+    /// it to choose the victim); else the key is hashed again.
     fn remove_slot(
         &mut self,
         m: &mut Maint,
         slot: u32,
         cause: RemovalCause,
+        known: Option<u64>,
         rehash: Rehash<'_, K>,
         out: &mut Removed<K, V>,
     ) {
+        assert!(self.is_live(slot), "slot {slot} is free");
         // The user's `Hash` runs first, before anything changes: if it
         // panics, the shard is left as it was.
-        let hash = rehash(&self.node(slot).key);
+        let hash = match known {
+            Some(hash) => hash,
+            None => rehash(&self.node(slot).key),
+        };
         let info = self.info(slot, hash);
         match self.table.find_entry(hash, |&s| s == slot) {
             Ok(e) => {
@@ -604,7 +612,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         if let Some(slot) = self.find(hash, key)
             && self.expires_at(slot) <= now
         {
-            self.remove_slot(m, slot, RemovalCause::Expired, rehash, out);
+            self.remove_slot(m, slot, RemovalCause::Expired, Some(hash), rehash, out);
         }
     }
 
@@ -638,7 +646,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
         let existing = self.find(hash, &key);
         if weight > self.capacity {
             if let Some(slot) = existing {
-                self.remove_slot(m, slot, RemovalCause::Replaced, rehash, out);
+                self.remove_slot(m, slot, RemovalCause::Replaced, Some(hash), rehash, out);
             }
             m.stats.rejected += 1;
             out.push((key, value, RemovalCause::Evicted));
@@ -688,15 +696,25 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             // The policy's slots are live. A key's `Hash` that panics here
             // leaves every entry in the shard or out of it, the shard
             // perhaps over its capacity until the next write.
+            // The last two keys hashed to choose the victim (a candidate and
+            // main's victim): the one evicted is not hashed a third time.
             let this = &*self;
-            let hash_of = |s: u32| policy_hash(rehash(&this.node(s).key));
+            let hashed = Cell::new([(u32::MAX, 0u64); 2]);
+            let hash_of = |s: u32| {
+                let hash = rehash(&this.node(s).key);
+                let [last, _] = hashed.get();
+                hashed.set([(s, hash), last]);
+                policy_hash(hash)
+            };
             let Some(v) = m.policy.victim(&hash_of) else {
                 break;
             };
             if v.rejected_by_admission {
                 m.stats.rejected += 1;
             }
-            self.remove_slot(m, v.slot, RemovalCause::Evicted, rehash, out);
+            let known = hashed.get().into_iter().find(|&(s, _)| s == v.slot);
+            let known = known.map(|(_, hash)| hash);
+            self.remove_slot(m, v.slot, RemovalCause::Evicted, known, rehash, out);
         }
         self.unmark_unquiet(m);
     }
@@ -721,10 +739,10 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             return false;
         };
         if self.expires_at(slot) <= now {
-            self.remove_slot(m, slot, RemovalCause::Expired, rehash, out);
+            self.remove_slot(m, slot, RemovalCause::Expired, Some(hash), rehash, out);
             return false;
         }
-        self.remove_slot(m, slot, RemovalCause::Removed, rehash, out);
+        self.remove_slot(m, slot, RemovalCause::Removed, Some(hash), rehash, out);
         true
     }
 
@@ -732,7 +750,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
     pub(crate) fn clear(&mut self, m: &mut Maint, rehash: Rehash<'_, K>, out: &mut Removed<K, V>) {
         for slot in 0..self.slots.len() as u32 {
             if self.is_live(slot) {
-                self.remove_slot(m, slot, RemovalCause::Removed, rehash, out);
+                self.remove_slot(m, slot, RemovalCause::Removed, None, rehash, out);
             }
         }
     }
@@ -753,7 +771,7 @@ impl<K: Hash + Eq, V: Clone> Shard<K, V> {
             }
             let deadline = self.expires_at(slot);
             if deadline <= now {
-                self.remove_slot(m, slot, RemovalCause::Expired, rehash, out);
+                self.remove_slot(m, slot, RemovalCause::Expired, None, rehash, out);
             } else {
                 // A read moved the deadline and its event was lost or not
                 // yet applied: file it again, with the policy too.

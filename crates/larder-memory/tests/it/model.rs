@@ -609,3 +609,40 @@ proptest! {
         prop_assert_eq!(std::sync::Arc::strong_count(&token), 1, "the cache's drop left shares");
     }
 }
+
+/// A key that counts the calls of its `Hash`.
+#[derive(Clone, PartialEq, Eq)]
+struct Hashed(u64);
+
+static HASHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl std::hash::Hash for Hashed {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        HASHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.hash(state);
+    }
+}
+
+/// An insert into a full cache hashes the new key once, and each key that
+/// eviction compares once: the key evicted is not hashed again to unmap
+/// it (three calls per insert; four when removal hashed it again). Removal
+/// by key hashes the key asked for only.
+#[test]
+fn eviction_hashes_each_key_once() {
+    let cache: MemoryCache<Hashed, u64> = MemoryCache::builder(64).shards(1).build();
+    for k in 0..64 {
+        cache.insert(Hashed(k), k);
+    }
+    let calls = || HASHED.load(std::sync::atomic::Ordering::Relaxed);
+    let before = calls();
+    for k in 1_000..2_000 {
+        cache.insert(Hashed(k), k);
+    }
+    let per_insert = (calls() - before) as f64 / 1_000.0;
+    assert!(per_insert <= 3.0, "{per_insert} hashes per insert");
+    let present = (1_000..2_000).find(|&k| cache.contains_key(&Hashed(k)));
+    let k = present.expect("a recent key stays");
+    let before = calls();
+    assert_eq!(cache.remove(&Hashed(k)), Some(k));
+    assert_eq!(calls() - before, 1, "remove hashes the key asked for only");
+}
