@@ -122,11 +122,7 @@ impl ReadBuffer {
         }
     }
 
-    /// Takes every recorded event, oldest first, and empties the ring.
-    /// Call with the shard's upkeep lock held (one drainer at a time). An
-    /// event whose writer has claimed a place but not yet stored it is
-    /// left for the next drain, or counted as lost if a later push takes
-    /// its place first (the race that makes the ring lossy).
+    /// [`ReadBuffer::take`] with each event handed to `apply` (tests).
     #[cfg(test)]
     pub(crate) fn drain(&self, mut apply: impl FnMut(u64)) {
         let mut events = Vec::with_capacity(CAPACITY);
@@ -136,8 +132,13 @@ impl ReadBuffer {
         }
     }
 
-    /// `ReadBuffer::drain` (a test helper), appending to `out` (the caller
-    /// reuses one buffer: nothing to zero or allocate per drain).
+    /// Takes every recorded event, oldest first, appending them to `out`
+    /// (the caller reuses one buffer: nothing to zero or allocate per
+    /// drain), and empties the ring. Call with the shard's upkeep lock held
+    /// (one drainer at a time). An event whose writer has claimed a place
+    /// but not yet stored it is left for the next drain, or counted as
+    /// lost if a later push takes its place first (the race that makes the
+    /// ring lossy).
     pub(crate) fn take(&self, out: &mut Vec<u64>) {
         let n = self.head.load(Ordering::Acquire).min(CAPACITY);
         if n == 0 {

@@ -329,17 +329,19 @@ where
         if let Some(hit) = self.inner.l1_lookup(key, now) {
             return Ok(hit);
         }
-        // The rest on the heap (one allocation per L1 miss, also in an
-        // L1-only cache): a future is moved whole wherever it goes, so an
-        // L1 hit's future stays a few words instead of carrying the L2
-        // read's state.
-        Box::pin(self.get_miss(key, now)).await
-    }
-
-    /// [`Cache::get`] after an L1 miss.
-    async fn get_miss(&self, key: &K, now: u64) -> Result<Option<V>> {
         self.inner.stats.l1_misses.incr();
         let text = key.key_text()?;
+        if self.inner.l2.is_none() {
+            return Ok(None);
+        }
+        // The L2 read on the heap (one allocation per L2 read): a future is
+        // moved whole wherever it goes, so an L1 hit's future stays a few
+        // words instead of carrying the L2 read's state.
+        Box::pin(self.get_from_l2(key, text, now)).await
+    }
+
+    /// [`Cache::get`] after an L1 miss, from the L2.
+    async fn get_from_l2(&self, key: &K, text: String, now: u64) -> Result<Option<V>> {
         Ok(self
             .inner
             .l2_lookup(key, &text, now, false)
